@@ -1,0 +1,138 @@
+"""Orbax checkpoints: train state + JSON metadata (data-iterator state, config, base fingerprint).
+
+Each step directory holds two items: `state` (the array pytree, restored straight into a target that
+carries shardings) and `meta` (JSON). Orbax commits a step atomically (temporary directory, then
+rename), so a crash never leaves a partial checkpoint that `latest_step` would return. No pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ASSIGN_ALL: tuple[tuple[str, str | None], ...] = ((r"(.*)", r"\1"),)
+
+
+def path_str(path) -> str:
+    """'body/layer_0/attn/wq' for a jax key path."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def fingerprint(params: Any) -> str:
+    """A hash of every parameter's path, shape, dtype and bytes: the identity of a pretrained base."""
+    h = hashlib.sha256()
+    for name, x in sorted(flatten(params).items()):
+        arr = np.asarray(jax.device_get(x))
+        h.update(f"{name}:{arr.shape}:{arr.dtype};".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:20]
+
+
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_tree, shardings)
+
+
+class Checkpointer:
+    """A thin, synchronous CheckpointManager wrapper over a `state` pytree and a `meta` dict."""
+
+    def __init__(self, directory: str, *, max_to_keep: int | None = 3, read_only: bool = False):
+        self.directory = os.path.abspath(directory)
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                               enable_async_checkpointing=False,
+                                               read_only=read_only)
+        self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                           item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+        self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta or {})),
+                        force=True)
+        self._mngr.wait_until_finished()
+
+    def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
+        """Restore (state, meta). `target`: an abstract tree (ShapeDtypeStructs with shardings)."""
+        step = self._resolve(step)
+        state_args = ocp.args.StandardRestore(target) if target is not None else \
+            ocp.args.StandardRestore()
+        out = self._mngr.restore(step, args=ocp.args.Composite(state=state_args,
+                                                               meta=ocp.args.JsonRestore()))
+        return out["state"], dict(out["meta"] or {})
+
+    def restore_meta(self, step: int | None = None) -> dict:
+        step = self._resolve(step)
+        out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
+
+    def _resolve(self, step):
+        if step is None:
+            step = self.latest_step()
+        if step is None or step not in self._mngr.all_steps():
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory} "
+                                    f"(have {self.all_steps()})")
+        return step
+
+    def close(self):
+        self._mngr.close()
+
+
+def assign_with_fallback(source: Any, target_init: Any,
+                         assignment_map: Sequence[tuple[str, str | None]] = ASSIGN_ALL
+                         ) -> tuple[Any, list[str]]:
+    """Fill `target_init`'s leaves from `source` by regex over paths; keep the init where unmapped.
+
+    Each (pattern, replacement) is tried in order on the target path; the first full match names the
+    source path (`None` means: keep the fresh init). A target path whose source is absent keeps its
+    fresh init (t5x `fallback_to_scratch`): that is how a reward head lands on an SFT body. A present
+    source with a different shape or dtype is an error, never a silent re-init.
+    Returns (tree, paths initialised from scratch).
+    """
+    src = flatten(source)
+    fresh: list[str] = []
+
+    def pick(path, init_leaf):
+        name = path_str(path)
+        for pattern, repl in assignment_map:
+            if re.fullmatch(pattern, name):
+                src_name = None if repl is None else re.sub(pattern, repl, name)
+                break
+        else:
+            src_name = None
+        if src_name is None or src_name not in src:
+            fresh.append(name)
+            return init_leaf
+        leaf = src[src_name]
+        if tuple(leaf.shape) != tuple(init_leaf.shape) or leaf.dtype != init_leaf.dtype:
+            raise ValueError(f"assignment {src_name} -> {name}: source {leaf.shape} {leaf.dtype} "
+                             f"does not fit target {init_leaf.shape} {init_leaf.dtype}")
+        if hasattr(init_leaf, "sharding"):
+            return jax.device_put(leaf, init_leaf.sharding)
+        return leaf
+
+    tree = jax.tree_util.tree_map_with_path(pick, target_init)
+    return tree, fresh

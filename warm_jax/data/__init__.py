@@ -1,0 +1,1 @@
+"""Data: tasks (the embedded toy summarisation oracle), preference-file readers and grain pipelines."""

@@ -1,0 +1,31 @@
+"""Losses shared by the stages: next-token cross-entropy (pretrain, SFT)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from warm_jax.models.transformer import LanguageModel
+
+
+def token_logprobs(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+    """log p(tokens[t+1] | tokens[..t]) for t < T-1, shape BxT-1."""
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+
+
+def make_lm_loss(model: LanguageModel, dropout_rate: float = 0.0):
+    """Cross-entropy on the tokens where `loss_mask` is 1 (the response, for SFT; all, for pretraining).
+
+    batch: tokens_BxT, mask_BxT (padding), loss_mask_BxT.
+    """
+    def loss_fn(params, batch, rng):
+        logits_BxTxV = model.apply({"params": params}, batch["tokens"], batch["mask"],
+                                   dropout_rate=dropout_rate, deterministic=dropout_rate == 0.0,
+                                   rngs={"dropout": rng})
+        logp_BxT1 = token_logprobs(logits_BxTxV, batch["tokens"])
+        w_BxT1 = (batch["loss_mask"][:, 1:] * batch["mask"][:, 1:]).astype(jnp.float32)
+        n = jnp.maximum(w_BxT1.sum(), 1.0)
+        loss = -(logp_BxT1 * w_BxT1).sum() / n
+        correct = (jnp.argmax(logits_BxTxV[:, :-1], -1) == batch["tokens"][:, 1:])
+        return loss, {"token_accuracy": (correct * w_BxT1).sum() / n}
+    return loss_fn

@@ -1,0 +1,105 @@
+"""Typed, validated model configuration with presets from `tiny` (CPU tests) to ~1B."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_range(owner: str, field: str, value: Any, lo: float | None = None,
+                hi: float | None = None, *, lo_open: bool = False) -> None:
+    """Raise a ValueError naming `owner.field`, its value and the allowed range."""
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+    if bad:
+        left = "(" if lo_open else "["
+        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{owner}.{field}={value!r} is out of range: allowed {rng}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder: RMSNorm, rotary embeddings, SwiGLU MLP, grouped-query attention."""
+    vocab_size: int = 64
+    d_model: int = 32
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int | None = None  # default d_model // n_heads
+    d_ff: int = 64
+    max_len: int = 128
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype: str = "float32"        # activation dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        o = "ModelConfig"
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
+            check_range(o, f, getattr(self, f), 1)
+        if self.head_dim is not None:
+            check_range(o, "head_dim", self.head_dim, 1)
+        elif self.d_model % self.n_heads:
+            raise ValueError(f"{o}.d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
+                             "(or set head_dim)")
+        check_range(o, "n_kv_heads", self.n_kv_heads, 1, self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"{o}.n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads} (grouped-query attention)")
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"{o}.head_dim={self.resolved_head_dim} must be even (rotary embeddings)")
+        check_range(o, "rope_theta", self.rope_theta, 0.0, lo_open=True)
+        check_range(o, "norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
+        for f in ("dtype", "param_dtype"):
+            if getattr(self, f) not in _DTYPES:
+                raise ValueError(f"{o}.{f}={getattr(self, f)!r}: allowed {_DTYPES}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self, *, with_lm_head: bool = True) -> int:
+        d, hd = self.d_model, self.resolved_head_dim
+        attn = d * hd * (self.n_heads * 2 + self.n_kv_heads * 2)
+        layer = attn + 3 * d * self.d_ff + 2 * d
+        head = 0 if (self.tie_embeddings or not with_lm_head) else d * self.vocab_size
+        return self.vocab_size * d + self.n_layers * layer + d + head
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # unit tests: compiles in a second or two
+    "tiny": ModelConfig(),
+    # the embedded toy task (~100k parameters; the whole WARM pipeline on a 2-core CPU in minutes)
+    "toy": ModelConfig(vocab_size=40, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                       max_len=64),
+    # a small model for real text with the byte tokenizer
+    "small": ModelConfig(vocab_size=260, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=768,
+                         max_len=512),
+    # SmolLM2-135M shapes (a GGUF/safetensors import fills these)
+    "smollm2-135m": ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                                d_ff=1536, max_len=8192, rope_theta=100000.0, tie_embeddings=True),
+    # Llama-3.2-1B shapes (~1.24B parameters), for accelerator meshes
+    "1b": ModelConfig(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                      d_ff=8192, max_len=8192, rope_theta=500000.0, tie_embeddings=True,
+                      dtype="bfloat16"),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model preset {name!r} unknown: allowed {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
