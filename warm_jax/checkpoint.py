@@ -101,6 +101,17 @@ class Checkpointer:
         self._mngr.close()
 
 
+def restore_params(directory: str, step: int | None = None, shardings: Any = None
+                   ) -> tuple[Any, dict]:
+    """The `params` of a train-state checkpoint (any stage), placed by `shardings` if given."""
+    ck = Checkpointer(directory, read_only=True)
+    state, meta = ck.restore(step)
+    params = state["params"]
+    if shardings is not None:
+        params = jax.device_put(params, shardings)
+    return params, meta
+
+
 def assign_with_fallback(source: Any, target_init: Any,
                          assignment_map: Sequence[tuple[str, str | None]] = ASSIGN_ALL
                          ) -> tuple[Any, list[str]]:

@@ -29,3 +29,13 @@ def make_lm_loss(model: LanguageModel, dropout_rate: float = 0.0):
         correct = (jnp.argmax(logits_BxTxV[:, :-1], -1) == batch["tokens"][:, 1:])
         return loss, {"token_accuracy": (correct * w_BxT1).sum() / n}
     return loss_fn
+
+
+def response_logprobs(model: LanguageModel, params, prompt_BxP, response_BxR, mask_BxR,
+                      temperature: float = 1.0) -> jax.Array:
+    """log π(response_t | prompt, response_<t) for each response token (0 where masked), BxR."""
+    P = prompt_BxP.shape[1]
+    tokens = jnp.concatenate([prompt_BxP, response_BxR], axis=1)
+    mask = jnp.concatenate([jnp.ones_like(prompt_BxP), mask_BxR.astype(prompt_BxP.dtype)], axis=1)
+    logits = model.apply({"params": params}, tokens, mask) / temperature
+    return token_logprobs(logits, tokens)[:, P - 1:] * mask_BxR

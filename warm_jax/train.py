@@ -173,11 +173,12 @@ class NonFiniteError(FloatingPointError):
 def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mesh,
         data_iter: Iterator, num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
         meta: dict | None = None, ckpt_every: int = 100, log_every: int = 10,
+        keep_steps: Sequence[int] = (), final_meta: Callable[[TrainState], dict] | None = None,
         desc: str = "train") -> TrainState:
     """Run (or resume) to `num_steps`, checkpointing state + data-iterator state together.
 
     A non-finite loss or gradient norm stops training before anything is saved, so the last good
-    checkpoint stays intact.
+    checkpoint stays intact. `final_meta(state)` adds metadata to the last checkpoint only.
     """
     meta = dict(meta or {})
     latest = checkpointer.latest_step()
@@ -202,7 +203,8 @@ def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mes
         done = step + 1
         if done % log_every == 0 or done == num_steps:
             writer.write(done, metrics)
-        if done % ckpt_every == 0 or done == num_steps:
+        if done % ckpt_every == 0 or done == num_steps or done in keep_steps:
             data_state = data_iter.get_state() if hasattr(data_iter, "get_state") else None
-            checkpointer.save(done, state, dict(meta, data_state=data_state, step=done))
+            extra = final_meta(state) if (final_meta and done == num_steps) else {}
+            checkpointer.save(done, state, dict(meta, data_state=data_state, step=done, **extra))
     return state

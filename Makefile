@@ -1,0 +1,23 @@
+# The README's two commands: `make demo` (the embedded WARM pipeline) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/demo
+TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
+
+.PHONY: venv demo test bench clean
+
+venv:
+	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
+
+demo: venv
+	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=experiments/demo.gin \
+	  --gin.WORKDIR="'$(WORKDIR)'"
+
+test: venv
+	$(TEST_ENV) $(PY) -m pytest -q tests
+
+bench: venv
+	JAX_PLATFORMS=cpu $(PY) -m bench.run_all --quick
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,129 @@
+"""Stages that make the shared initialisation: pretraining, then SFT with a trajectory of checkpoints.
+
+The SFT trajectory's checkpoints are WARM's "Baklava" inits (reward models fine-tuned from different
+checkpoints of one SFT run). Each stage writes `<workdir>/<stage>/checkpoints` and metrics JSONL and
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from warm_jax import sharding as shd
+from warm_jax.checkpoint import Checkpointer, fingerprint, restore_params
+from warm_jax.data.pipeline import batch_iterator
+from warm_jax.losses import make_lm_loss, response_logprobs
+from warm_jax.metrics import MetricsWriter
+from warm_jax.models import LanguageModel, ModelConfig, SamplingConfig, make_sampler
+from warm_jax.train import (OptimConfig, create_train_state, fit, make_optimizer, make_train_step,
+                            state_from_params)
+
+DEFAULT_MESH = {"data": -1}
+
+
+def train_lm(*, stage_dir: str, data: Mapping[str, np.ndarray], model_cfg: ModelConfig,
+             optim: OptimConfig, num_steps: int, batch_size: int, seed: int,
+             mesh_shape: Mapping[str, int] | None = None, init_from: str | None = None,
+             dropout_rate: float = 0.0, ckpt_every: int = 100, keep_steps: Sequence[int] = (),
+             max_to_keep: int | None = 2, extra_meta: Mapping[str, Any] | None = None,
+             final_meta=None):
+    """Next-token training on `data` (tokens, mask, loss_mask); returns (params, meta)."""
+    mesh = shd.make_mesh(**(mesh_shape or DEFAULT_MESH))
+    lm = LanguageModel(model_cfg)
+    tx = make_optimizer(optim)
+    dummy = jnp.ones((1, 4), jnp.int32)
+    state, shardings = create_train_state(lambda r: lm.init(r, dummy)["params"], tx, mesh,
+                                          jax.random.PRNGKey(seed))
+    ck = Checkpointer(os.path.join(stage_dir, "checkpoints"), max_to_keep=max_to_keep)
+    meta = dict(extra_meta or {})
+    if init_from is not None and ck.latest_step() is None:
+        params, src_meta = restore_params(init_from, shardings=shardings.params)
+        meta.setdefault("base_fingerprint", src_meta.get("base_fingerprint"))
+        state = state_from_params(params, tx, shardings, state.rng)
+    with MetricsWriter(stage_dir, "train") as writer, shd.activate(mesh):
+        state = fit(state=state, state_shardings=shardings,
+                    train_step=make_train_step(make_lm_loss(lm, dropout_rate), tx), mesh=mesh,
+                    data_iter=batch_iterator(data, batch_size=batch_size, seed=seed),
+                    num_steps=num_steps, checkpointer=ck, writer=writer, meta=meta,
+                    ckpt_every=ckpt_every, keep_steps=keep_steps, final_meta=final_meta,
+                    desc=os.path.basename(stage_dir))
+    return state.params, ck.restore_meta()
+
+
+def pretrain(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
+             num_steps: int = 1000, batch_size: int = 64, seed: int = 0,
+             mesh_shape: Mapping[str, int] | None = None, ckpt_every: int = 250) -> str:
+    """Next-token pretraining on the task's corpus; the result is the pretrained base whose
+    fingerprint every descendant records."""
+    stage_dir = os.path.join(workdir, "pretrain")
+    _check_vocab(task, model_cfg)
+    params, meta = train_lm(stage_dir=stage_dir, data=task.pretrain_corpus(), model_cfg=model_cfg,
+                            optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
+                            mesh_shape=mesh_shape, ckpt_every=ckpt_every,
+                            final_meta=lambda st: {"base_fingerprint": fingerprint(st.params)})
+    return os.path.join(stage_dir, "checkpoints")
+
+
+def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
+        num_steps: int = 600, batch_size: int = 64, seed: int = 0,
+        trajectory: Sequence[int] = (400, 500, 600), mesh_shape: Mapping[str, int] | None = None,
+        eval_samples: int = 256, sampling: SamplingConfig | None = None) -> str:
+    """Fine-tune the pretrained base on demonstrations, keeping every `trajectory` checkpoint, and
+    log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`)."""
+    if not trajectory or max(trajectory) > num_steps or min(trajectory) < 1:
+        raise ValueError(f"sft.trajectory={tuple(trajectory)}: steps must lie in [1, num_steps="
+                         f"{num_steps}]")
+    stage_dir = os.path.join(workdir, "sft")
+    base_dir = os.path.join(workdir, "pretrain", "checkpoints")
+    params, meta = train_lm(stage_dir=stage_dir, data=task.sft_demonstrations(),
+                            model_cfg=model_cfg, optim=optim, num_steps=num_steps,
+                            batch_size=batch_size, seed=seed, mesh_shape=mesh_shape,
+                            init_from=base_dir, ckpt_every=num_steps, keep_steps=trajectory,
+                            max_to_keep=None)
+    eval_path = os.path.join(stage_dir, "eval.jsonl")
+    if not os.path.exists(eval_path):
+        sampling = sampling or SamplingConfig(max_new_tokens=task.max_response_len,
+                                              eos_id=task.eos_id, pad_id=task.pad_id)
+        base_params, _ = restore_params(base_dir)
+        ck = Checkpointer(os.path.join(stage_dir, "checkpoints"), read_only=True)
+        rows = [(0, evaluate_samples(task, model_cfg, base_params, base_params, sampling,
+                                     eval_samples, seed))]
+        for step in ck.all_steps():
+            p, _ = restore_params(ck.directory, step)
+            rows.append((step, evaluate_samples(task, model_cfg, p, base_params, sampling,
+                                                eval_samples, seed)))
+        with MetricsWriter(stage_dir, "eval_tmp", tensorboard=False) as w:
+            for step, m in rows:
+                w.write(step, m)
+        os.replace(w.path, eval_path)  # eval.jsonl appears whole or not at all
+    return os.path.join(stage_dir, "checkpoints")
+
+
+def evaluate_samples(task, model_cfg: ModelConfig, params, ref_params, sampling: SamplingConfig,
+                     n: int, seed: int) -> dict:
+    """Gold reward, KL(π‖π_ref) (k1, summed over tokens) and length of samples on eval prompts."""
+    lm = LanguageModel(model_cfg)
+    prompts = jnp.asarray(task.prompts("eval")[:n])
+    sample = jax.jit(make_sampler(lm, sampling))
+    out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(seed))
+    score = jax.jit(lambda p: response_logprobs(lm, p, prompts, out.tokens_BxN, out.mask_BxN,
+                                                sampling.temperature))
+    kl = (score(params) - score(ref_params)).sum(-1)
+    gold = task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN)
+    return {"gold_reward": float(np.mean(gold)), "kl": float(jnp.mean(kl)),
+            "length": float(jnp.mean(out.mask_BxN.sum(-1))),
+            "sample": task.decode(out.tokens_BxN[0], out.mask_BxN[0])}
+
+
+def _check_vocab(task, model_cfg: ModelConfig) -> None:
+    if model_cfg.vocab_size < task.vocab_size:
+        raise ValueError(f"ModelConfig.vocab_size={model_cfg.vocab_size} is smaller than the task's "
+                         f"vocabulary ({task.vocab_size})")
+    need = task.prompt_len + task.max_response_len
+    if model_cfg.max_len < need:
+        raise ValueError(f"ModelConfig.max_len={model_cfg.max_len} < prompt + response = {need}")
