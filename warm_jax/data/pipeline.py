@@ -9,9 +9,12 @@ import numpy as np
 
 
 def batch_iterator(columns: Mapping[str, np.ndarray], *, batch_size: int, seed: int,
-                   shuffle: bool = True, num_epochs: int | None = None):
+                   shuffle: bool = True, num_epochs: int | None = None,
+                   buckets: Mapping[str, Sequence[int]] | None = None):
     """An iterator of dict batches over row-aligned numpy `columns`; `get_state()`/`set_state()`
-    resume it exactly. Every epoch is a fresh permutation derived from `seed`."""
+    resume it exactly. Every epoch is a fresh permutation derived from `seed`. With `buckets`
+    ({column: lengths}), each batch's padded columns are trimmed to the smallest bucket that holds
+    its longest row (see `trim_to_bucket`)."""
     n = len(next(iter(columns.values())))
     for k, v in columns.items():
         if len(v) != n:
@@ -23,7 +26,27 @@ def batch_iterator(columns: Mapping[str, np.ndarray], *, batch_size: int, seed: 
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda idx: {k: v[np.asarray(idx)] for k, v in columns.items()})
+    if buckets:
+        ds = ds.map(lambda b: trim_to_bucket(b, buckets))
     return iter(ds.to_iter_dataset())
+
+
+def trim_to_bucket(batch: Mapping[str, np.ndarray], buckets: Mapping[str, Sequence[int]]) -> dict:
+    """Cut padding off `name` and `name_mask` down to a bucket length. A column whose mask ends in
+    real tokens (left padding, e.g. prompts) loses columns on the left, others on the right."""
+    out = dict(batch)
+    for name, lengths in buckets.items():
+        mask = batch[name + "_mask"]
+        left_padded = bool(mask[:, -1].all()) and not bool(mask[:, 0].all())
+        real = mask.astype(bool)
+        if left_padded:
+            need = mask.shape[1] - int(np.argmax(real.any(0)))
+        else:
+            need = int(mask.shape[1] - np.argmax(real.any(0)[::-1])) if real.any() else 1
+        L = min(bucket_length(need, lengths), mask.shape[1])
+        sl = slice(mask.shape[1] - L, None) if left_padded else slice(0, L)
+        out[name], out[name + "_mask"] = batch[name][:, sl], mask[:, sl]
+    return out
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:

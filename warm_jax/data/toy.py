@@ -112,6 +112,7 @@ class ToyTask:
     """Splits, demonstrations, offline preference pairs and the oracle of the toy task."""
 
     name = "toy_summarisation"
+    has_oracle = True
 
     def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()):
         self.cfg = cfg
@@ -203,7 +204,8 @@ class ToyTask:
     def preference_split(self, split: str) -> dict[str, np.ndarray]:
         """Offline pairs labelled by the oracle. `train`/`validation` come from the base policy
         (with a `hack_share` of hacky responses), `test` (OOD) from the shifted `ood` policy.
-        Keys: prompt, chosen, chosen_mask, rejected, rejected_mask, flipped, gold_margin."""
+        Keys: prompt, prompt_mask, chosen, chosen_mask, rejected, rejected_mask, flipped,
+        gold_margin."""
         n = {"train": self.cfg.n_rm_train, "validation": self.cfg.n_rm_validation,
              "test": self.cfg.n_rm_test}
         if split not in n:
@@ -234,7 +236,8 @@ class ToyTask:
             flipped[rng.permutation(len(ga))[:int(round(self.cfg.flip_fraction * len(ga)))]] = True
         a_wins ^= flipped
         pick = lambda x, y: np.where(a_wins[:, None], x, y)  # noqa: E731
-        return {"prompt": prompts, "chosen": pick(a, b), "chosen_mask": pick(am, bm),
+        return {"prompt": prompts, "prompt_mask": np.ones_like(prompts),
+                "chosen": pick(a, b), "chosen_mask": pick(am, bm),
                 "rejected": pick(b, a), "rejected_mask": pick(bm, am), "flipped": flipped,
                 "gold_margin": np.where(a_wins, ga - gb, gb - ga).astype(np.float32)}
 

@@ -1,0 +1,95 @@
+"""A task over a real preference file (HH-RLHF, TL;DR comparisons, generic JSONL): deterministic
+train / validation / test split by seed, tokenised, in the same array format as the toy task.
+It has no oracle: RM accuracies are measured against the human labels."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from warm_jax.data.preferences import (FORMATS, LoadPolicy, LoadSummary, encode_pairs,
+                                       read_preferences)
+from warm_jax.data.tokenizer import ByteTokenizer, JsonTokenizer
+from warm_jax.models.config import check_range
+
+HH_ENV = "WARM_HH_PATH"
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HH_DEFAULT = os.path.join(os.path.dirname(_REPO), "shared", "data", "hh-rlhf",
+                          "harmless-base-test.jsonl.gz")
+
+
+def default_hh_path() -> str | None:
+    """$WARM_HH_PATH, else ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz beside the checkout."""
+    path = os.environ.get(HH_ENV) or HH_DEFAULT
+    return path if os.path.exists(path) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceFileConfig:
+    path: str = ""
+    format: str = "auto"
+    tokenizer_path: str | None = None   # a tokenizer.json; None: the byte tokenizer
+    max_prompt_len: int = 256
+    max_response_len: int = 128
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    policy: LoadPolicy = LoadPolicy()
+
+    def __post_init__(self):
+        o = "PreferenceFileConfig"
+        if self.format not in FORMATS:
+            raise ValueError(f"{o}.format={self.format!r}: allowed {FORMATS}")
+        check_range(o, "max_prompt_len", self.max_prompt_len, 2)
+        check_range(o, "max_response_len", self.max_response_len, 1)
+        check_range(o, "validation_fraction", self.validation_fraction, 0.0, 0.5)
+        check_range(o, "test_fraction", self.test_fraction, 0.0, 0.5)
+
+
+class PreferenceFileTask:
+    name = "preference_file"
+    has_oracle = False
+
+    def __init__(self, cfg: PreferenceFileConfig):
+        if not cfg.path:
+            raise ValueError(f"PreferenceFileConfig.path is empty (for HH-RLHF set ${HH_ENV})")
+        self.cfg = cfg
+        self.tokenizer = JsonTokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else ByteTokenizer()
+        self.vocab_size = self.tokenizer.vocab_size
+        self.pad_id, self.eos_id, self.bos_id = (self.tokenizer.pad_id, self.tokenizer.eos_id,
+                                                 self.tokenizer.bos_id)
+        self.prompt_len, self.max_response_len = cfg.max_prompt_len, cfg.max_response_len
+        pairs, self.summary = read_preferences(cfg.path, cfg.format, cfg.policy)
+        self._arrays = encode_pairs(pairs, self.tokenizer, max_prompt_len=cfg.max_prompt_len,
+                                    max_response_len=cfg.max_response_len, policy=cfg.policy,
+                                    summary=self.summary)
+        n = len(self._arrays["prompt"])
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        n_val, n_test = int(round(cfg.validation_fraction * n)), int(round(cfg.test_fraction * n))
+        self._index = {"validation": order[:n_val], "test": order[n_val:n_val + n_test],
+                       "train": order[n_val + n_test:]}
+
+    def preference_split(self, split: str) -> dict[str, np.ndarray]:
+        if split not in self._index:
+            raise ValueError(f"preference split {split!r} unknown: allowed {sorted(self._index)}")
+        idx = self._index[split]
+        if not len(idx):
+            raise ValueError(f"split {split!r} is empty: raise its fraction")
+        return {k: v[idx] for k, v in self._arrays.items()}
+
+    def prompts(self, split: str) -> np.ndarray:
+        """RL prompts come from the training pairs, evaluation prompts from the test pairs."""
+        src = {"rl": "train", "eval": "test"}
+        if split not in src:
+            raise ValueError(f"prompt split {split!r} unknown: allowed {sorted(src)}")
+        return self.preference_split(src[split])["prompt"]
+
+    def decode(self, tokens, mask=None) -> str:
+        toks = np.asarray(tokens)
+        if mask is not None:
+            toks = toks[np.asarray(mask).astype(bool)]
+        return self.tokenizer.decode(toks)
+
+    def load_summary(self) -> LoadSummary:
+        return self.summary
