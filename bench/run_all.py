@@ -6,7 +6,7 @@ import os
 import platform
 import time
 
-BENCHES = ["bench.bench_models"]
+BENCHES = ["bench.bench_models", "bench.bench_rm"]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
 

@@ -17,3 +17,25 @@ def eight_devices():
     devs = jax.devices()
     assert len(devs) == 8, f"tests expect 8 fake CPU devices, got {len(devs)} (XLA_FLAGS)"
     return devs
+
+
+# a small shared initialisation (pretrain -> SFT trajectory) for the RM / averaging / RL tests
+TOY_TEST_TASK = dict(n_pretrain=3000, n_sft=1000, n_rm_train=1500, n_rm_validation=500,
+                     n_rm_test=500, n_rl_prompts=256, n_eval_prompts=64)
+
+
+@pytest.fixture(scope="session")
+def toy_init(tmp_path_factory):
+    """(workdir, task, model_cfg) with pretrain and SFT (checkpoints 100, 150, 200) done."""
+    from warm_jax import sft
+    from warm_jax.data.toy import ToyTask, ToyTaskConfig
+    from warm_jax.models import preset
+    from warm_jax.train import OptimConfig
+    wd = str(tmp_path_factory.mktemp("toy_init"))
+    task = ToyTask(ToyTaskConfig(**TOY_TEST_TASK))
+    cfg = preset("toy", d_model=32, d_ff=64)
+    sft.pretrain(workdir=wd, task=task, model_cfg=cfg, num_steps=300, batch_size=32,
+                 optim=OptimConfig(learning_rate=3e-3, warmup_steps=20), ckpt_every=300)
+    sft.sft(workdir=wd, task=task, model_cfg=cfg, num_steps=200, batch_size=32,
+            trajectory=(100, 150, 200), optim=OptimConfig(learning_rate=3e-3), eval_samples=32)
+    return wd, task, cfg

@@ -57,9 +57,10 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               enable_async_checkpointing=False,
-                                               read_only=read_only)
+        # a reader opens without creating; orbax's own read_only mode only adds log noise
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
+                                               create=not read_only,
+                                               enable_async_checkpointing=False)
         self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                            item_names=("state", "meta"))
 

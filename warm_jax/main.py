@@ -14,14 +14,18 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
 from absl import app, flags, logging
 
 from warm_jax import sft
+from warm_jax.data.preferences import LoadPolicy
+from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
+from warm_jax.rm.diversity import DiversityConfig
+from warm_jax.rm.stage import train_reward_models
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.sampling import SamplingConfig
 from warm_jax.sharding import make_mesh
@@ -38,20 +42,26 @@ flags.DEFINE_multi_string("gin_search_path", [GIN_DIR, "."], "Where gin files ar
 for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (ModelConfig, "ModelConfig"), (preset, "model_preset"),
                     (OptimConfig, "OptimConfig"), (SamplingConfig, "SamplingConfig"),
-                    (make_mesh, "make_mesh"), (sft.pretrain, "pretrain"), (sft.sft, "sft")]:
+                    (PreferenceFileTask, "PreferenceFileTask"),
+                    (PreferenceFileConfig, "PreferenceFileConfig"), (LoadPolicy, "LoadPolicy"),
+                    (default_hh_path, "default_hh_path"), (DiversityConfig, "DiversityConfig"),
+                    (make_mesh, "make_mesh"), (sft.pretrain, "pretrain"), (sft.sft, "sft"),
+                    (train_reward_models, "train_reward_models")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 
 @gin.configurable(module="warm_jax")
-def run(workdir: str = gin.REQUIRED, stages: Sequence[Callable] = gin.REQUIRED) -> dict:
-    """Run `stages` in order; each is called as `stage(workdir=...)` and skips work already on disk."""
+def run(workdir: str = gin.REQUIRED,
+        stages: Mapping[str, Callable] | Sequence[Callable] = gin.REQUIRED) -> dict:
+    """Run `stages` in order; each is called as `stage(workdir=...)` and skips work already on disk.
+    A dict names the stages (in `timings.json`); a list names them by function."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.gin"), "w") as f:
         f.write(gin.config_str())
     timings_path = os.path.join(workdir, "timings.json")
     timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
-    for stage in stages:
-        name = getattr(stage, "__name__", None) or getattr(stage, "__wrapped__", stage).__name__
+    named = stages.items() if isinstance(stages, Mapping) else [(s.__name__, s) for s in stages]
+    for name, stage in named:
         logging.info("=== stage %s ===", name)
         print(f"=== stage {name} ===", flush=True)
         t0 = time.time()

@@ -126,6 +126,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading axis over the batch mesh axes, the rest replicated."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+def batch_sharding(mesh: Mesh, ndim: int, leading: Sequence[str] = ("batch",)) -> NamedSharding:
+    """Leading axes by their logical names (batch; or member, batch), the rest replicated."""
+    names = tuple(leading)[:ndim] + (None,) * max(0, ndim - len(leading))
+    return NamedSharding(mesh, logical_to_spec(names))

@@ -152,16 +152,19 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
     return train_step
 
 
-def jit_train_step(train_step, state_shardings: TrainState, mesh: Mesh, batch_example: Mapping):
-    batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()}
+def jit_train_step(train_step, state_shardings: TrainState, mesh: Mesh, batch_example: Mapping,
+                   leading: Sequence[str] = ("batch",)):
+    batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v), leading) for k, v in batch_example.items()}
     return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
                    donate_argnums=0)
 
 
-def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
-    """Host batch -> global arrays sharded over the batch axes (multi-host safe)."""
-    return {k: jax.make_array_from_process_local_data(shd.batch_sharding(mesh, np.ndim(v)),
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh,
+              leading: Sequence[str] = ("batch",)) -> dict:
+    """Host batch -> global arrays sharded by the leading logical axes (multi-host safe).
+    A population batch is [member, batch, ...]: leading=("member", "batch")."""
+    return {k: jax.make_array_from_process_local_data(shd.batch_sharding(mesh, np.ndim(v), leading),
                                                       np.asarray(v))
             for k, v in batch.items()}
 
@@ -174,7 +177,7 @@ def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mes
         data_iter: Iterator, num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
         meta: dict | None = None, ckpt_every: int = 100, log_every: int = 10,
         keep_steps: Sequence[int] = (), final_meta: Callable[[TrainState], dict] | None = None,
-        desc: str = "train") -> TrainState:
+        leading: Sequence[str] = ("batch",), desc: str = "train") -> TrainState:
     """Run (or resume) to `num_steps`, checkpointing state + data-iterator state together.
 
     A non-finite loss or gradient norm stops training before anything is saved, so the last good
@@ -187,15 +190,15 @@ def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mes
         state, saved_meta = checkpointer.restore(latest, target)
         if "data_state" in saved_meta and hasattr(data_iter, "set_state"):
             data_iter.set_state(saved_meta["data_state"])
-    start = int(jax.device_get(state.step))
+    start = int(np.max(jax.device_get(state.step)))  # a population carries one step per member
     step_fn = None
     for step in progress(range(start, num_steps), desc=desc, initial=start, total=num_steps):
-        batch = put_batch(next(data_iter), mesh)
+        batch = put_batch(next(data_iter), mesh, leading)
         if step_fn is None:
-            step_fn = jit_train_step(train_step, state_shardings, mesh, batch)
+            step_fn = jit_train_step(train_step, state_shardings, mesh, batch, leading)
         state, metrics = step_fn(state, batch)
         metrics = jax.device_get(metrics)
-        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+        if not (np.isfinite(metrics["loss"]).all() and np.isfinite(metrics["grad_norm"]).all()):
             raise NonFiniteError(
                 f"{desc}: non-finite loss ({metrics['loss']}) or gradient norm "
                 f"({metrics['grad_norm']}) at step {step + 1}; last good checkpoint "

@@ -85,6 +85,26 @@ class PreferenceFileTask:
             raise ValueError(f"prompt split {split!r} unknown: allowed {sorted(src)}")
         return self.preference_split(src[split])["prompt"]
 
+    def _sequences(self, response: str) -> dict[str, np.ndarray]:
+        d = self.preference_split("train")
+        tokens = np.concatenate([d["prompt"], d[response]], 1)
+        mask = np.concatenate([d["prompt_mask"], d[response + "_mask"]], 1)
+        return {"tokens": tokens, "mask": mask,
+                "loss_mask": np.concatenate([np.zeros_like(d["prompt_mask"]),
+                                             d[response + "_mask"]], 1)}
+
+    def pretrain_corpus(self) -> dict[str, np.ndarray]:
+        """Without a pretrained model: next-token training on the training split's conversations
+        (prompt + either response, all tokens)."""
+        a, b = self._sequences("chosen"), self._sequences("rejected")
+        out = {k: np.concatenate([a[k], b[k]]) for k in ("tokens", "mask")}
+        out["loss_mask"] = out["mask"]
+        return out
+
+    def sft_demonstrations(self) -> dict[str, np.ndarray]:
+        """SFT on the preferred responses of the training split (loss on the response only)."""
+        return self._sequences("chosen")
+
     def decode(self, tokens, mask=None) -> str:
         toks = np.asarray(tokens)
         if mask is not None:

@@ -209,16 +209,23 @@ class LanguageModel(nn.Module):
 
 
 class ScalarHead(nn.Module):
-    """A linear map from the model dimension to one number (reward or value)."""
+    """A linear map from the model dimension to one number (reward or value).
+
+    The reward head has no bias: the Bradley–Terry loss only sees reward differences, so a bias gets
+    no gradient but noise, which Adam would amplify into a random walk."""
     cfg: ModelConfig
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, h_BxTxD):
         w = _param(self, "kernel", (self.cfg.d_model, 1), ("embed", "reward"),
                    nn.initializers.normal(0.02), self.cfg.jnp_param_dtype)
-        b = _param(self, "bias", (1,), ("reward",), nn.initializers.zeros, self.cfg.jnp_param_dtype)
         out = jnp.einsum("btd,do->bto", h_BxTxD.astype(jnp.float32), w.astype(jnp.float32))
-        return (out + b.astype(jnp.float32))[..., 0]
+        if self.use_bias:
+            b = _param(self, "bias", (1,), ("reward",), nn.initializers.zeros,
+                       self.cfg.jnp_param_dtype)
+            out = out + b.astype(jnp.float32)
+        return out[..., 0]
 
 
 class RewardModel(nn.Module):

@@ -1,0 +1,1 @@
+"""Reward models: Bradley–Terry fine-tunings of M diverse members from a shared linear-probed init."""
