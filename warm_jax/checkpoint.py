@@ -7,6 +7,7 @@ rename), so a crash never leaves a partial checkpoint that `latest_step` would r
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from typing import Any, Sequence
@@ -14,6 +15,16 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+class _DropItemMetadataNoise(logging.Filter):
+    """Reading array metadata of one item (below its step) makes orbax warn that the step-level
+    metadata file is not there; it is not meant to be."""
+
+    def filter(self, record):
+        return "Metadata file does not exist" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropItemMetadataNoise())
 
 ASSIGN_ALL: tuple[tuple[str, str | None], ...] = ((r"(.*)", r"\1"),)
 
@@ -89,6 +100,31 @@ class Checkpointer:
         step = self._resolve(step)
         out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"] or {})
+
+    def array_metadata(self, step: int | None = None) -> Any:
+        """Shapes and dtypes of the `state` arrays, read from metadata alone (nothing loaded)."""
+        meta = ocp.PyTreeCheckpointer().metadata(self._item_dir(step, "state"))
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), tree)
+
+    def restore_subset(self, step: int | None, target: Any) -> Any:
+        """Restore only the leaves of `target` that are ShapeDtypeStructs (with shardings); leaves
+        set to `ocp.PLACEHOLDER` are skipped, so a model can be read a slice at a time."""
+        def args(x):
+            if x is ocp.PLACEHOLDER:
+                return x
+            sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
+                jax.devices()[0])
+            return ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype)
+        is_ph = lambda x: x is ocp.PLACEHOLDER  # noqa: E731
+        restore_args = jax.tree.map(args, target, is_leaf=is_ph)
+        return ocp.PyTreeCheckpointer().restore(
+            self._item_dir(step, "state"),
+            args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+
+    def _item_dir(self, step, item: str) -> str:
+        return os.path.join(self.directory, str(self._resolve(step)), item)
 
     def _resolve(self, step):
         if step is None:

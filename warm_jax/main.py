@@ -21,6 +21,7 @@ import jax
 from absl import app, flags, logging
 
 from warm_jax import sft
+from warm_jax.average.stage import average_reward_models
 from warm_jax.data.preferences import LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
@@ -46,7 +47,8 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (PreferenceFileConfig, "PreferenceFileConfig"), (LoadPolicy, "LoadPolicy"),
                     (default_hh_path, "default_hh_path"), (DiversityConfig, "DiversityConfig"),
                     (make_mesh, "make_mesh"), (sft.pretrain, "pretrain"), (sft.sft, "sft"),
-                    (train_reward_models, "train_reward_models")]:
+                    (train_reward_models, "train_reward_models"),
+                    (average_reward_models, "average_reward_models")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 

@@ -30,6 +30,9 @@ class DiversityConfig:
     baklava_steps: tuple[int, ...] = ()   # () = every member starts from the last SFT checkpoint
     vary_data_order: bool = True
     seed: int = 0
+    # instead of cycling grids: one (learning_rate, dropout, sft_step) per member, e.g. a "ladder"
+    # of increasing diversity for the LMC analysis (member 1 differs from 0 by data order only, ...)
+    explicit: tuple[tuple[float, float, int], ...] = ()
 
     def __post_init__(self):
         o = "DiversityConfig"
@@ -40,11 +43,23 @@ class DiversityConfig:
             check_range(o, "learning_rates[i]", lr, 0.0, 10.0, lo_open=True)
         for d in self.dropouts:
             check_range(o, "dropouts[i]", d, 0.0, 0.9)
+        if self.explicit:
+            if len(self.explicit) != self.num_members:
+                raise ValueError(f"{o}.explicit has {len(self.explicit)} entries for "
+                                 f"num_members={self.num_members}")
+            for i, (lr, d, _) in enumerate(self.explicit):
+                check_range(o, f"explicit[{i}].learning_rate", lr, 0.0, 10.0, lo_open=True)
+                check_range(o, f"explicit[{i}].dropout", d, 0.0, 0.9)
 
 
 def expand(cfg: DiversityConfig, final_sft_step: int) -> list[RunSpec]:
     """M run specs from one base config; a member's spec is what makes it differ from the others."""
     steps = cfg.baklava_steps or (final_sft_step,)
+    if cfg.explicit:
+        return [RunSpec(member=i, data_seed=cfg.seed + (1000 * (i + 1) if cfg.vary_data_order else 0),
+                        learning_rate=float(lr), dropout=float(d), init_step=int(step),
+                        rng_seed=cfg.seed + 7919 * (i + 1))
+                for i, (lr, d, step) in enumerate(cfg.explicit)]
     return [RunSpec(member=i,
                     data_seed=cfg.seed + (1000 * (i + 1) if cfg.vary_data_order else 0),
                     learning_rate=cfg.learning_rates[i % len(cfg.learning_rates)],

@@ -1,0 +1,132 @@
+"""Weight averaging vs ensembling costs.
+
+Keys:
+  ens_over_wa_scoring     time to score the same pairs with ENS of M = 6 vs the averaged model
+                          (goal >= 5.5; the limit is 6)
+  avg_peak_rss_over_ckpt  (peak RSS while averaging M = 6 checkpoints of a >= 500 MB model − RSS just
+                          before the first restore) / one checkpoint's size (goal <= 2.5)
+  avg_wall_over_io_floor  averaging wall time / time to merely read the M checkpoints and write one
+                          (goal <= 1.5)
+The memory and I/O measurements run in a fresh subprocess so that nothing else sits in its heap.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+M = 6
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _scoring(quick: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from bench.common import best_time
+    from warm_jax.average.rewards import make_reward_function
+    from warm_jax.models import RewardModel, preset, unbox
+    cfg = preset("toy")
+    rm = RewardModel(cfg)
+    toks = jnp.ones((1, 4), jnp.int32)
+    members = [unbox(rm.init(jax.random.PRNGKey(i), toks, toks)["params"]) for i in range(M)]
+    wa = jax.tree.map(lambda *xs: sum(xs) / M, *members)
+    B = 512 if quick else 2048
+    prompt = jax.random.randint(jax.random.PRNGKey(0), (B, 16), 4, cfg.vocab_size)
+    resp = jax.random.randint(jax.random.PRNGKey(1), (B, 12), 4, cfg.vocab_size)
+    args = (prompt, jnp.ones_like(prompt), resp, jnp.ones_like(resp))
+    call = jax.jit(lambda f, *a: f(*a))
+    t_ens = best_time(call, make_reward_function(cfg, members, "ens"), *args, repeats=5)
+    t_wa = best_time(call, make_reward_function(cfg, wa, "single"), *args, repeats=5)
+    return {"ens_over_wa_scoring": round(t_ens / t_wa, 2)}
+
+
+def _child(root: str, ckpt_mb: int) -> None:
+    """Runs in a fresh process: I/O floor first, then the streaming average under an RSS sampler."""
+    import jax  # noqa: F401  (imported before the baseline is read)
+
+    from warm_jax.average.soup import average_checkpoints
+    from warm_jax.checkpoint import Checkpointer
+    dirs = [os.path.join(root, f"m{i}") for i in range(M)]
+    # I/O floor: read every member whole, write one
+    t0 = time.perf_counter()
+    state = None
+    for d in dirs:
+        state, _ = Checkpointer(d, read_only=True).restore()
+        jax.block_until_ready(state)
+        del state
+    t_read = time.perf_counter() - t0
+    state, _ = Checkpointer(dirs[0], read_only=True).restore()
+    t0 = time.perf_counter()
+    Checkpointer(os.path.join(root, "floor_out")).save(0, state, {})
+    t_write = time.perf_counter() - t0
+    del state
+    import gc
+    gc.collect()
+    time.sleep(0.5)
+    base = _rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    average_checkpoints(dirs, os.path.join(root, "avg_out"))
+    t_avg = time.perf_counter() - t0
+    done.set()
+    th.join()
+    size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in
+               os.walk(os.path.join(dirs[0])) for f in fs)
+    print("RESULT " + json.dumps({
+        "avg_peak_rss_over_ckpt": round((peak[0] - base) / (ckpt_mb << 20), 2),
+        "avg_wall_over_io_floor": round(t_avg / (t_read + t_write), 2),
+        "avg_wall_s": round(t_avg, 2), "avg_io_floor_s": round(t_read + t_write, 2),
+        "avg_ckpt_mb_on_disk": round(size / (1 << 20), 1)}))
+
+
+def _memory(quick: bool) -> dict:
+    ckpt_mb = 512
+    root = tempfile.mkdtemp(prefix="warm_avg_bench_")
+    try:
+        code = f"""
+import numpy as np, sys
+sys.path.insert(0, {os.getcwd()!r})
+from warm_jax.checkpoint import Checkpointer
+leaves = 16
+n = ({ckpt_mb} << 20) // 4 // leaves
+for i in range({M}):
+    rng = np.random.default_rng(i)
+    params = {{f"layer_{{j}}": rng.standard_normal(n, dtype=np.float32) for j in range(leaves)}}
+    Checkpointer({root!r} + f"/m{{i}}").save(1, {{"params": params}}, {{"base_fingerprint": "bench"}})
+"""
+        subprocess.run([sys.executable, "-c", code], check=True)
+        out = subprocess.run([sys.executable, "-m", "bench.bench_average", "--child", root,
+                              str(ckpt_mb)], check=True, capture_output=True, text=True)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+        return json.loads(line[len("RESULT "):])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(quick: bool = True) -> dict:
+    return {**_scoring(quick), **_memory(quick)}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]))
+    else:
+        print(run())

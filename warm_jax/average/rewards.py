@@ -1,0 +1,92 @@
+"""One reward-function interface for best-of-N and RL: single RM, WARM (an averaged RM is a single
+RM), ENS (mean of M), WCO (worst case: min over M) and UWO (mean − λ·variance; Coste et al. 2023).
+
+A `RewardFunction` is a pytree (parameters, normalisation) with static metadata, so it is passed
+into jitted steps as an argument. Ensembles evaluate all members in one vmapped forward pass.
+Rewards can be z-normalised (e.g. on SFT samples): reward scale interacts with the KL strength α,
+so the shift and scale are part of the function and are reported with every run.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from warm_jax.models import ModelConfig, RewardModel
+
+KINDS = ("single", "ens", "wco", "uwo")
+
+
+@flax.struct.dataclass
+class RewardFunction:
+    params: Any                 # one tree (single) or trees stacked on a leading member axis
+    shift: jax.Array
+    scale: jax.Array
+    model_cfg: ModelConfig = flax.struct.field(pytree_node=False)
+    kind: str = flax.struct.field(pytree_node=False, default="single")
+    uwo_lambda: float = flax.struct.field(pytree_node=False, default=1.0)
+    name: str = flax.struct.field(pytree_node=False, default="rm")
+
+    @property
+    def num_members(self) -> int:
+        return 1 if self.kind == "single" else jax.tree.leaves(self.params)[0].shape[0]
+
+    def member_rewards(self, tokens_BxT, mask_BxT) -> jax.Array:
+        """Raw rewards, M x B (M = 1 for a single RM)."""
+        rm = RewardModel(self.model_cfg)
+        apply = lambda p: rm.apply({"params": p}, tokens_BxT, mask_BxT)  # noqa: E731
+        if self.kind == "single":
+            return apply(self.params)[None]
+        return jax.vmap(apply)(self.params)
+
+    def __call__(self, prompt_BxP, prompt_mask_BxP, response_BxR, response_mask_BxR) -> jax.Array:
+        tokens = jnp.concatenate([prompt_BxP, response_BxR], 1)
+        mask = jnp.concatenate([prompt_mask_BxP, response_mask_BxR.astype(prompt_mask_BxP.dtype)], 1)
+        return (aggregate(self.member_rewards(tokens, mask), self.kind, self.uwo_lambda)
+                - self.shift) / self.scale
+
+
+def aggregate(r_MxB: jax.Array, kind: str, uwo_lambda: float = 1.0) -> jax.Array:
+    if kind in ("single", "ens"):
+        return r_MxB.mean(0)
+    if kind == "wco":
+        return r_MxB.min(0)
+    if kind == "uwo":
+        return r_MxB.mean(0) - uwo_lambda * r_MxB.var(0)
+    raise ValueError(f"reward kind {kind!r}: allowed {KINDS}")
+
+
+def make_reward_function(model_cfg: ModelConfig, params: Any | Sequence[Any], kind: str = "single",
+                         *, uwo_lambda: float = 1.0, name: str | None = None) -> RewardFunction:
+    """`params`: one tree for 'single' (a member or a WARM average); a list of trees otherwise."""
+    if kind not in KINDS:
+        raise ValueError(f"reward kind {kind!r}: allowed {KINDS}")
+    if kind != "single":
+        if not isinstance(params, (list, tuple)) or len(params) < 2:
+            raise ValueError(f"reward kind {kind!r} needs a list of >= 2 members' parameters")
+        params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    return RewardFunction(params=params, shift=jnp.float32(0.0), scale=jnp.float32(1.0),
+                          model_cfg=model_cfg, kind=kind, uwo_lambda=uwo_lambda,
+                          name=name or kind)
+
+
+def normalised(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
+               batch_size: int = 256) -> RewardFunction:
+    """z-normalise `fn` on given samples (e.g. the SFT policy's): zero mean, unit std there."""
+    raw = fn.replace(shift=jnp.float32(0.0), scale=jnp.float32(1.0))
+    call = jax.jit(lambda f, *a: f(*a))
+    r = np.concatenate([np.asarray(call(raw, prompt[i:i + batch_size],
+                                        prompt_mask[i:i + batch_size],
+                                        response[i:i + batch_size],
+                                        response_mask[i:i + batch_size]))
+                        for i in range(0, len(prompt), batch_size)])
+    return fn.replace(shift=jnp.float32(r.mean()), scale=jnp.float32(max(r.std(), 1e-6)))
+
+
+def describe(fn: RewardFunction) -> dict:
+    return {"name": fn.name, "kind": fn.kind, "members": fn.num_members,
+            "uwo_lambda": fn.uwo_lambda if fn.kind == "uwo" else None,
+            "shift": float(fn.shift), "scale": float(fn.scale)}

@@ -1,0 +1,169 @@
+"""Streaming, in-place weight averaging of orbax checkpoints: φ_WARM = Σ_i w_i φ_i.
+
+Members are validated first (structure, shapes, dtypes, base fingerprint) from metadata alone, so a
+mismatch fails before anything is read or written. Then parameters are read a slice at a time
+(`chunk_bytes` of leaves per read) into one float32 running sum updated in place (buffer donation):
+peak memory is about one model plus one slice, whatever M is. Restore targets carry shardings, so a
+sharded model is summed shard by shard and never gathered onto one host. The result is committed
+atomically by orbax and records its members and weights.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from warm_jax.checkpoint import Checkpointer, flatten, path_str
+
+log = logging.getLogger(__name__)
+
+
+class AverageError(ValueError):
+    pass
+
+
+def _open(member_dirs: Sequence[str]) -> list[tuple[Checkpointer, int, dict]]:
+    out = []
+    for d in member_dirs:
+        try:
+            ck = Checkpointer(d, read_only=True)
+            step = ck.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no committed checkpoint in {d}")
+            out.append((ck, step, ck.restore_meta(step)))
+        except Exception as e:  # noqa: BLE001 - name the member whatever broke
+            raise AverageError(f"member {d} is missing or unreadable: {e}") from None
+    return out
+
+
+def check_compatible(members: list[tuple[Checkpointer, int, dict]], *,
+                     allow_base_mismatch: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """The members' flat {path: ShapeDtypeStruct}, after checking they can be averaged."""
+    ref_ck, ref_step, ref_meta = members[0]
+    ref = flatten(ref_ck.array_metadata(ref_step))
+    fp = ref_meta.get("base_fingerprint")
+    for ck, step, meta in members[1:]:
+        other = flatten(ck.array_metadata(step))
+        if set(other) != set(ref):
+            diff = sorted(set(other) ^ set(ref))[:5]
+            raise AverageError(f"member {ck.directory}: parameter tree differs from "
+                               f"{ref_ck.directory} (paths {diff})")
+        for k, x in ref.items():
+            y = other[k]
+            if x.shape != y.shape or x.dtype != y.dtype:
+                raise AverageError(f"member {ck.directory}: {k} is {y.shape} {y.dtype}, but "
+                                   f"{x.shape} {x.dtype} in {ref_ck.directory}")
+        if meta.get("base_fingerprint") != fp:
+            msg = (f"member {ck.directory} descends from base {meta.get('base_fingerprint')}, "
+                   f"{ref_ck.directory} from {fp}: weight averaging needs one shared init")
+            if not allow_base_mismatch:
+                raise AverageError(msg + " (allow_base_mismatch=True overrides)")
+            log.warning("!!! %s — averaging anyway because allow_base_mismatch=True !!!", msg)
+    return ref
+
+
+def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    if len(weights) != n:
+        raise AverageError(f"{len(weights)} weights for {n} members")
+    w = np.asarray(weights, np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise AverageError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    return (w / w.sum()).tolist()
+
+
+def _chunks(leaves: dict[str, jax.ShapeDtypeStruct], chunk_bytes: int) -> list[list[str]]:
+    chunks, cur, size = [], [], 0
+    for k, x in leaves.items():
+        n = int(np.prod(x.shape)) * x.dtype.itemsize
+        if cur and size + n > chunk_bytes:
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(k)
+        size += n
+    return chunks + ([cur] if cur else [])
+
+
+@jax.jit
+def _scaled(x, w):
+    return jax.tree.map(lambda b: w * b.astype(jnp.float32), x)
+
+
+@jax.jit
+def _accumulate(acc, x, w):
+    return jax.tree.map(lambda a, b: a + w * b.astype(jnp.float32), acc, x)
+
+
+# the running sum is updated in place: its buffers are donated to the result
+_accumulate_donated = jax.jit(_accumulate.__wrapped__, donate_argnums=0)
+
+
+def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None = None, *,
+                   shardings: Callable[[str], Any] | None = None, chunk_bytes: int = 256 << 20,
+                   allow_base_mismatch: bool = False) -> tuple[Any, dict]:
+    """Σ_i w_i φ_i over member checkpoints, read in slices. Returns (state tree, meta).
+
+    `shardings(path)` gives the sharding for a leaf (default: the first device)."""
+    if not member_dirs:
+        raise AverageError("no members to average")
+    members = _open(member_dirs)
+    leaves = check_compatible(members, allow_base_mismatch=allow_base_mismatch)
+    w = normalise_weights(weights, len(members))
+    template = members[0][0].array_metadata(members[0][1])
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
+    treedef = jax.tree.structure(template)
+
+    def target(keep: set[str]):
+        out = []
+        for p in paths:
+            x = leaves[p]
+            if p in keep:
+                sh = shardings(p) if shardings else None
+                out.append(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh))
+            else:
+                out.append(ocp.PLACEHOLDER)
+        return jax.tree.unflatten(treedef, out)
+
+    acc: dict[str, jax.Array] = {}
+    for chunk in _chunks(leaves, chunk_bytes):
+        keep = set(chunk)
+        for i, (ck, step, _) in enumerate(members):
+            part = flatten(ck.restore_subset(step, target(keep)))
+            part = {k: part[k] for k in chunk}
+            if i == 0:
+                acc.update(_scaled(part, w[0]))
+            else:
+                acc.update(_accumulate_donated({k: acc[k] for k in chunk}, part, w[i]))
+            del part
+    out = jax.tree.unflatten(treedef, [acc[p].astype(leaves[p].dtype) for p in paths])
+    meta = {"members": [ck.directory for ck, _, _ in members], "weights": w,
+            "member_steps": [s for _, s, _ in members],
+            "base_fingerprint": members[0][2].get("base_fingerprint")}
+    return out, meta
+
+
+def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
+                        weights: Sequence[float] | None = None, *, method: str = "uniform",
+                        extra_meta: dict | None = None, **kw) -> str:
+    """Average members into one checkpoint at `out_dir` (committed whole, or not at all).
+
+    An existing output with the same members and weights is kept (a rerun skips); any other
+    existing output is an error rather than an overwrite."""
+    w = normalise_weights(weights, len(member_dirs))
+    if os.path.isdir(out_dir) and Checkpointer(out_dir, read_only=True).latest_step() is not None:
+        have = Checkpointer(out_dir, read_only=True).restore_meta()
+        if have.get("members") == [os.path.abspath(d) for d in member_dirs] and \
+                np.allclose(have.get("weights", []), w):
+            return out_dir
+        raise AverageError(f"{out_dir} already holds a different average ({have.get('members')}); "
+                           "choose another output directory")
+    state, meta = stream_average(member_dirs, w, **kw)
+    meta.update(method=method, **(extra_meta or {}))
+    Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
+    return out_dir

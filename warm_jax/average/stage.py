@@ -1,0 +1,109 @@
+"""The averaging stage: WARM checkpoints from the trained members, and the RM analyses.
+
+Writes under `<workdir>/rm/<name>/`:
+  averages/warm_M<k>/   uniform average of the best k members (ranked on `rank_by`)
+  averages/greedy/      greedy soup: members added best-first while `rank_by` accuracy holds
+  analysis.jsonl        lmc, corruption, corruption_pair and acc_vs_m rows
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from warm_jax.average import analysis as A
+from warm_jax.average.soup import average_checkpoints
+from warm_jax.checkpoint import Checkpointer, restore_params
+from warm_jax.metrics import MetricsWriter
+from warm_jax.models import ModelConfig, RewardModel
+from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
+from warm_jax.rm.stage import SPLITS, member_done
+
+DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
+
+
+def member_dirs(rm_dir: str) -> list[str]:
+    out, m = [], 0
+    while member_done(rm_dir, m):
+        out.append(os.path.join(rm_dir, "members", f"member_{m}"))
+        m += 1
+    if not out:
+        raise FileNotFoundError(f"no trained members under {rm_dir}/members")
+    return out
+
+
+def member_params_at(rm_dir: str, member: int, step: int) -> dict:
+    """A member's parameters at an intermediate training step (population or separate layout)."""
+    for sub, index in (("population", True), (f"member_{member}", False)):
+        d = os.path.join(rm_dir, "train", sub, "checkpoints")
+        if os.path.isdir(d) and step in Checkpointer(d, read_only=True).all_steps():
+            params, meta = restore_params(d, step)
+            if index:
+                pos = [s["member"] for s in meta["specs"]].index(member)
+                params = jax.tree.map(lambda x: x[pos], params)
+            return params
+    raise FileNotFoundError(f"no training checkpoint of member {member} at step {step} in {rm_dir}")
+
+
+def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str = "clean",
+                          m_values: Sequence[int] = (2, 6), rank_by: str = "validation",
+                          greedy: bool = True,
+                          lmc_pairs: Mapping[str, Sequence[int]] = DEFAULT_LMC_PAIRS,
+                          same_run_step: int | None = None, allow_base_mismatch: bool = False,
+                          eval_batch_size: int = 256) -> str:
+    rm_dir = os.path.join(workdir, "rm", name)
+    dirs = member_dirs(rm_dir)
+    M = len(dirs)
+    bad = [m for m in m_values if not 1 <= m <= M]
+    if bad:
+        raise ValueError(f"average_reward_models.m_values {bad} out of range: allowed [1, {M}]")
+    out_path = os.path.join(rm_dir, "analysis.jsonl")
+    rm = RewardModel(model_cfg)
+    splits = {s: {k: v for k, v in task.preference_split(s).items()
+                  if k in PAIR_KEYS + ("flipped",)} for s in SPLITS}
+    subsets = A.split_masks(splits)
+    if rank_by not in subsets:
+        raise ValueError(f"average_reward_models.rank_by={rank_by!r}: allowed {sorted(subsets)}")
+    scorer = make_pair_scorer(rm, eval_batch_size)
+    score_fn = lambda p: {s: scorer(p, d) for s, d in splits.items()}  # noqa: E731
+    params = [restore_params(d)[0] for d in dirs]
+    scores = [score_fn(p) for p in params]
+    order = A.rank(scores, subsets, rank_by)
+
+    for m in m_values:
+        average_checkpoints([dirs[i] for i in order[:m]],
+                            os.path.join(rm_dir, "averages", f"warm_M{m}"),
+                            method=f"top{m}_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
+                            extra_meta={"member_indices": order[:m]})
+    rows = []
+    if greedy:
+        chosen = [order[0]]
+        best = A.accuracies(scores[order[0]], {rank_by: subsets[rank_by]})[rank_by]
+        for i in order[1:]:
+            cand = chosen + [i]
+            acc = A.accuracies(score_fn(A.mix([params[j] for j in cand], [1 / len(cand)] * len(cand))),
+                               {rank_by: subsets[rank_by]})[rank_by]
+            rows.append({"analysis": "greedy_soup", "candidate": i, "members": cand,
+                         "acc": acc, "kept": acc >= best})
+            if acc >= best:
+                chosen, best = cand, acc
+        average_checkpoints([dirs[i] for i in chosen], os.path.join(rm_dir, "averages", "greedy"),
+                            method=f"greedy_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
+                            extra_meta={"member_indices": chosen})
+    if not os.path.exists(out_path):
+        for pair_name, (a, b) in lmc_pairs.items():
+            if max(a, b) < M:
+                rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,
+                              pair_name)
+        if same_run_step is not None:
+            mid = member_params_at(rm_dir, 0, same_run_step)
+            rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run")
+        rows += A.corruption(params, scores, score_fn, subsets)
+        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by)
+        with MetricsWriter(rm_dir, "analysis_tmp", tensorboard=False) as w:
+            for r in rows:
+                w.write(0, r)
+        os.replace(w.path, out_path)
+    return rm_dir
