@@ -29,6 +29,9 @@ class RewardFunction:
     kind: str = flax.struct.field(pytree_node=False, default="single")
     uwo_lambda: float = flax.struct.field(pytree_node=False, default=1.0)
     name: str = flax.struct.field(pytree_node=False, default="rm")
+    # 'vmap' batches members (accelerators); 'map' runs them in turn in one program (a CPU, where
+    # batched matmuls are slower than M plain ones: bench ens_over_wa_scoring)
+    ensemble_impl: str = flax.struct.field(pytree_node=False, default="vmap")
 
     @property
     def num_members(self) -> int:
@@ -40,6 +43,8 @@ class RewardFunction:
         apply = lambda p: rm.apply({"params": p}, tokens_BxT, mask_BxT)  # noqa: E731
         if self.kind == "single":
             return apply(self.params)[None]
+        if self.ensemble_impl == "map":
+            return jax.lax.map(apply, self.params)
         return jax.vmap(apply)(self.params)
 
     def __call__(self, prompt_BxP, prompt_mask_BxP, response_BxR, response_mask_BxR) -> jax.Array:
@@ -60,17 +65,20 @@ def aggregate(r_MxB: jax.Array, kind: str, uwo_lambda: float = 1.0) -> jax.Array
 
 
 def make_reward_function(model_cfg: ModelConfig, params: Any | Sequence[Any], kind: str = "single",
-                         *, uwo_lambda: float = 1.0, name: str | None = None) -> RewardFunction:
+                         *, uwo_lambda: float = 1.0, name: str | None = None,
+                         ensemble_impl: str = "vmap") -> RewardFunction:
     """`params`: one tree for 'single' (a member or a WARM average); a list of trees otherwise."""
     if kind not in KINDS:
         raise ValueError(f"reward kind {kind!r}: allowed {KINDS}")
+    if ensemble_impl not in ("vmap", "map"):
+        raise ValueError(f"ensemble_impl={ensemble_impl!r}: allowed ('vmap', 'map')")
     if kind != "single":
         if not isinstance(params, (list, tuple)) or len(params) < 2:
             raise ValueError(f"reward kind {kind!r} needs a list of >= 2 members' parameters")
         params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
     return RewardFunction(params=params, shift=jnp.float32(0.0), scale=jnp.float32(1.0),
                           model_cfg=model_cfg, kind=kind, uwo_lambda=uwo_lambda,
-                          name=name or kind)
+                          name=name or kind, ensemble_impl=ensemble_impl)
 
 
 def normalised(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
