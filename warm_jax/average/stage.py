@@ -47,12 +47,24 @@ def member_params_at(rm_dir: str, member: int, step: int) -> dict:
     raise FileNotFoundError(f"no training checkpoint of member {member} at step {step} in {rm_dir}")
 
 
+def _subsample(split: dict[str, np.ndarray], n: int | None, seed: int) -> dict[str, np.ndarray]:
+    total = len(split["prompt"])
+    if n is None or total <= n:
+        return split
+    idx = np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    return {k: v[idx] for k, v in split.items()}
+
+
 def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str = "clean",
                           m_values: Sequence[int] = (2, 6), rank_by: str = "validation",
                           greedy: bool = True,
                           lmc_pairs: Mapping[str, Sequence[int]] = DEFAULT_LMC_PAIRS,
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
-                          eval_batch_size: int = 256) -> str:
+                          eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
+                          seed: int = 0) -> str:
+    """Average the members of `<workdir>/rm/<name>` (top-M and greedy soups) and run the analyses.
+    The analyses score at most `max_eval_pairs` pairs per split (a seeded random subset) to keep
+    their ~80 weight averages cheap; the members' own accuracies in eval.jsonl use every pair."""
     rm_dir = os.path.join(workdir, "rm", name)
     dirs = member_dirs(rm_dir)
     M = len(dirs)
@@ -61,8 +73,9 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
         raise ValueError(f"average_reward_models.m_values {bad} out of range: allowed [1, {M}]")
     out_path = os.path.join(rm_dir, "analysis.jsonl")
     rm = RewardModel(model_cfg)
-    splits = {s: {k: v for k, v in task.preference_split(s).items()
-                  if k in PAIR_KEYS + ("flipped",)} for s in SPLITS}
+    splits = {s: _subsample({k: v for k, v in task.preference_split(s).items()
+                             if k in PAIR_KEYS + ("flipped",)}, max_eval_pairs, seed)
+              for s in SPLITS}
     subsets = A.split_masks(splits)
     if rank_by not in subsets:
         raise ValueError(f"average_reward_models.rank_by={rank_by!r}: allowed {sorted(subsets)}")
@@ -101,7 +114,7 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
             mid = member_params_at(rm_dir, 0, same_run_step)
             rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run")
         rows += A.corruption(params, scores, score_fn, subsets)
-        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by)
+        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by, random_orders=2)
         with MetricsWriter(rm_dir, "analysis_tmp", tensorboard=False) as w:
             for r in rows:
                 w.write(0, r)

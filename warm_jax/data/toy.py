@@ -121,8 +121,10 @@ class ToyTask:
         self.prompt_len, self.max_response_len = cfg.prompt_len, cfg.max_response_len
         self.salient = np.arange(FIRST, FIRST + cfg.n_salient)
         self.filler = np.arange(FIRST + cfg.n_salient, cfg.vocab_size)
-        self._gold = jax.jit(lambda p, r, m: gold_reward(p, r, m, n_salient=cfg.n_salient,
-                                                         vocab_size=cfg.vocab_size))
+        # the oracle as a pure function, for use inside jitted RL steps
+        self.gold_fn = lambda p, r, m: gold_reward(p, r, m, n_salient=cfg.n_salient,
+                                                   vocab_size=cfg.vocab_size)
+        self._gold = jax.jit(self.gold_fn)
 
     # --- generation ---------------------------------------------------------------------------
     def _rng(self, split: str) -> np.random.Generator:
