@@ -140,13 +140,23 @@ class Checkpointer:
 
 def restore_params(directory: str, step: int | None = None, shardings: Any = None
                    ) -> tuple[Any, dict]:
-    """The `params` of a train-state checkpoint (any stage), placed by `shardings` if given."""
+    """The `params` of a checkpoint of any stage, placed by `shardings` (a params-shaped tree, or
+    a callable path -> sharding); by default on the first local device, whatever mesh saved it."""
     ck = Checkpointer(directory, read_only=True)
-    state, meta = ck.restore(step)
-    params = state["params"]
-    if shardings is not None:
-        params = jax.device_put(params, shardings)
-    return params, meta
+    step = ck.latest_step() if step is None else step
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if shardings is None:
+        pick = lambda path: default  # noqa: E731
+    elif callable(shardings):
+        pick = shardings
+    else:
+        flat = {"params/" + k: v for k, v in flatten(shardings).items()}
+        pick = lambda path: flat.get(path, default)  # noqa: E731
+    target = jax.tree_util.tree_map_with_path(
+        lambda p, m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=pick(path_str(p))),
+        ck.array_metadata(step))
+    state, meta = ck.restore(step, target)
+    return state["params"], meta
 
 
 def assign_with_fallback(source: Any, target_init: Any,
