@@ -26,6 +26,9 @@ from warm_jax.data.preferences import LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.rm.diversity import DiversityConfig
+from warm_jax.report import write_report
+from warm_jax.rl.reinforce import RLConfig
+from warm_jax.rl.stage import best_of_n, train_policies
 from warm_jax.rm.stage import train_reward_models
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.sampling import SamplingConfig
@@ -48,13 +51,16 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (default_hh_path, "default_hh_path"), (DiversityConfig, "DiversityConfig"),
                     (make_mesh, "make_mesh"), (sft.pretrain, "pretrain"), (sft.sft, "sft"),
                     (train_reward_models, "train_reward_models"),
-                    (average_reward_models, "average_reward_models")]:
+                    (average_reward_models, "average_reward_models"), (RLConfig, "RLConfig"),
+                    (best_of_n, "best_of_n"), (train_policies, "train_policies"),
+                    (write_report, "report")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 
 @gin.configurable(module="warm_jax")
 def run(workdir: str = gin.REQUIRED,
-        stages: Mapping[str, Callable] | Sequence[Callable] = gin.REQUIRED) -> dict:
+        stages: Mapping[str, Callable] | Sequence[Callable] = gin.REQUIRED,
+        mode: str = "default") -> dict:
     """Run `stages` in order; each is called as `stage(workdir=...)` and skips work already on disk.
     A dict names the stages (in `timings.json`); a list names them by function."""
     os.makedirs(workdir, exist_ok=True)
@@ -62,6 +68,10 @@ def run(workdir: str = gin.REQUIRED,
         f.write(gin.config_str())
     timings_path = os.path.join(workdir, "timings.json")
     timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
+    t_start = time.time()
+    info = {"command": " ".join(sys.argv), "mode": mode}
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+        json.dump(info, f)
     named = stages.items() if isinstance(stages, Mapping) else [(s.__name__, s) for s in stages]
     for name, stage in named:
         logging.info("=== stage %s ===", name)
@@ -73,6 +83,9 @@ def run(workdir: str = gin.REQUIRED,
             f.write(gin.operative_config_str())
         with open(timings_path, "w") as f:
             json.dump(timings, f, indent=1)
+        info["wall_s"] = round(time.time() - t_start, 2)
+        with open(os.path.join(workdir, "run_info.json"), "w") as f:
+            json.dump(info, f)
     return timings
 
 

@@ -184,12 +184,15 @@ def _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, n, met
             kl = (score(params, out.tokens_BxN, out.mask_BxN) -
                   score(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
             row = {"method": method, "run_alpha": alpha, "seed": seed, "kl": float(kl.mean()),
+                   "reward_shift": float(fn.shift), "reward_scale": float(fn.scale),
                    "proxy_reward": float(np.mean(_score(fn, prompts, out.tokens_BxN,
                                                         out.mask_BxN))),
                    "length": float(out.mask_BxN.sum(-1).mean())}
             if getattr(task, "has_oracle", False):
-                row["control_reward"] = float(np.mean(task.gold_reward(prompts, out.tokens_BxN,
-                                                                       out.mask_BxN)))
+                gold = task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN)
+                row["control_reward"] = float(np.mean(gold))
+                # per prompt, so that win rates need nothing but this file
+                row["gold_per_prompt"] = [round(float(g), 5) for g in gold]
             w.write(int(state.step[i]), row)
             toks[f"a{alpha}_s{seed}"] = np.asarray(out.tokens_BxN)
             masks[f"a{alpha}_s{seed}"] = np.asarray(out.mask_BxN)
