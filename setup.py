@@ -21,6 +21,8 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        "import": ["tokenizers", "gguf", "safetensors"],
+        "xm": ["xmanager"],
     },
 )

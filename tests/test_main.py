@@ -1,41 +1,95 @@
-"""The gin entry point end to end with the tiny override: pretrain -> SFT, resumable, configs saved."""
+"""The demo's real gin files end to end with the tiny override: every stage, every output, claims,
+the report regenerated from JSONL alone, the notebook, resumption, and the launchers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
+from launch.local import run_local
+from launch.sweep import SWEEPS, product_sweep
+from launch.xm_launch import job_specs
 from warm_jax.data.real import default_hh_path
+from warm_jax.eval.claims import CLAIMS
 from warm_jax.main import rewrite_gin_args
 from warm_jax.metrics import read_jsonl
+
+FIGURES = ("lmc.png", "corruption.png", "acc_vs_m.png", "bon.png", "gao.png", "rl_steps.png",
+           "pareto.png", "winrates.png")
 
 
 def _run(workdir, *extra, experiment="demo", tiny="tiny"):
     cmd = [sys.executable, "-m", "warm_jax.main", f"--gin_file=experiments/{experiment}.gin",
            f"--gin_file=experiments/{tiny}.gin", f"--gin.WORKDIR='{workdir}'", *extra]
     env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
 
-def test_demo_gin_tiny_end_to_end_and_rerun_skips(tmp_path):
-    wd = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("demo") / "run")
     r = _run(wd)
     assert r.returncode == 0, r.stderr[-3000:]
-    for f in ("config.gin", "operative_config.gin", "timings.json", "pretrain/train.jsonl",
-              "sft/train.jsonl", "sft/eval.jsonl", "rm/clean/eval.jsonl", "rm/corrupt/eval.jsonl",
-              "rm/corrupt/members/member_1"):
+    return wd
+
+
+def test_demo_writes_every_output(tiny_demo):
+    wd = tiny_demo
+    for f in ("config.gin", "operative_config.gin", "timings.json", "run_info.json", "report.md",
+              "claims.json", "sft/eval.jsonl", "rm/clean/eval.jsonl", "rm/corrupt/analysis.jsonl",
+              "rm/clean/averages/warm_M2", "rl/clean/bon.jsonl", "rl/clean/single/final.jsonl",
+              "rl/clean/warm_M2/eval_samples.npz"):
         assert os.path.exists(os.path.join(wd, f)), f
-    assert "pretrain/OptimConfig.learning_rate = 0.003" in open(os.path.join(wd, "operative_config.gin")).read()
-    assert sorted(os.listdir(os.path.join(wd, "sft", "checkpoints"))) == ["12", "8"]
-    ev = read_jsonl(os.path.join(wd, "sft", "eval.jsonl"))
-    assert [e["step"] for e in ev] == [0, 8, 12] and ev[0]["kl"] == 0.0
-    before = os.path.getmtime(os.path.join(wd, "sft", "eval.jsonl"))
-    r2 = _run(wd)
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    assert os.path.getmtime(os.path.join(wd, "sft", "eval.jsonl")) == before, "finished stage redone"
-    assert len(read_jsonl(os.path.join(wd, "pretrain", "train.jsonl"))) == 2, "pretrain re-ran"
+    for f in FIGURES:
+        assert os.path.getsize(os.path.join(wd, "figures", f)) > 1000, f
+    claims = json.load(open(os.path.join(wd, "claims.json")))
+    assert len(claims) == len(CLAIMS) and all(
+        set(c) >= {"claim", "finding", "reproduced", "rule", "numbers", "spread"} for c in claims)
+    assert {c["reproduced"] for c in claims} <= {True, False, None}
+    assert "pretrain/OptimConfig.learning_rate = 0.003" in open(
+        os.path.join(wd, "operative_config.gin")).read()
+    assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
+        "pretrain", "sft", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
+        "best_of_n", "rl", "report"}
+
+
+def test_report_regenerates_from_jsonl_alone(tiny_demo, tmp_path):
+    wd = str(tmp_path / "copy")
+    shutil.copytree(tiny_demo, wd, ignore=shutil.ignore_patterns("checkpoints", "members",
+                                                                 "averages", "*.npz", "tb"))
+    before = json.load(open(os.path.join(wd, "claims.json")))
+    for f in ("report.md", "claims.json"):
+        os.remove(os.path.join(wd, f))
+    shutil.rmtree(os.path.join(wd, "figures"))
+    r = subprocess.run([sys.executable, "-m", "warm_jax.report", wd], cwd=REPO, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.load(open(os.path.join(wd, "claims.json"))) == before
+    assert sorted(os.listdir(os.path.join(wd, "figures"))) == sorted(FIGURES)
+
+
+def test_notebook_executes_on_a_run(tiny_demo):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "analysis.ipynb"), as_version=4)
+    nb.cells[1].source = f"WORKDIR = {tiny_demo!r}"
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": REPO}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert "6 figures" in outputs, outputs[-2000:]
+
+
+def test_rerun_skips_finished_stages(tiny_demo):
+    mark = os.path.join(tiny_demo, "rl", "clean", "single", "final.jsonl")
+    before = os.path.getmtime(mark)
+    r = _run(tiny_demo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.getmtime(mark) == before, "a finished stage was redone"
+    assert len(read_jsonl(os.path.join(tiny_demo, "pretrain", "train.jsonl"))) == 2
 
 
 @pytest.mark.skipif(default_hh_path() is None, reason="HH-RLHF sample not found (WARM_HH_PATH)")
@@ -52,6 +106,7 @@ def test_bad_gin_value_fails_at_start_naming_the_field(tmp_path):
     r = _run(str(tmp_path / "bad"), "--gin.pretrain/warm_jax.OptimConfig.learning_rate=-1.0")
     assert r.returncode != 0
     assert "OptimConfig.learning_rate=-1.0 is out of range: allowed (0.0, 10.0]" in r.stderr
+    assert not os.path.exists(tmp_path / "bad" / "pretrain" / "checkpoints" / "0")
 
 
 def test_rewrite_gin_args():
@@ -59,3 +114,28 @@ def test_rewrite_gin_args():
                                                                     "--gin_file=f"]
     with pytest.raises(ValueError, match="expected --gin.NAME=VALUE"):
         rewrite_gin_args(["--gin.A"])
+
+
+def test_sweep_product_local_runner_and_xmanager_jobs(tmp_path):
+    units = product_sweep("s", ["experiments/demo.gin"], {"SEED": [0, 1], "ALPHAS": [(0.01,), (0.1,)]},
+                          root=str(tmp_path))
+    assert len(units) == 4 and len({u.workdir for u in units}) == 4
+    assert units[1].argv()[-3:] == ["--gin.SEED=0", "--gin.ALPHAS=(0.1,)",
+                                    f"--gin.WORKDIR={units[1].workdir!r}"]
+    jobs = job_specs(units, accelerator="a100", count=8)
+    assert [j["name"] for j in jobs] == [u.name for u in units]
+    assert jobs[0]["args"]["gin.SEED"] == "0" and jobs[0]["accelerator"] == "A100"
+    with pytest.raises(ValueError, match="accelerator='tpu9'"):
+        job_specs(units, accelerator="tpu9")
+    assert all(len(SWEEPS[k](str(tmp_path))) >= 3 for k in SWEEPS)
+    # the local runner: a failing unit is reported, a finished one is skipped on the next call
+    noop = tmp_path / "noop.gin"
+    noop.write_text("WORKDIR = 'unset'\nwarm_jax.run.workdir = %WORKDIR\nwarm_jax.run.stages = {}\n")
+    ok = product_sweep("ok", [str(noop)], {"SEED": [1]}, root=str(tmp_path))[0]
+    bad = product_sweep("bad", [str(noop)], {"warm_jax.run.nonexistent": [2]}, root=str(tmp_path))[0]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    codes = run_local([ok, bad], parallel=2, cwd=REPO, env=env)
+    assert codes == {ok.name: 0, bad.name: codes[bad.name]} and codes[bad.name] != 0
+    assert os.path.exists(os.path.join(ok.workdir, "DONE"))
+    assert "nonexistent" in open(os.path.join(bad.workdir, "launch.log")).read()
+    assert run_local([ok, bad], parallel=2, cwd=REPO, env=env) == {bad.name: codes[bad.name]}
