@@ -215,6 +215,47 @@ def _fmt(v):
     return str(v)
 
 
+def diagnostics(claims: list[dict]) -> list[str]:
+    """For each claim that did not reproduce, what the run's own numbers say about why."""
+    out = []
+    for c in claims:
+        if c["reproduced"] is not False:
+            continue
+        n = c["numbers"]
+        if c["claim"] == "lmc_above_diag":
+            gaps, se = n["wa_minus_diag_by_pair"], n.get("accuracy_se_test")
+            msg = f"WA − diag per pair {_fmt(gaps)}; one accuracy's standard error is {_fmt(se)}. "
+            if se is not None and all(abs(g) < 2 * se for g in gaps.values()):
+                msg += ("Every gap is within two standard errors of zero: the interpolation path "
+                        "is flat, neither the convex bulge of the paper nor a barrier — the toy "
+                        "members (short fine-tunings of one linear probe) differ too little for "
+                        "averaging to add much.")
+            elif se is not None:
+                msg += "Some gap exceeds two standard errors: see the LMC figure."
+        elif c["claim"] == "wa_ood_at_least_ens":
+            parts, within = [], True
+            for k, v in n.items():
+                parts.append(f"{k}: WA {_fmt(v['wa'])} vs ENS {_fmt(v['ens'])} "
+                             f"(SE {_fmt(v['accuracy_se'])})")
+                within &= v["accuracy_se"] is not None and abs(v["wa"] - v["ens"]) < 2 * v["accuracy_se"]
+            msg = "; ".join(parts) + (". Each difference is within two standard errors: this run "
+                                      "cannot tell WA from ENS out of distribution." if within else ".")
+        elif c["claim"] == "bon_ordering":
+            msg = (f"Gains at N={n['n']}: {_fmt(n['gold_gain'])}; each method's best n: "
+                   f"{_fmt(n['peak'])}. At the largest N every reward is past its peak, so the "
+                   "ordering there measures how fast each reward is hacked; the best-n gains are "
+                   "close together (128 prompts: noise of a few hundredths).")
+        elif c["claim"] == "warm_vs_wco_uwo":
+            msg = (f"Best-of-N gains at the largest N: {_fmt(n)} — every reward is past its peak "
+                   "there; compare the curves in the best-of-N figure.")
+        else:
+            msg = f"numbers: {_fmt(n)}"
+        out.append(f"- **{c['claim']}** — {msg}")
+    if out:
+        out = ["## Why some claims did not reproduce (from this run's numbers)", ""] + out + [""]
+    return out
+
+
 def write_report(workdir: str) -> dict:
     figdir = os.path.join(workdir, "figures")
     os.makedirs(figdir, exist_ok=True)
@@ -249,7 +290,8 @@ def write_report(workdir: str) -> dict:
         mark = {True: "**yes**", False: "**no**", None: "n/a"}[c["reproduced"]]
         lines.append(f"| {c['claim']}: {c['finding']} | {mark} | {_fmt(c['numbers'])[:400]} | "
                      f"{c['rule']} |")
-    lines += ["", "Spread across seeds and pairs is in `claims.json` (`spread`)." , ""]
+    lines += ["", "Spread across seeds and pairs is in `claims.json` (`spread`).", ""]
+    lines += diagnostics(claims)
     for title, fig in figs.items():
         if fig:
             lines += [f"## {title}", "", f"![{title}](figures/{fig})", ""]

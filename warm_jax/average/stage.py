@@ -106,6 +106,9 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                             method=f"greedy_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
                             extra_meta={"member_indices": chosen})
     if not os.path.exists(out_path):
+        sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))
+                 for k, (sp, m) in subsets.items()}
+        rows.append({"analysis": "eval_sizes", "sizes": sizes})
         for pair_name, (a, b) in lmc_pairs.items():
             if max(a, b) < M:
                 rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,

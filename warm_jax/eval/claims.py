@@ -63,6 +63,13 @@ def _corruption_acc(rows, model_prefix, split):
     return vals[0] if vals else None
 
 
+def _se(rows, split, p=0.65):
+    """Binomial standard error of one accuracy on `split` (the scale of its evaluation noise)."""
+    sizes = next((r["sizes"] for r in rows if r["analysis"] == "eval_sizes"), {})
+    n = sizes.get(split)
+    return float(np.sqrt(p * (1 - p) / n)) if n else None
+
+
 def lmc_above_diag(d):
     rows = [r for r in d["analysis"]["clean"] if r["analysis"] == "lmc" and 0 < r["lambda"] < 1
             and r["split"] in ("validation", "test")]
@@ -76,7 +83,8 @@ def lmc_above_diag(d):
     return _claim("lmc_above_diag", "WA of two members sits above the diagonal (linear mode "
                   "connectivity), WA ≈ ENS along the path", all(g > 0 for g in gaps.values()),
                   "mean over interior λ and ID+OOD splits of (WA − diag) > 0 for every pair",
-                  {"wa_minus_diag_by_pair": gaps, "wa_minus_ens_mean": ens_gap},
+                  {"wa_minus_diag_by_pair": gaps, "wa_minus_ens_mean": ens_gap,
+                   "accuracy_se_test": _se(d["analysis"]["clean"], "test")},
                   {"pairs_above": sum(g > 0 for g in gaps.values()), "pairs": len(gaps)})
 
 
@@ -89,7 +97,7 @@ def wa_approx_ens_id(d):
              and r["split"] == "validation"]
     return _claim("wa_approx_ens_id", "WA ≈ ENS in distribution (clean labels)",
                   abs(wa - ens) <= ID_TOLERANCE, f"|WA − ENS| ≤ {ID_TOLERANCE} on validation",
-                  {"wa": wa, "ens": ens}, {"pair_wa_minus_ens_mean": float(np.mean(pairs)),
+                  {"wa": wa, "ens": ens, "accuracy_se": _se(rows, "validation")}, {"pair_wa_minus_ens_mean": float(np.mean(pairs)),
                                            "pair_wa_minus_ens_std": float(np.std(pairs))})
 
 
@@ -104,7 +112,8 @@ def wa_memorises_less(d):
     wa, ens = out["train_corrupt"]
     return _claim("wa_memorises_less", "With 25% flipped labels WA fits the corrupted labels less "
                   "than ENS (Fig. 4–5)", wa < ens, "WA < ENS on train_corrupt",
-                  {s: {"wa": v[0], "ens": v[1]} for s, v in out.items()},
+                  {**{s: {"wa": v[0], "ens": v[1]} for s, v in out.items()},
+                   "accuracy_se_train_corrupt": _se(rows, "train_corrupt")},
                   {"pairs_wa_below_ens": int(sum(p < 0 for p in pairs)), "pairs": len(pairs)})
 
 
@@ -113,7 +122,8 @@ def wa_ood_at_least_ens(d):
     for name in ("corrupt", "clean"):
         rows = d["analysis"][name]
         nums[name] = {"wa": _corruption_acc(rows, "wa_M", "test"),
-                      "ens": _corruption_acc(rows, "ens_M", "test")}
+                      "ens": _corruption_acc(rows, "ens_M", "test"),
+                      "accuracy_se": _se(rows, "test")}
     if nums["corrupt"]["wa"] is None:
         return _claim("wa_ood_at_least_ens", "", None, "inputs missing", {})
     ok = all(v["wa"] >= v["ens"] for v in nums.values() if v["wa"] is not None)
@@ -127,11 +137,15 @@ def bon_ordering(d):
         return _claim("bon_ordering", "", None, "inputs missing", {})
     n_max = max(r["n"] for r in rows)
     gold = {r["method"]: r["gold_gain"] for r in rows if r["n"] == n_max}
+    peak = {}
+    for r in rows:  # each method's best n: where over-optimisation has not set in yet
+        if r["method"] not in peak or r["gold_gain"] > peak[r["method"]]["gold_gain"]:
+            peak[r["method"]] = {"n": r["n"], "gold_gain": r["gold_gain"]}
     order = [m for m in ("warm_M6", "warm_M2", "single") if m in gold]
     ok = all(gold[a] >= gold[b] for a, b in zip(order, order[1:])) if len(order) > 1 else None
     return _claim("bon_ordering", "Best-of-N: WARM M=6 > WARM M=2 > single RM (Fig. 6–7)", ok,
                   f"control-reward gain at N={n_max} ordered warm_M6 ≥ warm_M2 ≥ single",
-                  {"n": n_max, "gold_gain": gold})
+                  {"n": n_max, "gold_gain": gold, "peak": peak})
 
 
 def _runs(d, method):
