@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-slow test-parity bench clean
 
 venv:
 	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
@@ -17,7 +17,16 @@ demo: venv
 	@echo "report: $(WORKDIR)/report.md"
 
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" tests
+
+# CPU smoke of WARM from SmolLM2 on HH-RLHF (~5 min, mostly compiling a 30-layer model)
+test-slow: venv
+	$(TEST_ENV) $(PY) -m pytest -q -m slow tests
+
+# safetensors import vs transformers' PyTorch forward: torch is a multi-GB install, kept out of CI
+test-parity: venv
+	$(PY) -m pip install -q torch transformers
+	$(TEST_ENV) $(PY) -m pytest -q -s tests/test_importers.py -k parity
 
 bench: venv
 	JAX_PLATFORMS=cpu $(PY) -m bench.run_all --quick

