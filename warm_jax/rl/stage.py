@@ -26,8 +26,8 @@ from warm_jax.checkpoint import (Checkpointer, abstract_with_shardings, assign_w
                                  restore_params)
 from warm_jax.losses import response_logprobs
 from warm_jax.metrics import MetricsWriter, progress
-from warm_jax.models import LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler
-from warm_jax.models import unbox
+from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler,
+                             unbox)
 from warm_jax.rl.bon import bon_curve
 from warm_jax.rl.reinforce import RLConfig, make_rl, run_chunk
 from warm_jax.rm.population import stack
