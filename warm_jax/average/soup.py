@@ -9,6 +9,7 @@ atomically by orbax and records its members and weights.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -95,13 +96,10 @@ def _scaled(x, w):
     return jax.tree.map(lambda b: w * b.astype(jnp.float32), x)
 
 
-@jax.jit
+# the running sum is updated in place: its buffers are donated to the result
+@functools.partial(jax.jit, donate_argnums=0)
 def _accumulate(acc, x, w):
     return jax.tree.map(lambda a, b: a + w * b.astype(jnp.float32), acc, x)
-
-
-# the running sum is updated in place: its buffers are donated to the result
-_accumulate_donated = jax.jit(_accumulate.__wrapped__, donate_argnums=0)
 
 
 def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None = None, *,
@@ -139,7 +137,7 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
             if i == 0:
                 acc.update(_scaled(part, w[0]))
             else:
-                acc.update(_accumulate_donated({k: acc[k] for k in chunk}, part, w[i]))
+                acc.update(_accumulate({k: acc[k] for k in chunk}, part, w[i]))
             del part
     out = jax.tree.unflatten(treedef, [acc[p].astype(leaves[p].dtype) for p in paths])
     meta = {"members": [ck.directory for ck, _, _ in members], "weights": w,

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from warm_jax.data.pipeline import pad_rows
 from warm_jax.data.tokenizer import Tokenizer
 
 FORMATS = ("auto", "hh", "tldr", "jsonl")
@@ -229,7 +230,6 @@ def encode_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, *, max_promp
     if not rows:
         raise DataError("every pair was skipped as over-length: raise the length limits")
     out = {}
-    from warm_jax.data.pipeline import pad_rows
     out["prompt"], out["prompt_mask"] = pad_rows([r[0] for r in rows], max_prompt_len,
                                                  tokenizer.pad_id, side="left")
     for i, name in ((1, "chosen"), (2, "rejected")):
