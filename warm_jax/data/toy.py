@@ -13,6 +13,7 @@ inventing tokens weakly and differently — a run-specific error, the kind weigh
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
