@@ -81,7 +81,7 @@ GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}
      ":2: empty chosen response (policy on_empty='error')"),
     ([GOOD, {"prompt": "p", "chosen": "a", "rejected": "a"}], LoadPolicy(on_identical="error"),
      ":2: chosen == rejected (policy on_identical='error')"),
-    ([GOOD, [1, 2]], LoadPolicy(), ":2: expected a JSON object, got list"),
+    ([GOOD, [1, 2]], LoadPolicy(), ":2: expected a JSON object, got an array"),
     ([{"chosen": "\n\nHuman: x\n\nAssistant: a", "rejected": "totally different"}], LoadPolicy(),
      ":1: chosen and rejected share no '\\n\\nAssistant:' turn"),
 ])
@@ -134,6 +134,155 @@ def test_inspect_cli(tmp_path, capsys):
     bad = _write(tmp_path, [GOOD, "{oops"])
     assert inspect_cli.main([bad]) == 2
     assert f"error: {bad}:2: malformed JSON" in capsys.readouterr().err
+
+
+# --- every bad input is a DataError naming file:line and the reason (robustness issue) ------------
+def _gz(tmp_path, data: bytes, name="d.jsonl.gz"):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data, mtime=0))
+    return str(path)
+
+
+GOOD_BYTES = ((json.dumps(GOOD) + "\n") * 40).encode()
+
+
+def _gz_cut(tmp_path, n_bytes):
+    """A gzipped file cut short by n_bytes (a copy interrupted mid-transfer)."""
+    path = _gz(tmp_path, GOOD_BYTES)
+    os.truncate(path, os.path.getsize(path) - n_bytes)
+    return path
+
+
+def _gz_bad_crc(tmp_path):
+    path = tmp_path / "crc.jsonl.gz"
+    data = bytearray(gzip.compress(GOOD_BYTES, mtime=0))
+    data[-8] ^= 0xFF  # the trailer's CRC32
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: str(t / "absent.jsonl"), ": preference file does not exist"),
+    (lambda t: str(t), ": is a directory, not a preference file"),
+    (lambda t: _write(t, [GOOD], name="plain.jsonl.gz"), ": not gzip data although the name ends in .gz"),
+    (lambda t: _gz_cut(t, 20), ": truncated gzip data"),
+    (lambda t: _gz_cut(t, 4), ": truncated gzip data"),
+    (_gz_bad_crc, ":41: corrupt gzip data (CRC check failed"),
+    (lambda t: _write(t, [gzip.compress(b"{}\n")], raw=True),
+     ":1: invalid UTF-8 at byte 1 (the file looks gzip-compressed: name it .gz)"),
+])
+def test_file_level_problems_are_data_errors(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(DataError) as e:
+        read_preferences(path)
+    assert str(e.value).startswith(path) and message in str(e.value), str(e.value)
+
+
+def _tldr_record(**change):
+    rec = {"info": {"post": "a post", "title": "t", "subreddit": "s"},
+           "summaries": [{"text": " one"}, {"text": " two"}], "choice": 0}
+    for key, v in change.items():
+        if key.startswith("info_"):
+            rec["info"][key[5:]] = v
+        else:
+            rec[key] = v
+    return rec
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"info": ["post"]}, ":2: field 'info' must be an object, got an array"),
+    ({"summaries": "one, two"}, ":2: 'summaries' must be a list of 2"),
+    ({"summaries": ["one", "two"]},
+     ":2: 'summaries[0]' must be an object with a string 'text', got a string"),
+    ({"summaries": [{"text": "a"}, {"text": 7}]},
+     ":2: field 'summaries[1].text' must be a string, got a number"),
+    ({"summaries": [{"text": "a"}, {}]}, ":2: missing field 'summaries[1].text' (format tldr)"),
+    ({"choice": 1.0}, ":2: 'choice' must be 0, 1 or a boolean, got 1.0"),
+    ({"choice": "1"}, ":2: 'choice' must be 0, 1 or a boolean, got '1'"),
+    ({"choice": 2}, ":2: 'choice' must be 0, 1 or a boolean, got 2"),
+    ({"info_post": {"body": "x"}}, ":2: field 'info.post' must be a string or null, got an object"),
+    ({"info_post": None, "info_article": 5},
+     ":2: field 'info.article' must be a string or null, got a number"),
+    ({"info_post": None}, ":2: missing field 'info.post' (format tldr)"),
+    ({"info_title": ["a", "b"]}, ":2: field 'info.title' must be a string or null, got an array"),
+    ({"info_subreddit": {"name": "s"}}, ":2: field 'info.subreddit' must be a string or null, got an object"),
+])
+def test_tldr_wrong_json_types_name_the_field(tmp_path, change, message):
+    path = _write(tmp_path, [_tldr_record(), _tldr_record(**change)])
+    with pytest.raises(DataError) as e:
+        read_preferences(path, "tldr")
+    assert str(e.value).startswith(path) and message in str(e.value), str(e.value)
+
+
+def test_tldr_boolean_choice_and_null_title_are_accepted(tmp_path):
+    pairs, _ = read_preferences(_write(tmp_path, [_tldr_record(choice=True, info_title=None)]))
+    assert (pairs[0].chosen, pairs[0].rejected) == ("two", "one") and "TITLE" not in pairs[0].prompt
+
+
+HH_CONV = {"chosen": "\n\nHuman: hi\n\nAssistant: yes", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+
+
+@pytest.mark.parametrize("lines, fmt, message", [
+    ([HH_CONV, {**HH_CONV, "chosen": ["yes"]}], "auto", ":2: field 'chosen' must be a string, got an array"),
+    ([GOOD, {**GOOD, "prompt": None}], "auto", ":2: field 'prompt' must be a string, got null"),
+    ([GOOD, '"just a string"'], "auto", ":2: expected a JSON object, got a string"),
+    ([GOOD, "3"], "jsonl", ":2: expected a JSON object, got a number"),
+    ([GOOD, "null"], "jsonl", ":2: expected a JSON object, got null"),
+    ([GOOD, "1" * 5000], "jsonl", ":2: malformed JSON: Exceeds the limit"),
+    ([GOOD, "[" * 100000], "jsonl", ":2: malformed JSON: maximum recursion depth"),
+    ([GOOD, '{"prompt": "p", "chosen": "a\\ud800", "rejected": "b"}'], "auto",
+     ":2: chosen text holds a lone surrogate \\ud800 (a bad JSON \\u escape"),
+    ([_tldr_record(), _tldr_record(info_post="x\udfff")], "tldr", ":2: prompt text holds a lone surrogate"),
+    ([HH_CONV, {**GOOD, **HH_CONV}], "hh", ":2: the record has a 'prompt' key, which format 'hh' would "
+     "ignore; prompt/chosen/rejected records are read by format 'jsonl'"),
+    ([HH_CONV, {**GOOD, **HH_CONV}], "auto", ":2: the record has a 'prompt' key"),
+])
+def test_wrong_types_surrogates_and_stray_keys_name_file_and_line(tmp_path, lines, fmt, message):
+    path = _write(tmp_path, lines)
+    with pytest.raises(DataError) as e:
+        read_preferences(path, fmt)
+    assert str(e.value).startswith(path) and message in str(e.value), str(e.value)
+
+
+def test_surrogates_follow_the_utf8_policy_and_valid_pairs_pass(tmp_path):
+    path = _write(tmp_path, [GOOD, '{"prompt": "p\\ud83d\\ude00", "chosen": "a\\ud800", "rejected": "b"}'])
+    pairs, s = read_preferences(path, policy=LoadPolicy(on_bad_utf8="replace"))
+    assert pairs[1].prompt == "p\U0001F600" and pairs[1].chosen == "a\ufffd" and s.replaced_utf8 == 1
+    encode_pairs(pairs, ByteTokenizer(), max_prompt_len=8, max_response_len=8)  # now encodable
+
+
+def test_hh_record_with_a_prompt_key_is_read_by_jsonl_and_auto(tmp_path):
+    path = _write(tmp_path, [{**HH_CONV, "prompt": "P"}])
+    for fmt in ("jsonl", "auto"):
+        pairs, s = read_preferences(path, fmt)
+        assert s.format == "jsonl" and pairs[0].prompt == "P"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("absent.jsonl", None, ": preference file does not exist"),
+    ("t.jsonl", [GOOD, {**GOOD, "chosen": {"a": 1}}], ":2: field 'chosen' must be a string"),
+    ("t.jsonl", [_tldr_record(info="x")], ":1: field 'info' must be an object"),
+    ("s.jsonl", ['{"prompt": "p", "chosen": "\\ud800", "rejected": "b"}'],
+     ":1: chosen text holds a lone surrogate"),
+    ("h.jsonl", [{**GOOD, **HH_CONV}], ":1: the record has a 'prompt' key"),
+    ("g.jsonl.gz", [GOOD], ": not gzip data"),
+])
+def test_inspect_cli_reports_file_line_reason(tmp_path, capsys, name, content, message):
+    path = str(tmp_path / name) if content is None else _write(tmp_path, content, name=name)
+    args = [path, "--format", "hh"] if name == "h.jsonl" else [path]
+    assert inspect_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}{message}" in err and "Traceback" not in err, err
+
+
+def test_inspect_cli_process_has_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    path = _gz_cut(tmp_path, 10)
+    r = subprocess.run([sys.executable, "-m", "warm_jax.data.inspect", path], cwd=REPO,
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {path}:") and \
+        "truncated gzip data" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_split_hh_plain_case():

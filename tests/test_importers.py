@@ -158,6 +158,116 @@ def test_import_writes_a_fingerprinted_checkpoint(tmp_path):
     np.testing.assert_array_equal(back["body"]["embedding"], params["body"]["embedding"])
 
 
+def _sharded(tmp_path, weight_map_file=None):
+    """The tiny random Llama's HF directory re-saved as two shards and an index; the index may
+    name `weight_map_file` instead of the second shard."""
+    from safetensors.numpy import load_file, save_file
+    hf_dir, _, _ = _random_llama(tmp_path)
+    d = tmp_path / "hf"
+    tensors = load_file(str(d / "model.safetensors"))
+    os.remove(d / "model.safetensors")
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for f, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(d / f))
+    weight_map = {k: f for f, keys in shards.items() for k in keys}
+    if weight_map_file is not None:
+        weight_map[names[1]] = weight_map_file
+    json.dump({"metadata": {}, "weight_map": weight_map}, open(d / "model.safetensors.index.json", "w"))
+    return hf_dir, names[1]
+
+
+def test_sharded_safetensors_load_and_may_link_inside_the_directory(tmp_path):
+    pytest.importorskip("safetensors")
+    from warm_jax.models.importers import load_safetensors
+    hf_dir, _ = _sharded(tmp_path)
+    a, _ = load_safetensors(hf_dir)
+    # a shard that is a symlink to a file inside the directory is fine
+    os.rename(os.path.join(hf_dir, "model-00002-of-00002.safetensors"), os.path.join(hf_dir, "real.bin"))
+    os.symlink("real.bin", os.path.join(hf_dir, "model-00002-of-00002.safetensors"))
+    b, _ = load_safetensors(hf_dir)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_hf_hub_cache_snapshot_links_into_blobs_are_allowed(tmp_path):
+    pytest.importorskip("safetensors")
+    from warm_jax.models.importers import load_safetensors
+    hf_dir, _ = _sharded(tmp_path)
+    repo = tmp_path / "models--x--tiny"
+    (repo / "snapshots").mkdir(parents=True)
+    os.rename(hf_dir, repo / "blobs")
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir()
+    for f in os.listdir(repo / "blobs"):
+        os.symlink(os.path.join("..", "..", "blobs", f), snap / f)
+    params, cfg = load_safetensors(str(snap))
+    assert cfg.d_model == 16 and "lm_head" in params
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_index_entries_outside_the_model_directory_are_refused(tmp_path, where):
+    pytest.importorskip("safetensors")
+    from warm_jax.models.importers import load_safetensors
+    outside = tmp_path / "outside.safetensors"  # exists: the refusal is not a missing file
+    outside.write_bytes(b"\0" * 16)
+    entry = {"parent": "../outside.safetensors", "absolute": str(outside),
+             "symlink": "link.safetensors"}[where]
+    hf_dir, tensor = _sharded(tmp_path, entry)
+    if where == "symlink":
+        os.symlink(str(outside), os.path.join(hf_dir, "link.safetensors"))
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    with pytest.raises(ValueError) as e:
+        load_safetensors(hf_dir)
+    msg = str(e.value)
+    assert msg.startswith(f"{index}: weight_map[{tensor!r}] = {entry!r} resolves to {outside}") and \
+        f"outside the model directory {os.path.realpath(hf_dir)}" in msg, msg
+
+
+def _existing_sft_checkpoints(directory):
+    from warm_jax.checkpoint import Checkpointer
+    c = Checkpointer(str(directory), max_to_keep=None)
+    for step in (400, 500, 600):
+        c.save(step, {"params": {"w": np.full(2, step, np.float32)}}, {"step": step})
+    return str(directory)
+
+
+def test_import_refuses_a_non_empty_out_dir_unless_forced(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from warm_jax.checkpoint import Checkpointer
+    from warm_jax.models.importers import import_checkpoint, load_safetensors, main
+    hf_dir, _, _ = _random_llama(tmp_path)
+    out = _existing_sft_checkpoints(tmp_path / "sft")
+    params, cfg = load_safetensors(hf_dir)
+    with pytest.raises(FileExistsError, match=rf"{out} is not empty .*pass --force \(force=True\)"):
+        import_checkpoint(params, cfg, out, source=hf_dir)
+    with pytest.raises(SystemExit) as e:
+        main(["--hf", hf_dir, "--out", out])
+    assert e.value.code == 2 and f"{out} is not empty" in capsys.readouterr().err
+    assert Checkpointer(out, read_only=True).all_steps() == [400, 500, 600], "nothing was deleted"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a directory"):
+        import_checkpoint(params, cfg, str(tmp_path / "a_file"), source=hf_dir, force=True)
+    assert main(["--hf", hf_dir, "--out", out, "--force"]) == 0
+    assert Checkpointer(out, read_only=True).all_steps() == [0]
+    fresh = str(tmp_path / "fresh")
+    os.makedirs(fresh)  # an empty directory is fine without --force
+    assert main(["--hf", hf_dir, "--out", fresh]) == 0
+
+
+def test_import_base_stage_imports_once_and_survives_a_crashed_save(tmp_path):
+    pytest.importorskip("safetensors")
+    from warm_jax.checkpoint import Checkpointer
+    from warm_jax.models.importers import import_base
+    hf_dir, _, _ = _random_llama(tmp_path)
+    wd = tmp_path / "wd"
+    out = wd / "sft" / "checkpoints"
+    (out / "0.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a save killed mid-write
+    assert import_base(workdir=str(wd), hf_dir=hf_dir) == str(out)
+    assert Checkpointer(str(out), read_only=True).all_steps() == [0]
+    # a rerun skips: it does not even read the (now missing) source
+    assert import_base(workdir=str(wd), hf_dir=str(tmp_path / "gone")) == str(out)
+
+
 def test_transformers_logit_parity(tmp_path):
     """safetensors import vs the PyTorch Llama forward (`make test-parity`; torch is optional)."""
     torch = pytest.importorskip("torch", reason="torch not installed: run `make test-parity`")

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         out = inspect(a.path, a.format, max_prompt_tokens=a.max_prompt_tokens,
                       max_response_tokens=a.max_response_tokens, tokenizer_path=a.tokenizer,
                       policy=policy)
-    except (DataError, FileNotFoundError, ValueError, ImportError) as e:
+    except (DataError, OSError, ValueError, ImportError) as e:  # no traceback for bad input
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=1))

