@@ -1,7 +1,9 @@
 # The README's two commands: `make demo` (the embedded WARM pipeline) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-WORKDIR ?= runs/demo
+# FULL=1 never shares a work directory with the default demo (each stage would refuse the other's
+# configuration anyway)
+WORKDIR ?= $(if $(FULL),runs/demo_full,runs/demo)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 
 .PHONY: venv demo test test-slow test-parity bench clean

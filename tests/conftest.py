@@ -6,10 +6,46 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=8").strip()
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# every `python -m warm_jax.main` subprocess of one test session shares a persistent compilation
+# cache, empty at the start of the session (what a fresh clone sees): a resumed run recompiles
+# nothing it compiled before
+_CACHE = None
+
+
+def subprocess_env(**extra) -> dict:
+    global _CACHE
+    if _CACHE is None:
+        import tempfile
+        _CACHE = tempfile.mkdtemp(prefix="warm_jax_jit_cache_")
+    return dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=_CACHE,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+
+
+def demo_cmd(workdir, *extra, experiment="demo", tiny="tiny") -> list[str]:
+    return [sys.executable, "-m", "warm_jax.main", f"--gin_file=experiments/{experiment}.gin",
+            f"--gin_file=experiments/{tiny}.gin", f"--gin.WORKDIR='{workdir}'", *extra]
+
+
+def run_demo(workdir, *extra, env=None, **kw):
+    return subprocess.run(demo_cmd(workdir, *extra, **kw), cwd=REPO, env=env or subprocess_env(),
+                          capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """One uninterrupted run of the demo's gin files with the tiny override (shared by tests)."""
+    wd = str(tmp_path_factory.mktemp("demo") / "run")
+    r = run_demo(wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd
 
 
 @pytest.fixture(scope="session")

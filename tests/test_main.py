@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_demo
 from launch.local import run_local
 from launch.sweep import SWEEPS, product_sweep
 from launch.xm_launch import job_specs
@@ -22,18 +22,7 @@ FIGURES = ("lmc.png", "corruption.png", "acc_vs_m.png", "bon.png", "gao.png", "r
 
 
 def _run(workdir, *extra, experiment="demo", tiny="tiny"):
-    cmd = [sys.executable, "-m", "warm_jax.main", f"--gin_file=experiments/{experiment}.gin",
-           f"--gin_file=experiments/{tiny}.gin", f"--gin.WORKDIR='{workdir}'", *extra]
-    env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    wd = str(tmp_path_factory.mktemp("demo") / "run")
-    r = _run(wd)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return wd
+    return run_demo(workdir, *extra, experiment=experiment, tiny=tiny)
 
 
 def test_demo_writes_every_output(tiny_demo):

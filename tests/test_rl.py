@@ -117,6 +117,8 @@ def test_kl_is_zero_at_step_zero_and_rl_on_gold_raises_gold(rl_setup):
 
 def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_path):
     import shutil
+    import signal
+    from warm_jax import layout
     from warm_jax.average.stage import average_reward_models
     from warm_jax.rl.stage import best_of_n, train_policies
     from warm_jax.rm.diversity import DiversityConfig
@@ -131,12 +133,20 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
               alphas=(0.01, 0.1), seeds=(0,), rl=RLConfig(batch_size=16), num_steps=20, chunk=10,
               log_every=5, eval_prompts=32, ensemble_impl="map")
     a = train_policies(workdir=wd, **kw)
-    # a second work dir that stops after the first chunk, then resumes
+    # a second work dir whose run gets SIGTERM during its first chunk: it saves after that chunk,
+    # stops, and the rerun resumes from there
     wd2 = str(tmp_path / "wd2")
     shutil.copytree(wd, wd2, ignore=lambda d, names: ["rl"] if os.path.samefile(d, wd) else [])
-    train_policies(workdir=wd2, **{**kw, "num_steps": 10})
-    for m in ("single", "ens"):
-        os.remove(os.path.join(wd2, "rl", "rl", m, "final.jsonl"))
+    old = signal.getsignal(signal.SIGTERM)
+    layout.install_preemption_handler()
+    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        with pytest.raises(layout.Preempted, match="after saving step 10"):
+            train_policies(workdir=wd2, **kw)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        layout._preempt.clear()
+    assert not os.path.exists(os.path.join(wd2, "rl", "rl", "single", "final.jsonl"))
     b = train_policies(workdir=wd2, **kw)
     for m in ("single", "ens"):
         fa = read_jsonl(os.path.join(a, m, "final.jsonl"))

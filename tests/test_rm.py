@@ -1,5 +1,5 @@
 import os
-import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from warm_jax.metrics import read_jsonl
 from warm_jax.rm.diversity import DiversityConfig, expand
 from warm_jax.rm.loss import bradley_terry, split_accuracies
 from warm_jax.rm.population import set_learning_rate
-from warm_jax.rm.stage import load_member, train_reward_models
+from warm_jax.rm.stage import train_reward_models
 from warm_jax.train import OptimConfig, make_optimizer
 from conftest import TOY_TEST_TASK
 
@@ -52,6 +52,10 @@ DIV = DiversityConfig(num_members=3, learning_rates=(1e-3, 3e-3), dropouts=(0.0,
                       baklava_steps=(100, 150, 200))
 
 
+def load_member(rm_dir, m):
+    return restore_params(os.path.join(rm_dir, "members", f"member_{m}"))
+
+
 def _train(wd, task, cfg, **kw):
     args = dict(workdir=wd, task=task, model_cfg=cfg, diversity=DIV, num_steps=40, batch_size=16,
                 probe_steps=20, ckpt_every=20)
@@ -87,18 +91,47 @@ def test_population_member_equals_separate_run_and_every_rm_beats_chance(toy_ini
 
 
 @pytest.mark.parametrize("mode", ["population", "separate"])
-def test_kill_and_resume_is_bit_identical(toy_init, tmp_path, mode):
+def test_preempted_and_resumed_is_bit_identical(toy_init, monkeypatch, mode):
+    """SIGTERM mid-training: the state is saved at the next step, the stage stops, a rerun ends
+    exactly where an uninterrupted run does. (SIGKILL from outside: tests/test_faults.py.)"""
+    from warm_jax import layout, train
     wd, task, cfg = toy_init
     full = _train(wd, task, cfg, name=f"full_{mode}", mode=mode, members=[1])
-    # "kill" after 20 steps: train to 20, then discard everything past the checkpoint
-    part = _train(wd, task, cfg, name=f"part_{mode}", mode=mode, members=[1], num_steps=20)
-    shutil.rmtree(os.path.join(part, "members"))
+    hits = []
+
+    def sigterm_at_step_23(name):  # the linear probe's 20 steps come first
+        hits.append(name)
+        if len(hits) == 20 + 23:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = signal.getsignal(signal.SIGTERM)
+    layout.install_preemption_handler()
+    monkeypatch.setattr(train, "kill_point", sigterm_at_step_23)
+    try:
+        with pytest.raises(layout.Preempted, match="after saving step 23"):
+            _train(wd, task, cfg, name=f"part_{mode}", mode=mode, members=[1])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        layout._preempt.clear()
+    part = os.path.join(wd, "rm", f"part_{mode}")
     sub = "population" if mode == "population" else "member_1"
-    assert Checkpointer(os.path.join(part, "train", sub, "checkpoints")).latest_step() == 20
+    assert Checkpointer(os.path.join(part, "train", sub, "checkpoints")).latest_step() == 23
+    assert not os.path.exists(os.path.join(part, "members"))
+    monkeypatch.undo()
     resumed = _train(wd, task, cfg, name=f"part_{mode}", mode=mode, members=[1])
     a, b = load_member(full, 1)[0], load_member(resumed, 1)[0]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = read_jsonl(os.path.join(part, "train", sub, "train.jsonl"))
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}), "duplicated rows"
+
+
+def test_changed_config_stops_the_stage_naming_the_field(toy_init):
+    from warm_jax.layout import StageConfigError
+    wd, task, cfg = toy_init
+    _train(wd, task, cfg, name="cfg", members=[0], num_steps=20)
+    with pytest.raises(StageConfigError, match=r"num_steps: 20 -> 40.*remove .*rm/cfg"):
+        _train(wd, task, cfg, name="cfg", members=[0], num_steps=40)
 
 
 def test_bad_baklava_step_and_mode(toy_init):

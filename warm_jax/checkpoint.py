@@ -2,7 +2,9 @@
 
 Each step directory holds two items: `state` (the array pytree, restored straight into a target that
 carries shardings) and `meta` (JSON). Orbax commits a step atomically (temporary directory, then
-rename), so a crash never leaves a partial checkpoint that `latest_step` would return. No pickle.
+rename), so a crash never leaves a partial checkpoint that `latest_step` would return; the
+temporary directories a kill leaves behind are removed when a writer next opens the directory.
+Nothing non-finite is ever saved: `save` checks every float leaf first. No pickle.
 """
 from __future__ import annotations
 
@@ -13,8 +15,17 @@ import re
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from warm_jax.layout import kill_point
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN/Inf where a number must be finite; the message names the stage, the step and the last
+    good checkpoint, which is left intact."""
+
 
 class _DropItemMetadataNoise(logging.Filter):
     """Reading array metadata of one item (below its step) makes orbax warn that the step-level
@@ -56,6 +67,21 @@ def fingerprint(params: Any) -> str:
     return h.hexdigest()[:20]
 
 
+def nonfinite_leaves(tree: Any) -> list[str]:
+    """Paths of floating-point leaves holding a NaN or an Inf."""
+    flat = {k: x for k, x in flatten(tree).items()
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)}
+    if not flat:
+        return []
+    ok = jax.device_get(_all_finite(flat))
+    return sorted(k for k, v in ok.items() if not bool(v))
+
+
+@jax.jit
+def _all_finite(tree):
+    return jax.tree.map(lambda x: jnp.isfinite(x).all(), tree)
+
+
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract_tree, shardings)
@@ -71,7 +97,8 @@ class Checkpointer:
         # a reader opens without creating; orbax's own read_only mode only adds log noise
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
                                                create=not read_only,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=not read_only)
         self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                            item_names=("state", "meta"))
 
@@ -82,6 +109,13 @@ class Checkpointer:
         return sorted(self._mngr.all_steps())
 
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+        """Commit `state` + `meta` as `step`; refuses non-finite values (nothing is written)."""
+        bad = nonfinite_leaves(state)
+        if bad:
+            raise NonFiniteError(
+                f"refusing to save step {step} to {self.directory}: non-finite values in "
+                f"{bad[:5]}; last good checkpoint: {self.latest_step()} (kept)")
+        kill_point("checkpoint.save")
         self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(meta or {})),
                         force=True)

@@ -10,7 +10,7 @@ JAX_PROCESS_ID) it first joins the multi-host runtime with `jax.distributed.init
 """
 from __future__ import annotations
 
-import json
+import logging as std_logging
 import os
 import sys
 import time
@@ -22,9 +22,13 @@ from absl import app, flags, logging
 
 from warm_jax import sft
 from warm_jax.average.stage import average_reward_models
-from warm_jax.data.preferences import LoadPolicy
+from warm_jax.checkpoint import NonFiniteError
+from warm_jax.data.preferences import DataError, LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
+from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError, WriteError,
+                             install_preemption_handler, write_json)
+from warm_jax.layout import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
 from warm_jax.rl.reinforce import RLConfig
@@ -46,7 +50,7 @@ flags.DEFINE_multi_string("gin_search_path", [GIN_DIR, "."], "Where gin files ar
 
 def tokenizer_in_workdir(workdir: str) -> str:
     """Where `import_base` leaves the imported model's tokenizer."""
-    return os.path.join(workdir, "tokenizer.json")
+    return RunLayout(workdir).tokenizer
 
 
 def smollm2_config(path: str | None = None) -> ModelConfig:
@@ -82,29 +86,23 @@ def run(workdir: str = gin.REQUIRED,
         mode: str = "default") -> dict:
     """Run `stages` in order; each is called as `stage(workdir=...)` and skips work already on disk.
     A dict names the stages (in `timings.json`); a list names them by function."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
-    timings_path = os.path.join(workdir, "timings.json")
-    timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
+    layout = RunLayout(workdir)
+    os.makedirs(layout.root, exist_ok=True)
+    write_text(layout.config_gin, gin.config_str())
     t_start = time.time()
     info = {"command": " ".join(sys.argv), "mode": mode}
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-        json.dump(info, f)
+    write_json(layout.run_info, info)
     named = stages.items() if isinstance(stages, Mapping) else [(s.__name__, s) for s in stages]
+    timings: dict = {}
     for name, stage in named:
         logging.info("=== stage %s ===", name)
         print(f"=== stage {name} ===", flush=True)
         t0 = time.time()
         stage(workdir=workdir)
-        timings[name] = round(time.time() - t0, 2)
-        with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
-        with open(timings_path, "w") as f:
-            json.dump(timings, f, indent=1)
+        timings = layout.update_timings(name, time.time() - t0)
+        write_text(layout.operative_gin, gin.operative_config_str())
         info["wall_s"] = round(time.time() - t_start, 2)
-        with open(os.path.join(workdir, "run_info.json"), "w") as f:
-            json.dump(info, f)
+        write_json(layout.run_info, info)
     return timings
 
 
@@ -133,6 +131,21 @@ def maybe_initialize_distributed(env=os.environ) -> bool:
     return True
 
 
+class _DropGinProbeNoise(std_logging.Filter):
+    """gin's resource reader logs an error for every search prefix a file is *not* under before the
+    one it is under; a file found nowhere still raises."""
+
+    def filter(self, record):
+        return not (record.pathname.endswith("resource_reader.py")
+                    and record.getMessage().startswith("Path not found"))
+
+
+std_logging.getLogger().addFilter(_DropGinProbeNoise())
+
+# failures that are the user's to fix: one clear line, no traceback
+CLEAR_ERRORS = (LockedError, StageConfigError, WriteError, NonFiniteError, DataError)
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_path: Sequence[str]) -> None:
     for p in search_path:
         gin.add_config_file_search_path(p)
@@ -145,8 +158,19 @@ def main(argv):
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console readable
         logging.set_verbosity(logging.WARNING)
     maybe_initialize_distributed()
+    install_preemption_handler()
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
-    run()
+    try:
+        run()
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
+    except CLEAR_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: not a success (a runner must not mark the unit done)
 
 
 def cli():

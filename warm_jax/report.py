@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 
 from warm_jax.eval.claims import compute_claims, load  # noqa: E402
 from warm_jax.eval.metrics import gao_curve, gao_fit, pareto_front, win_rate  # noqa: E402
+from warm_jax.layout import RunLayout, atomic_write, read_json, write_json  # noqa: E402
+from warm_jax.layout import atomic_write as write_text  # noqa: E402
 
 COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "ens": "tab:orange",
           "wco": "tab:brown", "uwo": "tab:purple", "greedy": "tab:green"}
@@ -24,7 +26,7 @@ COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "en
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return os.path.basename(path)
 
@@ -257,12 +259,19 @@ def diagnostics(claims: list[dict]) -> list[str]:
 
 
 def write_report(workdir: str) -> dict:
-    figdir = os.path.join(workdir, "figures")
+    """report.md, claims.json and figures/ from the run's JSONL alone."""
+    layout = RunLayout(workdir)
+    with layout.locks([layout.report, layout.claims, layout.figures]):
+        return _write_report(layout)
+
+
+def _write_report(layout: RunLayout) -> dict:
+    workdir = layout.root
+    figdir = layout.figures
     os.makedirs(figdir, exist_ok=True)
     d = load(workdir)
     claims = compute_claims(workdir)
-    with open(os.path.join(workdir, "claims.json"), "w") as f:
-        json.dump(claims, f, indent=1)
+    write_json(layout.claims, claims)
     names, mat = winrate_matrix(d["final"])
     figs = {
         "LMC (clean labels, OOD test)": fig_lmc(d["analysis"]["clean"], f"{figdir}/lmc.png"),
@@ -277,12 +286,10 @@ def write_report(workdir: str) -> dict:
             d["train"], f"{figdir}/pareto.png", "kl"),
         "Win rates (oracle judge)": fig_winrates(names, mat, f"{figdir}/winrates.png"),
     }
-    timings_path = os.path.join(workdir, "timings.json")
-    timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
+    timings = read_json(layout.timings, {})
     lines = [f"# WARM reproduction report — `{os.path.abspath(workdir)}`", ""]
-    run_info = os.path.join(workdir, "run_info.json")
-    if os.path.exists(run_info):
-        info = json.load(open(run_info))
+    info = read_json(layout.run_info)
+    if info is not None:
         lines += [f"Produced by: `{info.get('command', '?')}` ({info.get('mode', '?')}); "
                   f"stage wall time {sum(timings.values()):.0f} s.", ""]
     lines += ["## Claims", "", "| claim | reproduced | numbers | rule |", "|---|---|---|---|"]
@@ -316,8 +323,7 @@ def write_report(workdir: str) -> dict:
     notes = os.path.join(workdir, "notes.md")
     if os.path.exists(notes):
         lines += [open(notes).read()]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+    write_text(layout.report, "\n".join(lines))
     return {"claims": claims, "figures": {k: v for k, v in figs.items() if v}}
 
 

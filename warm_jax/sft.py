@@ -7,6 +7,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from warm_jax import sharding as shd
 from warm_jax.checkpoint import Checkpointer, fingerprint, restore_params
 from warm_jax.data.pipeline import batch_iterator
+from warm_jax.layout import RunLayout, write_jsonl
 from warm_jax.losses import make_lm_loss, response_logprobs
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import LanguageModel, ModelConfig, SamplingConfig, make_sampler
@@ -31,8 +33,9 @@ def train_lm(*, stage_dir: str, data: Mapping[str, np.ndarray], model_cfg: Model
              mesh_shape: Mapping[str, int] | None = None, init_from: str | None = None,
              dropout_rate: float = 0.0, ckpt_every: int = 100, keep_steps: Sequence[int] = (),
              max_to_keep: int | None = 2, extra_meta: Mapping[str, Any] | None = None,
-             final_meta=None):
-    """Next-token training on `data` (tokens, mask, loss_mask); returns (params, meta)."""
+             final_meta=None, save_meta=None, allow_missing_fingerprint: bool = False):
+    """Next-token training on `data` (tokens, mask, loss_mask); returns (params, meta).
+    Started from `init_from`, every checkpoint (fresh or resumed) records that base's fingerprint."""
     mesh = shd.make_mesh(**(mesh_shape or DEFAULT_MESH))
     lm = LanguageModel(model_cfg)
     tx = make_optimizer(optim)
@@ -41,50 +44,88 @@ def train_lm(*, stage_dir: str, data: Mapping[str, np.ndarray], model_cfg: Model
                                           jax.random.PRNGKey(seed))
     ck = Checkpointer(os.path.join(stage_dir, "checkpoints"), max_to_keep=max_to_keep)
     meta = dict(extra_meta or {})
-    if init_from is not None and ck.latest_step() is None:
-        params, src_meta = restore_params(init_from, shardings=shardings.params)
-        meta.setdefault("base_fingerprint", src_meta.get("base_fingerprint"))
-        state = state_from_params(params, tx, shardings, state.rng)
+    if init_from is not None:
+        src_meta = Checkpointer(init_from, read_only=True).restore_meta()
+        meta["base_fingerprint"] = base_fingerprint_of(src_meta, init_from,
+                                                       allow_missing_fingerprint)
+        if ck.latest_step() is None:
+            params, _ = restore_params(init_from, shardings=shardings.params)
+            state = state_from_params(params, tx, shardings, state.rng)
     with MetricsWriter(stage_dir, "train") as writer, shd.activate(mesh):
         state = fit(state=state, state_shardings=shardings,
                     train_step=make_train_step(make_lm_loss(lm, dropout_rate), tx), mesh=mesh,
                     data_iter=batch_iterator(data, batch_size=batch_size, seed=seed),
                     num_steps=num_steps, checkpointer=ck, writer=writer, meta=meta,
                     ckpt_every=ckpt_every, keep_steps=keep_steps, final_meta=final_meta,
-                    desc=os.path.basename(stage_dir))
+                    save_meta=save_meta, desc=os.path.basename(stage_dir))
     return state.params, ck.restore_meta()
+
+
+def base_fingerprint_of(meta: Mapping[str, Any], where: str, allow_missing: bool = False) -> str | None:
+    """The base fingerprint a checkpoint records; its absence is an error unless overridden."""
+    fp = meta.get("base_fingerprint")
+    if fp is None:
+        msg = (f"{where} records no base fingerprint, so nothing downstream could check that its "
+               "descendants share one initialisation")
+        if not allow_missing:
+            raise ValueError(msg + " (allow_missing_fingerprint=True overrides)")
+        logging.warning("!!! %s — going on because allow_missing_fingerprint=True !!!", msg)
+    return fp
+
+
+def _done(stage_dir: str, num_steps: int) -> bool:
+    d = RunLayout.checkpoints(stage_dir)
+    return os.path.isdir(d) and Checkpointer(d, read_only=True).latest_step() == num_steps
 
 
 def pretrain(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
              num_steps: int = 1000, batch_size: int = 64, seed: int = 0,
              mesh_shape: Mapping[str, int] | None = None, ckpt_every: int = 250) -> str:
     """Next-token pretraining on the task's corpus; the result is the pretrained base whose
-    fingerprint every descendant records."""
-    stage_dir = os.path.join(workdir, "pretrain")
+    fingerprint every descendant records (every pretraining checkpoint is a base of its own)."""
+    layout = RunLayout(workdir)
+    stage_dir = layout.pretrain
     _check_vocab(task, model_cfg)
-    params, meta = train_lm(stage_dir=stage_dir, data=task.pretrain_corpus(), model_cfg=model_cfg,
-                            optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
-                            mesh_shape=mesh_shape, ckpt_every=ckpt_every,
-                            final_meta=lambda st: {"base_fingerprint": fingerprint(st.params)})
-    return os.path.join(stage_dir, "checkpoints")
+    config = dict(task=task, model_cfg=model_cfg, optim=optim, num_steps=num_steps,
+                  batch_size=batch_size, seed=seed)
+    with layout.stage("pretrain", stage_dir, config):
+        if not _done(stage_dir, num_steps):
+            train_lm(stage_dir=stage_dir, data=task.pretrain_corpus(), model_cfg=model_cfg,
+                     optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
+                     mesh_shape=mesh_shape, ckpt_every=ckpt_every,
+                     save_meta=lambda st: {"base_fingerprint": fingerprint(st.params)})
+    return layout.checkpoints(stage_dir)
 
 
 def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
         num_steps: int = 600, batch_size: int = 64, seed: int = 0,
         trajectory: Sequence[int] = (400, 500, 600), mesh_shape: Mapping[str, int] | None = None,
-        eval_samples: int = 256, sampling: SamplingConfig | None = None) -> str:
+        eval_samples: int = 256, sampling: SamplingConfig | None = None,
+        allow_missing_fingerprint: bool = False) -> str:
     """Fine-tune the pretrained base on demonstrations, keeping every `trajectory` checkpoint, and
     log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`)."""
     if not trajectory or max(trajectory) > num_steps or min(trajectory) < 1:
         raise ValueError(f"sft.trajectory={tuple(trajectory)}: steps must lie in [1, num_steps="
                          f"{num_steps}]")
-    stage_dir = os.path.join(workdir, "sft")
-    base_dir = os.path.join(workdir, "pretrain", "checkpoints")
-    params, meta = train_lm(stage_dir=stage_dir, data=task.sft_demonstrations(),
-                            model_cfg=model_cfg, optim=optim, num_steps=num_steps,
-                            batch_size=batch_size, seed=seed, mesh_shape=mesh_shape,
-                            init_from=base_dir, ckpt_every=num_steps, keep_steps=trajectory,
-                            max_to_keep=None)
+    layout = RunLayout(workdir)
+    stage_dir = layout.sft
+    base_dir = layout.checkpoints(layout.pretrain)
+    config = dict(task=task, model_cfg=model_cfg, optim=optim, num_steps=num_steps,
+                  batch_size=batch_size, seed=seed, trajectory=trajectory,
+                  eval_samples=eval_samples, sampling=sampling)
+    with layout.stage("sft", stage_dir, config):
+        if not _done(stage_dir, num_steps):
+            train_lm(stage_dir=stage_dir, data=task.sft_demonstrations(), model_cfg=model_cfg,
+                     optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
+                     mesh_shape=mesh_shape, init_from=base_dir, ckpt_every=num_steps,
+                     keep_steps=trajectory, max_to_keep=None,
+                     allow_missing_fingerprint=allow_missing_fingerprint)
+        _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling)
+    return layout.checkpoints(stage_dir)
+
+
+def _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling) -> None:
+    """eval.jsonl: gold reward and KL to the base at the base and every kept SFT checkpoint."""
     eval_path = os.path.join(stage_dir, "eval.jsonl")
     if not os.path.exists(eval_path):
         sampling = dataclasses.replace(sampling or SamplingConfig(
@@ -97,11 +138,7 @@ def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = Opti
             p, _ = restore_params(ck.directory, step)
             rows.append((step, evaluate_samples(task, model_cfg, p, base_params, sampling,
                                                 eval_samples, seed)))
-        with MetricsWriter(stage_dir, "eval_tmp", tensorboard=False) as w:
-            for step, m in rows:
-                w.write(step, m)
-        os.replace(w.path, eval_path)  # eval.jsonl appears whole or not at all
-    return os.path.join(stage_dir, "checkpoints")
+        write_jsonl(eval_path, [{"step": step, **m} for step, m in rows])
 
 
 def evaluate_samples(task, model_cfg: ModelConfig, params, ref_params, sampling: SamplingConfig,

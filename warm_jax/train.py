@@ -19,7 +19,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from warm_jax import sharding as shd
-from warm_jax.checkpoint import Checkpointer, abstract_with_shardings, path_str
+from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_shardings,  # noqa: F401
+                                 path_str)
+from warm_jax.layout import Preempted, kill_point, preemption_requested
 from warm_jax.metrics import MetricsWriter, progress
 from warm_jax.models.config import check_range
 
@@ -169,19 +171,18 @@ def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh,
             for k, v in batch.items()}
 
 
-class NonFiniteError(FloatingPointError):
-    pass
-
-
 def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mesh,
         data_iter: Iterator, num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
         meta: dict | None = None, ckpt_every: int = 100, log_every: int = 10,
         keep_steps: Sequence[int] = (), final_meta: Callable[[TrainState], dict] | None = None,
+        save_meta: Callable[[TrainState], dict] | None = None,
         leading: Sequence[str] = ("batch",), desc: str = "train") -> TrainState:
     """Run (or resume) to `num_steps`, checkpointing state + data-iterator state together.
 
     A non-finite loss or gradient norm stops training before anything is saved, so the last good
-    checkpoint stays intact. `final_meta(state)` adds metadata to the last checkpoint only.
+    checkpoint stays intact. `save_meta(state)` adds metadata to every checkpoint, `final_meta` to
+    the last only. On resume the metrics log is rewound to the restored step. After SIGTERM
+    (`layout.install_preemption_handler`) the state is saved at the next step and `Preempted` raised.
     """
     meta = dict(meta or {})
     latest = checkpointer.latest_step()
@@ -191,6 +192,15 @@ def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mes
         if "data_state" in saved_meta and hasattr(data_iter, "set_state"):
             data_iter.set_state(saved_meta["data_state"])
     start = int(np.max(jax.device_get(state.step)))  # a population carries one step per member
+    writer.rewind(start)
+
+    def save(done):
+        data_state = data_iter.get_state() if hasattr(data_iter, "get_state") else None
+        extra = dict(save_meta(state) if save_meta else {})
+        if final_meta and done == num_steps:
+            extra.update(final_meta(state))
+        checkpointer.save(done, state, dict(meta, data_state=data_state, step=done, **extra))
+
     step_fn = None
     for step in progress(range(start, num_steps), desc=desc, initial=start, total=num_steps):
         batch = put_batch(next(data_iter), mesh, leading)
@@ -204,10 +214,14 @@ def fit(*, state: TrainState, state_shardings: TrainState, train_step, mesh: Mes
                 f"({metrics['grad_norm']}) at step {step + 1}; last good checkpoint "
                 f"{checkpointer.latest_step()} in {checkpointer.directory} is kept")
         done = step + 1
+        kill_point("fit.step")
         if done % log_every == 0 or done == num_steps:
             writer.write(done, metrics)
         if done % ckpt_every == 0 or done == num_steps or done in keep_steps:
-            data_state = data_iter.get_state() if hasattr(data_iter, "get_state") else None
-            extra = final_meta(state) if (final_meta and done == num_steps) else {}
-            checkpointer.save(done, state, dict(meta, data_state=data_state, step=done, **extra))
+            save(done)
+        elif preemption_requested():
+            save(done)
+        if preemption_requested() and done < num_steps:
+            raise Preempted(f"{desc}: stopped by SIGTERM after saving step {done} in "
+                            f"{checkpointer.directory}; rerun the same command to resume")
     return state

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax.models import ModelConfig, RewardModel
+from warm_jax.rm.population import platform_impl
 
 KINDS = ("single", "ens", "wco", "uwo")
 
@@ -66,12 +67,13 @@ def aggregate(r_MxB: jax.Array, kind: str, uwo_lambda: float = 1.0) -> jax.Array
 
 def make_reward_function(model_cfg: ModelConfig, params: Any | Sequence[Any], kind: str = "single",
                          *, uwo_lambda: float = 1.0, name: str | None = None,
-                         ensemble_impl: str = "vmap") -> RewardFunction:
+                         ensemble_impl: str = "auto") -> RewardFunction:
     """`params`: one tree for 'single' (a member or a WARM average); a list of trees otherwise."""
     if kind not in KINDS:
         raise ValueError(f"reward kind {kind!r}: allowed {KINDS}")
-    if ensemble_impl not in ("vmap", "map"):
-        raise ValueError(f"ensemble_impl={ensemble_impl!r}: allowed ('vmap', 'map')")
+    if ensemble_impl not in ("auto", "vmap", "map"):
+        raise ValueError(f"ensemble_impl={ensemble_impl!r}: allowed ('auto', 'vmap', 'map')")
+    ensemble_impl = platform_impl(ensemble_impl)
     if kind != "single":
         if not isinstance(params, (list, tuple)) or len(params) < 2:
             raise ValueError(f"reward kind {kind!r} needs a list of >= 2 members' parameters")
@@ -91,6 +93,10 @@ def normalised(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
                                         response[i:i + batch_size],
                                         response_mask[i:i + batch_size]))
                         for i in range(0, len(prompt), batch_size)])
+    if not np.isfinite(r).all():
+        raise FloatingPointError(f"reward normalisation of {fn.name!r}: {int((~np.isfinite(r)).sum())}"
+                                 f" of {len(r)} rewards on the normalisation samples are not "
+                                 "finite; the reward model is broken (check its checkpoint)")
     return fn.replace(shift=jnp.float32(r.mean()), scale=jnp.float32(max(r.std(), 1e-6)))
 
 

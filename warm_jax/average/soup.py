@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from warm_jax.checkpoint import Checkpointer, flatten, path_str
+from warm_jax.checkpoint import Checkpointer, flatten, nonfinite_leaves, path_str
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,13 @@ def check_compatible(members: list[tuple[Checkpointer, int, dict]], *,
             if x.shape != y.shape or x.dtype != y.dtype:
                 raise AverageError(f"member {ck.directory}: {k} is {y.shape} {y.dtype}, but "
                                    f"{x.shape} {x.dtype} in {ref_ck.directory}")
-        if meta.get("base_fingerprint") != fp:
+        if fp is None or meta.get("base_fingerprint") is None:
+            msg = (f"member {ck.directory if fp is not None else ref_ck.directory} records no base "
+                   "fingerprint, so a shared initialisation cannot be checked")
+            if not allow_base_mismatch:
+                raise AverageError(msg + " (allow_base_mismatch=True overrides)")
+            log.warning("!!! %s — averaging anyway because allow_base_mismatch=True !!!", msg)
+        elif meta.get("base_fingerprint") != fp:
             msg = (f"member {ck.directory} descends from base {meta.get('base_fingerprint')}, "
                    f"{ref_ck.directory} from {fp}: weight averaging needs one shared init")
             if not allow_base_mismatch:
@@ -74,8 +80,9 @@ def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if len(weights) != n:
         raise AverageError(f"{len(weights)} weights for {n} members")
     w = np.asarray(weights, np.float64)
-    if (w < 0).any() or w.sum() <= 0:
-        raise AverageError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise AverageError(f"weights must be finite and non-negative with a positive sum, got "
+                           f"{list(weights)}")
     return (w / w.sum()).tolist()
 
 
@@ -151,17 +158,49 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
                         extra_meta: dict | None = None, **kw) -> str:
     """Average members into one checkpoint at `out_dir` (committed whole, or not at all).
 
-    An existing output with the same members and weights is kept (a rerun skips); any other
-    existing output is an error rather than an overwrite."""
+    An existing output with the same members, weights, member steps and base fingerprint is kept
+    (a rerun skips); any other existing output is an error rather than an overwrite or a silent
+    reuse. A non-finite value in any member stops before anything is written, naming it."""
     w = normalise_weights(weights, len(member_dirs))
     if os.path.isdir(out_dir) and Checkpointer(out_dir, read_only=True).latest_step() is not None:
-        have = Checkpointer(out_dir, read_only=True).restore_meta()
-        if have.get("members") == [os.path.abspath(d) for d in member_dirs] and \
-                np.allclose(have.get("weights", []), w):
-            return out_dir
-        raise AverageError(f"{out_dir} already holds a different average ({have.get('members')}); "
-                           "choose another output directory")
+        _check_existing(out_dir, member_dirs, w)
+        return out_dir
     state, meta = stream_average(member_dirs, w, **kw)
+    bad = nonfinite_leaves(state)
+    if bad:
+        raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
+                           f"{_nonfinite_members(member_dirs, bad)}; nothing was written")
     meta.update(method=method, **(extra_meta or {}))
     Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
     return out_dir
+
+
+def _check_existing(out_dir: str, member_dirs: Sequence[str], w: Sequence[float]) -> None:
+    have = Checkpointer(out_dir, read_only=True).restore_meta()
+    members = _open(member_dirs)
+    now = {"members": [ck.directory for ck, _, _ in members],
+           "member_steps": [s for _, s, _ in members],
+           "base_fingerprint": members[0][2].get("base_fingerprint")}
+    stale = [k for k, v in now.items() if have.get(k) != v]
+    if not stale and np.allclose(have.get("weights", []), w):
+        return
+    raise AverageError(f"{out_dir} already holds a different or stale average (differs in "
+                       f"{stale or ['weights']}: {[have.get(k) for k in stale]} vs "
+                       f"{[now[k] for k in stale]}); remove it to recompute, or choose another "
+                       "output directory")
+
+
+def _nonfinite_members(member_dirs: Sequence[str], paths: Sequence[str]) -> str:
+    """Which members hold the non-finite tensors (read back for the message only)."""
+    culprits = []
+    for d in member_dirs:
+        ck = Checkpointer(d, read_only=True)
+        step = ck.latest_step()
+        template = ck.array_metadata(step)
+        want = set(paths)
+        target = jax.tree_util.tree_map_with_path(
+            lambda p, x: x if path_str(p) in want else ocp.PLACEHOLDER, template)
+        bad = nonfinite_leaves(ck.restore_subset(step, target))
+        if bad:
+            culprits.append(f"member {d} has NaN/Inf in {bad[:3]}")
+    return "; ".join(culprits) or "the weighted sum overflowed"

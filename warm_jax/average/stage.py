@@ -16,35 +16,25 @@ import numpy as np
 from warm_jax.average import analysis as A
 from warm_jax.average.soup import average_checkpoints
 from warm_jax.checkpoint import Checkpointer, restore_params
-from warm_jax.metrics import MetricsWriter
+from warm_jax.layout import RunLayout, kill_point, write_jsonl
 from warm_jax.models import ModelConfig, RewardModel
-from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
-from warm_jax.rm.stage import SPLITS, member_done
+from warm_jax.rm.loss import PAIR_KEYS, SPLITS, make_pair_scorer
 
 DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
 
 
-def member_dirs(rm_dir: str) -> list[str]:
-    out, m = [], 0
-    while member_done(rm_dir, m):
-        out.append(os.path.join(rm_dir, "members", f"member_{m}"))
-        m += 1
-    if not out:
-        raise FileNotFoundError(f"no trained members under {rm_dir}/members")
-    return out
-
-
-def member_params_at(rm_dir: str, member: int, step: int) -> dict:
+def member_params_at(layout: RunLayout, name: str, member: int, step: int) -> dict:
     """A member's parameters at an intermediate training step (population or separate layout)."""
     for sub, index in (("population", True), (f"member_{member}", False)):
-        d = os.path.join(rm_dir, "train", sub, "checkpoints")
+        d = layout.checkpoints(layout.rm_train(name, sub))
         if os.path.isdir(d) and step in Checkpointer(d, read_only=True).all_steps():
             params, meta = restore_params(d, step)
             if index:
                 pos = [s["member"] for s in meta["specs"]].index(member)
                 params = jax.tree.map(lambda x: x[pos], params)
             return params
-    raise FileNotFoundError(f"no training checkpoint of member {member} at step {step} in {rm_dir}")
+    raise FileNotFoundError(f"no training checkpoint of member {member} at step {step} in "
+                            f"{layout.rm(name)}")
 
 
 def _subsample(split: dict[str, np.ndarray], n: int | None, seed: int) -> dict[str, np.ndarray]:
@@ -65,13 +55,34 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
     """Average the members of `<workdir>/rm/<name>` (top-M and greedy soups) and run the analyses.
     The analyses score at most `max_eval_pairs` pairs per split (a seeded random subset) to keep
     their ~80 weight averages cheap; the members' own accuracies in eval.jsonl use every pair."""
-    rm_dir = os.path.join(workdir, "rm", name)
-    dirs = member_dirs(rm_dir)
+    layout = RunLayout(workdir)
+    rm_dir = layout.rm(name)
+    config = dict(task=task, model_cfg=model_cfg, m_values=m_values, rank_by=rank_by,
+                  greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
+                  max_eval_pairs=max_eval_pairs, seed=seed)
+    averages = os.path.join(rm_dir, "averages")
+    with layout.stage(f"average {name}", averages, config,
+                      outputs=[averages, os.path.join(rm_dir, "analysis.jsonl")]):
+        _average_and_analyse(layout, name, task, model_cfg, m_values=m_values, rank_by=rank_by,
+                             greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
+                             allow_base_mismatch=allow_base_mismatch,
+                             eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
+                             seed=seed)
+    return rm_dir
+
+
+def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig, *, m_values,
+                         rank_by, greedy, lmc_pairs, same_run_step, allow_base_mismatch,
+                         eval_batch_size, max_eval_pairs, seed) -> None:
+    rm_dir = layout.rm(name)
+    out_path = os.path.join(rm_dir, "analysis.jsonl")
+    if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
+        return
+    dirs = layout.member_dirs(name)
     M = len(dirs)
     bad = [m for m in m_values if not 1 <= m <= M]
     if bad:
         raise ValueError(f"average_reward_models.m_values {bad} out of range: allowed [1, {M}]")
-    out_path = os.path.join(rm_dir, "analysis.jsonl")
     rm = RewardModel(model_cfg)
     splits = {s: _subsample({k: v for k, v in task.preference_split(s).items()
                              if k in PAIR_KEYS + ("flipped",)}, max_eval_pairs, seed)
@@ -86,8 +97,8 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
     order = A.rank(scores, subsets, rank_by)
 
     for m in m_values:
-        average_checkpoints([dirs[i] for i in order[:m]],
-                            os.path.join(rm_dir, "averages", f"warm_M{m}"),
+        kill_point("average.write")
+        average_checkpoints([dirs[i] for i in order[:m]], layout.average(name, f"warm_M{m}"),
                             method=f"top{m}_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
                             extra_meta={"member_indices": order[:m]})
     rows = []
@@ -102,24 +113,19 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                          "acc": acc, "kept": acc >= best})
             if acc >= best:
                 chosen, best = cand, acc
-        average_checkpoints([dirs[i] for i in chosen], os.path.join(rm_dir, "averages", "greedy"),
+        average_checkpoints([dirs[i] for i in chosen], layout.average(name, "greedy"),
                             method=f"greedy_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
                             extra_meta={"member_indices": chosen})
-    if not os.path.exists(out_path):
-        sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))
-                 for k, (sp, m) in subsets.items()}
-        rows.append({"analysis": "eval_sizes", "sizes": sizes})
-        for pair_name, (a, b) in lmc_pairs.items():
-            if max(a, b) < M:
-                rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,
-                              pair_name)
-        if same_run_step is not None:
-            mid = member_params_at(rm_dir, 0, same_run_step)
-            rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run")
-        rows += A.corruption(params, scores, score_fn, subsets)
-        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by, random_orders=2)
-        with MetricsWriter(rm_dir, "analysis_tmp", tensorboard=False) as w:
-            for r in rows:
-                w.write(0, r)
-        os.replace(w.path, out_path)
-    return rm_dir
+    sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))
+             for k, (sp, m) in subsets.items()}
+    rows.append({"analysis": "eval_sizes", "sizes": sizes})
+    for pair_name, (a, b) in lmc_pairs.items():
+        if max(a, b) < M:
+            rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,
+                          pair_name)
+    if same_run_step is not None:
+        mid = member_params_at(layout, name, 0, same_run_step)
+        rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run")
+    rows += A.corruption(params, scores, score_fn, subsets)
+    rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by, random_orders=2)
+    write_jsonl(out_path, [{"step": 0, **r} for r in rows])

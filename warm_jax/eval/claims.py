@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from warm_jax.eval.metrics import gao_fit, pareto_front, win_rate
+from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 
 ID_TOLERANCE = 0.02     # |WA − ENS| on the ID split that still counts as "WA ≈ ENS"
@@ -25,13 +26,14 @@ def _rows(path):
 
 
 def load(workdir: str, rm_name: str = "clean") -> dict[str, Any]:
-    rl_dir = os.path.join(workdir, "rl", rm_name)
+    layout = RunLayout(workdir)
+    rl_dir = layout.rl(rm_name)
     methods = sorted(os.path.basename(os.path.dirname(p))
                      for p in glob.glob(os.path.join(rl_dir, "*", "train.jsonl")))
     return {
-        "analysis": {n: _rows(os.path.join(workdir, "rm", n, "analysis.jsonl"))
+        "analysis": {n: _rows(os.path.join(layout.rm(n), "analysis.jsonl"))
                      for n in ("clean", "corrupt")},
-        "bon": _rows(os.path.join(rl_dir, "bon.jsonl")),
+        "bon": _rows(layout.bon(rm_name)),
         "train": {m: _rows(os.path.join(rl_dir, m, "train.jsonl")) for m in methods},
         "final": {m: _rows(os.path.join(rl_dir, m, "final.jsonl")) for m in methods},
     }

@@ -253,21 +253,23 @@ def import_base(*, workdir: str, gguf_path: str | None = None, hf_dir: str | Non
     `<workdir>/tokenizer.json`, so the reward-model stages run unchanged on top of it."""
     if (gguf_path is None) == (hf_dir is None):
         raise ValueError("import_base: give exactly one of gguf_path, hf_dir")
-    out = os.path.join(workdir, "sft", "checkpoints")
     from warm_jax.checkpoint import Checkpointer
-    if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None:
-        return out
-    params, cfg = load_gguf(gguf_path) if gguf_path else load_safetensors(hf_dir)
-    os.makedirs(workdir, exist_ok=True)
-    if gguf_path:
-        tok, _ = gguf_tokenizer(gguf_path)
-        tok.save(os.path.join(workdir, "tokenizer.json"))
-    elif os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
-        import shutil
-        shutil.copy(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
-    # no committed step is there (checked above): at most a crashed save's temporary directory,
-    # so overwriting loses nothing and a rerun after a crash still goes through
-    return import_checkpoint(params, cfg, out, source=gguf_path or hf_dir, force=True)
+    from warm_jax.layout import RunLayout, atomic_write
+    layout = RunLayout(workdir)
+    out = layout.checkpoints(layout.sft)
+    with layout.stage("import_base", layout.sft, {"gguf_path": gguf_path, "hf_dir": hf_dir}):
+        if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None:
+            return out
+        params, cfg = load_gguf(gguf_path) if gguf_path else load_safetensors(hf_dir)
+        if gguf_path:
+            tok, _ = gguf_tokenizer(gguf_path)
+            atomic_write(layout.tokenizer, tok.to_str())
+        elif os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
+            with open(os.path.join(hf_dir, "tokenizer.json"), "rb") as f:
+                atomic_write(layout.tokenizer, f.read())
+        # no committed step is there (checked above): at most a crashed save's temporary
+        # directory, so overwriting loses nothing and a rerun after a crash still goes through
+        return import_checkpoint(params, cfg, out, source=gguf_path or hf_dir, force=True)
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ Writes `<workdir>/rl/<rm_name>/bon.jsonl` and, per method, `rl/<rm_name>/<method
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 from typing import Mapping, Sequence
 
@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax.average.rewards import describe, make_reward_function, normalised
-from warm_jax.average.stage import member_dirs
-from warm_jax.checkpoint import (Checkpointer, abstract_with_shardings, assign_with_fallback,
-                                 restore_params)
+from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_shardings,
+                                 assign_with_fallback, restore_params)
+from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, kill_point,
+                             preemption_requested, write_jsonl)
 from warm_jax.losses import response_logprobs
 from warm_jax.metrics import MetricsWriter, progress
 from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler,
@@ -35,27 +36,36 @@ from warm_jax.rm.population import stack
 DEFAULT_METHODS = ("single", "warm_M2", "warm_M6", "ens")
 
 
-def build_reward_function(rm_dir: str, method: str, model_cfg: ModelConfig, *,
-                          uwo_lambda: float = 1.0, ensemble_impl: str = "vmap"):
-    if method == "single":
-        return make_reward_function(model_cfg, restore_params(
-            os.path.join(rm_dir, "averages", "warm_M1"))[0], name=method)
-    if method.startswith("warm_") or method == "greedy":
-        path = os.path.join(rm_dir, "averages", method)
+def build_reward_function(layout: RunLayout, rm_name: str, method: str, model_cfg: ModelConfig,
+                          *, uwo_lambda: float = 1.0, ensemble_impl: str = "auto",
+                          base_fingerprint: str | None = None, allow_base_mismatch: bool = False):
+    """The reward function `method` (a `RewardSpec`) over `rm/<rm_name>`. With `base_fingerprint`
+    (the policy's), its reward models must descend from the same base."""
+    spec = RewardSpec.parse(method)
+    if spec.is_ensemble:
+        loaded = [restore_params(d) for d in layout.member_dirs(rm_name)]
+        params, metas = [p for p, _ in loaded], [m for _, m in loaded]
+    else:
+        path = layout.average(rm_name, spec.average)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"reward {method!r}: no average at {path} "
                                     "(add its M to average_reward_models.m_values)")
-        return make_reward_function(model_cfg, restore_params(path)[0], name=method)
-    if method in ("ens", "wco", "uwo"):
-        members = [restore_params(d)[0] for d in member_dirs(rm_dir)]
-        return make_reward_function(model_cfg, members, method, uwo_lambda=uwo_lambda,
-                                    name=method, ensemble_impl=ensemble_impl)
-    raise ValueError(f"reward method {method!r}: allowed single, warm_M<k>, greedy, ens, wco, uwo")
+        params, meta = restore_params(path)
+        metas = [meta]
+    if base_fingerprint is not None:
+        fps = sorted({str(m.get("base_fingerprint")) for m in metas})
+        if fps != [base_fingerprint]:
+            msg = (f"reward {method!r} over {layout.rm(rm_name)} descends from base {fps}, the "
+                   f"policy from {base_fingerprint}: RL needs one shared pretrained base")
+            if not allow_base_mismatch:
+                raise ValueError(msg + " (allow_base_mismatch=True overrides)")
+            logging.warning("!!! %s — going on because allow_base_mismatch=True !!!", msg)
+    return make_reward_function(model_cfg, params, "single" if not spec.is_ensemble else spec.kind,
+                                uwo_lambda=uwo_lambda, name=method, ensemble_impl=ensemble_impl)
 
 
-def _sft(workdir):
-    params, meta = restore_params(os.path.join(workdir, "sft", "checkpoints"))
-    return params, meta
+def _sft(layout: RunLayout):
+    return restore_params(layout.checkpoints(layout.sft))
 
 
 def sft_samples(task, model_cfg, sft_params, prompts, n_per_prompt, temperature, seed):
@@ -79,26 +89,35 @@ def _score(fn, prompt, resp, mask, batch=1024):
 
 def best_of_n(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
               methods: Sequence[str] = DEFAULT_METHODS, n_prompts: int = 128, N: int = 64,
-              seed: int = 0, ensemble_impl: str = "vmap") -> str:
+              seed: int = 0, ensemble_impl: str = "auto", uwo_lambda: float = 1.0) -> str:
     """Best-of-N from the SFT policy (temperature 1) under each reward; control reward by oracle."""
-    out_path = os.path.join(workdir, "rl", rm_name, "bon.jsonl")
-    if os.path.exists(out_path):
-        return out_path
-    rm_dir = os.path.join(workdir, "rm", rm_name)
-    sft_params, _ = _sft(workdir)
+    layout = RunLayout(workdir)
+    out_path = layout.bon(rm_name)
+    config = dict(task=task, model_cfg=model_cfg, methods=methods, n_prompts=n_prompts, N=N,
+                  seed=seed, uwo_lambda=uwo_lambda)
+    with layout.stage(f"best_of_n {rm_name}", os.path.join(layout.rl(rm_name), "bon"), config,
+                      outputs=[out_path]):
+        if not os.path.exists(out_path):
+            _best_of_n(layout, out_path, task, model_cfg, rm_name, methods, n_prompts, N, seed,
+                       ensemble_impl, uwo_lambda)
+    return out_path
+
+
+def _best_of_n(layout, out_path, task, model_cfg, rm_name, methods, n_prompts, N, seed,
+               ensemble_impl, uwo_lambda) -> None:
+    sft_params, sft_meta = _sft(layout)
     prompt, resp, mask = sft_samples(task, model_cfg, sft_params, task.prompts("eval")[:n_prompts],
                                      N, 1.0, seed)
     gold = task.gold_reward(prompt, resp, mask).reshape(-1, N)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with MetricsWriter(os.path.dirname(out_path), "bon_tmp", tensorboard=False) as w:
-        for method in methods:
-            fn = build_reward_function(rm_dir, method, model_cfg, ensemble_impl=ensemble_impl)
-            proxy = _score(fn, prompt, resp, mask).reshape(-1, N)
-            for row in bon_curve(proxy, gold):
-                w.write(row["n"], {"method": method, **row,
-                                   "gold_gain": row["gold"] - float(gold.mean())})
-    os.replace(w.path, out_path)
-    return out_path
+    rows = []
+    for method in methods:
+        fn = build_reward_function(layout, rm_name, method, model_cfg, uwo_lambda=uwo_lambda,
+                                   ensemble_impl=ensemble_impl,
+                                   base_fingerprint=sft_meta.get("base_fingerprint"))
+        proxy = _score(fn, prompt, resp, mask).reshape(-1, N)
+        rows += [{"step": row["n"], "method": method, **row,
+                  "gold_gain": row["gold"] - float(gold.mean())} for row in bon_curve(proxy, gold)]
+    write_jsonl(out_path, rows)
 
 
 def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
@@ -106,12 +125,35 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                    seeds: Sequence[int] = (0,), rl: RLConfig = RLConfig(), num_steps: int = 300,
                    chunk: int = 50, log_every: int = 10, normalise: bool = True,
                    uwo_lambda: float = 1.0, max_new_tokens: int | None = None,
-                   eval_prompts: int = 256, ensemble_impl: str = "vmap") -> str:
+                   eval_prompts: int = 256, ensemble_impl: str = "auto",
+                   allow_base_mismatch: bool = False) -> str:
     """RL from the SFT policy, one vmapped program per method over (α × seeds)."""
-    rl_dir = os.path.join(workdir, "rl", rm_name)
-    rm_dir = os.path.join(workdir, "rm", rm_name)
-    sft_params, sft_meta = _sft(workdir)
-    oracle = getattr(task, "gold_fn", None)
+    layout = RunLayout(workdir)
+    for method in methods:
+        RewardSpec.parse(method)  # a bad name fails before any work
+    shared: dict = {}
+    for method in methods:
+        mdir = layout.rl_method(rm_name, method)
+        config = dict(task=task, model_cfg=model_cfg, method=method, alphas=alphas, seeds=seeds,
+                      rl=rl, num_steps=num_steps, chunk=chunk, log_every=log_every,
+                      normalise=normalise, uwo_lambda=uwo_lambda, max_new_tokens=max_new_tokens,
+                      eval_prompts=eval_prompts)
+        with layout.stage(f"rl {rm_name}/{method}", mdir, config):
+            if os.path.exists(os.path.join(mdir, "final.jsonl")):
+                continue
+            if not shared:
+                shared.update(_shared_inputs(layout, task, model_cfg, rl, max_new_tokens))
+            _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=alphas,
+                          seeds=seeds, num_steps=num_steps, chunk=chunk, log_every=log_every,
+                          normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
+                          ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
+                          **shared)
+    return layout.rl(rm_name)
+
+
+def _shared_inputs(layout, task, model_cfg, rl, max_new_tokens) -> dict:
+    """What every method's RL starts from: the SFT policy, its value init, normalisation samples."""
+    sft_params, sft_meta = _sft(layout)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens or task.max_response_len,
                               temperature=rl.temperature, eos_id=task.eos_id, pad_id=task.pad_id)
     rl_prompts = jnp.asarray(task.prompts("rl"))
@@ -119,40 +161,59 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
     dummy = jnp.ones((1, 4), jnp.int32)
     value0, _ = assign_with_fallback(sft_params, unbox(vm.init(jax.random.PRNGKey(0), dummy,
                                                                 dummy)["params"]))
+    norm = sft_samples(task, model_cfg, sft_params, np.asarray(rl_prompts[:256]), 2,
+                       rl.temperature, 123)
+    return dict(sft_params=sft_params, sft_meta=sft_meta, sampling=sampling,
+                rl_prompts=rl_prompts, value0=value0, norm=norm)
+
+
+GUARDED = ("kl", "pg_loss", "value_loss", "proxy_reward", "return")
+
+
+def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
+                  num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
+                  ensemble_impl, allow_base_mismatch, sft_params, sft_meta, sampling, rl_prompts,
+                  value0, norm) -> None:
     runs = [(a, s) for a in alphas for s in seeds]
-    norm_p, norm_r, norm_m = sft_samples(task, model_cfg, sft_params, np.asarray(rl_prompts[:256]),
-                                         2, rl.temperature, 123)
-    for method in methods:
-        mdir = os.path.join(rl_dir, method)
-        if os.path.exists(os.path.join(mdir, "final.jsonl")):
-            continue
-        fn = build_reward_function(rm_dir, method, model_cfg, uwo_lambda=uwo_lambda,
-                                   ensemble_impl=ensemble_impl)
-        if normalise:
-            fn = normalised(fn, jnp.asarray(norm_p), jnp.ones_like(jnp.asarray(norm_p)),
-                            jnp.asarray(norm_r), jnp.asarray(norm_m))
-        init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
-                                   ref_params=sft_params, reward_fn=fn, prompts_NxP=rl_prompts,
-                                   oracle=oracle)
-        state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
-        chunk_fn = jax.jit(jax.vmap(lambda st: run_chunk(step, st, chunk)), donate_argnums=0)
-        ck = Checkpointer(os.path.join(mdir, "checkpoints"), max_to_keep=2)
-        meta = {"method": method, "reward": describe(fn), "runs": [list(r) for r in runs],
-                "rl": dataclasses.asdict(rl), "base_fingerprint": sft_meta.get("base_fingerprint")}
-        if ck.latest_step() is not None:
-            target = abstract_with_shardings(jax.eval_shape(lambda: state),
-                                             jax.tree.map(lambda x: x.sharding, state))
-            state, _ = ck.restore(None, target)
-        start = int(np.max(jax.device_get(state.step)))
-        with MetricsWriter(mdir, "train") as w:
-            for s0 in progress(range(start, num_steps, chunk), desc=f"rl {rm_name}/{method}",
-                               total=num_steps // chunk, initial=start // chunk):
-                state, metrics = chunk_fn(state)
-                _log(w, jax.device_get(metrics), runs, s0, log_every, method, task)
-                ck.save(s0 + chunk, state, meta)
-        _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, eval_prompts,
-                    method, fn)
-    return rl_dir
+    fn = build_reward_function(layout, rm_name, method, model_cfg, uwo_lambda=uwo_lambda,
+                               ensemble_impl=ensemble_impl,
+                               base_fingerprint=sft_meta.get("base_fingerprint"),
+                               allow_base_mismatch=allow_base_mismatch)
+    if normalise:
+        norm_p, norm_r, norm_m = (jnp.asarray(x) for x in norm)
+        fn = normalised(fn, norm_p, jnp.ones_like(norm_p), norm_r, norm_m)
+    init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
+                               ref_params=sft_params, reward_fn=fn, prompts_NxP=rl_prompts,
+                               oracle=getattr(task, "gold_fn", None))
+    state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
+    chunk_fn = jax.jit(jax.vmap(lambda st: run_chunk(step, st, chunk)), donate_argnums=0)
+    ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)
+    meta = {"method": method, "reward": describe(fn), "runs": [list(r) for r in runs],
+            "rl": dataclasses.asdict(rl), "base_fingerprint": sft_meta.get("base_fingerprint")}
+    if ck.latest_step() is not None:
+        target = abstract_with_shardings(jax.eval_shape(lambda: state),
+                                         jax.tree.map(lambda x: x.sharding, state))
+        state, _ = ck.restore(None, target)
+    start = int(np.max(jax.device_get(state.step)))
+    with MetricsWriter(mdir, "train") as w:
+        w.rewind(start)
+        for s0 in progress(range(start, num_steps, chunk), desc=f"rl {rm_name}/{method}",
+                           total=num_steps // chunk, initial=start // chunk):
+            state, metrics = chunk_fn(state)
+            metrics = jax.device_get(metrics)
+            bad = [k for k in GUARDED if k in metrics and not np.isfinite(metrics[k]).all()]
+            if bad:
+                raise NonFiniteError(
+                    f"rl {rm_name}/{method}: non-finite {bad} in steps {s0 + 1}..{s0 + chunk}; "
+                    f"last good checkpoint {ck.latest_step()} in {ck.directory} is kept")
+            _log(w, metrics, runs, s0, log_every, method, task)
+            kill_point("rl.chunk")
+            ck.save(s0 + chunk, state, meta)
+            if preemption_requested() and s0 + chunk < num_steps:
+                raise Preempted(f"rl {rm_name}/{method}: stopped by SIGTERM after saving step "
+                                f"{s0 + chunk}; rerun the same command to resume")
+    _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, eval_prompts,
+                method, fn)
 
 
 def _log(w, metrics, runs, s0, log_every, method, task):
@@ -176,27 +237,27 @@ def _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, n, met
     prompts = jnp.asarray(task.prompts("eval")[:n])
     sample = jax.jit(make_sampler(lm, sampling))
     score = jax.jit(lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature))
-    toks, masks = {}, {}
-    with MetricsWriter(mdir, "final_tmp", tensorboard=False) as w:
-        for i, (alpha, seed) in enumerate(runs):
-            params = jax.tree.map(lambda x: x[i], state.policy)
-            out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(10_000 + seed))
-            kl = (score(params, out.tokens_BxN, out.mask_BxN) -
-                  score(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
-            row = {"method": method, "run_alpha": alpha, "seed": seed, "kl": float(kl.mean()),
-                   "reward_shift": float(fn.shift), "reward_scale": float(fn.scale),
-                   "proxy_reward": float(np.mean(_score(fn, prompts, out.tokens_BxN,
-                                                        out.mask_BxN))),
-                   "length": float(out.mask_BxN.sum(-1).mean())}
-            if getattr(task, "has_oracle", False):
-                gold = task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN)
-                row["control_reward"] = float(np.mean(gold))
-                # per prompt, so that win rates need nothing but this file
-                row["gold_per_prompt"] = [round(float(g), 5) for g in gold]
-            w.write(int(state.step[i]), row)
-            toks[f"a{alpha}_s{seed}"] = np.asarray(out.tokens_BxN)
-            masks[f"a{alpha}_s{seed}"] = np.asarray(out.mask_BxN)
-    np.savez(os.path.join(mdir, "eval_samples.npz"), prompts=np.asarray(prompts),
-             **{f"tokens/{k}": v for k, v in toks.items()},
-             **{f"mask/{k}": v for k, v in masks.items()})
-    os.replace(w.path, os.path.join(mdir, "final.jsonl"))
+    toks, masks, rows = {}, {}, []
+    for i, (alpha, seed) in enumerate(runs):
+        params = jax.tree.map(lambda x: x[i], state.policy)
+        out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(10_000 + seed))
+        kl = (score(params, out.tokens_BxN, out.mask_BxN) -
+              score(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
+        row = {"method": method, "run_alpha": alpha, "seed": seed, "kl": float(kl.mean()),
+               "reward_shift": float(fn.shift), "reward_scale": float(fn.scale),
+               "proxy_reward": float(np.mean(_score(fn, prompts, out.tokens_BxN,
+                                                    out.mask_BxN))),
+               "length": float(out.mask_BxN.sum(-1).mean())}
+        if getattr(task, "has_oracle", False):
+            gold = task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN)
+            row["control_reward"] = float(np.mean(gold))
+            # per prompt, so that win rates need nothing but this file
+            row["gold_per_prompt"] = [round(float(g), 5) for g in gold]
+        rows.append({"step": int(state.step[i]), **row})
+        toks[f"a{alpha}_s{seed}"] = np.asarray(out.tokens_BxN)
+        masks[f"a{alpha}_s{seed}"] = np.asarray(out.mask_BxN)
+    atomic_write(os.path.join(mdir, "eval_samples.npz"),
+                 lambda f: np.savez(f, prompts=np.asarray(prompts),
+                                    **{f"tokens/{k}": v for k, v in toks.items()},
+                                    **{f"mask/{k}": v for k, v in masks.items()}))
+    write_jsonl(os.path.join(mdir, "final.jsonl"), rows)  # last: it marks the method done

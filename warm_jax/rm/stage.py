@@ -1,6 +1,6 @@
 """The reward-model stage: shared linear probe, then M diverse Bradley–Terry fine-tunings.
 
-Layout under `<workdir>/rm/<name>/`:
+Layout under `<workdir>/rm/<name>/` (paths from `warm_jax.layout.RunLayout`):
   linear_probe/            head trained on the frozen final-SFT body (computed once, shared)
   train/population/ or train/member_<i>/    resumable training state
   members/member_<i>/      the exported member: {params} + meta (spec, base fingerprint, accuracies)
@@ -18,16 +18,16 @@ import numpy as np
 from warm_jax import sharding as shd
 from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_params
 from warm_jax.data.pipeline import batch_iterator
+from warm_jax.layout import RunLayout, kill_point, write_jsonl
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
-from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies
+from warm_jax.rm.loss import PAIR_KEYS, SPLITS, make_pair_scorer, make_rm_loss, split_accuracies
 from warm_jax.rm.population import (StackedIterator, make_member_step, member_state,
                                     population_step, single_run_step, stack, unstack,
                                     with_member_axis)
 from warm_jax.train import OptimConfig, create_train_state, fit, make_optimizer, state_from_params
 
-SPLITS = ("train", "validation", "test")
 MODES = ("population", "separate")
 
 
@@ -40,7 +40,7 @@ def _columns(split: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: split[k] for k in PAIR_KEYS}
 
 
-def linear_probe(*, rm_dir: str, sft_dir: str, task, model_cfg: ModelConfig, num_steps: int,
+def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, num_steps: int,
                  learning_rate: float, batch_size: int, seed: int, mesh) -> tuple[dict, dict]:
     """Train only the reward head (freeze pattern `body/.*`) on the final SFT body."""
     rm = RewardModel(model_cfg)
@@ -48,14 +48,17 @@ def linear_probe(*, rm_dir: str, sft_dir: str, task, model_cfg: ModelConfig, num
     dummy = jnp.ones((1, 4), jnp.int32)
     state, sh = create_train_state(lambda r: rm.init(r, dummy, jnp.ones_like(dummy))["params"], tx,
                                    mesh, jax.random.PRNGKey(seed))
-    ck = Checkpointer(os.path.join(rm_dir, "linear_probe"), max_to_keep=1)
+    ck = Checkpointer(probe_dir, max_to_keep=1)
     sft_params, sft_meta = restore_params(sft_dir)
+    if sft_meta.get("base_fingerprint") is None:
+        raise ValueError(f"{sft_dir} records no base fingerprint: reward models from it could not "
+                         "be checked for a shared initialisation")
     if ck.latest_step() is None:
         params, fresh = assign_with_fallback(sft_params, state.params)
         assert all(f.startswith("reward_head/") for f in fresh), fresh
         state = state_from_params(params, tx, sh, state.rng)
     meta = {"base_fingerprint": sft_meta.get("base_fingerprint"), "sft_step": sft_meta.get("step")}
-    with MetricsWriter(os.path.join(rm_dir, "linear_probe"), "train") as w, shd.activate(mesh):
+    with MetricsWriter(probe_dir, "train") as w, shd.activate(mesh):
         loss = make_rm_loss(rm)
         state = fit(state=state, state_shardings=sh, mesh=mesh,
                     train_step=single_run_step(make_member_step(loss, tx), 0.0),
@@ -88,8 +91,9 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
     `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`)."""
     if mode not in MODES:
         raise ValueError(f"train_reward_models.mode={mode!r}: allowed {MODES}")
-    rm_dir = os.path.join(workdir, "rm", name)
-    sft_dir = os.path.join(workdir, "sft", "checkpoints")
+    layout = RunLayout(workdir)
+    rm_dir = layout.rm(name)
+    sft_dir = layout.checkpoints(layout.sft)
     sft_ck = Checkpointer(sft_dir, read_only=True)
     specs = expand(diversity, sft_ck.latest_step())
     missing = sorted({s.init_step for s in specs} - set(sft_ck.all_steps()))
@@ -97,13 +101,39 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
         raise ValueError(f"DiversityConfig.baklava_steps {missing} are not SFT checkpoints "
                          f"(have {sft_ck.all_steps()})")
     chosen = specs if members is None else [specs[i] for i in members]
-    if all(member_done(rm_dir, s.member) for s in chosen):
-        return rm_dir
+    groups = [chosen] if mode == "population" else [[s] for s in chosen]
+    runs = ["population"] if mode == "population" else [f"member_{s.member}" for s in chosen]
+    # how members are batched (mode, impl, which launch) does not change what they compute
+    config = dict(task=task, model_cfg=model_cfg, diversity=diversity, num_steps=num_steps,
+                  batch_size=batch_size, probe_steps=probe_steps,
+                  probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs)
+    outputs = [layout.member(name, s.member) for s in chosen] + \
+        [layout.rm_train(name, r) for r in runs]
+    with layout.stage(f"rm {name}", rm_dir, config, outputs=outputs):
+        if not all(layout.member_done(name, s.member) for s in chosen):
+            _train_and_export(layout, name, task, model_cfg, specs, groups, runs,
+                              population_impl=population_impl, num_steps=num_steps,
+                              batch_size=batch_size, probe_steps=probe_steps,
+                              probe_learning_rate=probe_learning_rate, mesh_shape=mesh_shape,
+                              seed=seed, ckpt_every=ckpt_every, eval_batch_size=eval_batch_size,
+                              max_eval_pairs=max_eval_pairs)
+        with layout.lock(os.path.join(rm_dir, "eval.jsonl"), wait=True):
+            write_eval_table(layout, name, len(specs))
+    return rm_dir
+
+
+def _train_and_export(layout: RunLayout, name: str, task, model_cfg: ModelConfig, specs, groups,
+                      runs, *, population_impl, num_steps, batch_size, probe_steps,
+                      probe_learning_rate, mesh_shape, seed, ckpt_every, eval_batch_size,
+                      max_eval_pairs) -> None:
+    sft_dir = layout.checkpoints(layout.sft)
     mesh = shd.make_mesh(**(mesh_shape or {"data": -1}))
-    probe_params, meta = linear_probe(rm_dir=rm_dir, sft_dir=sft_dir, task=task,
-                                      model_cfg=model_cfg, num_steps=probe_steps,
-                                      learning_rate=probe_learning_rate, batch_size=batch_size,
-                                      seed=seed, mesh=mesh)
+    # shared by side-by-side launches of single members: the second waits, then finds it done
+    with layout.lock(layout.linear_probe(name), wait=True):
+        probe_params, meta = linear_probe(probe_dir=layout.linear_probe(name), sft_dir=sft_dir,
+                                          task=task, model_cfg=model_cfg, num_steps=probe_steps,
+                                          learning_rate=probe_learning_rate,
+                                          batch_size=batch_size, seed=seed, mesh=mesh)
     rm = RewardModel(model_cfg)
     loss = make_rm_loss(rm)
     tx = make_optimizer(OptimConfig(learning_rate=1.0))  # each member's lr is set in its state
@@ -113,51 +143,54 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
     train_cols = _columns(_pairs(task, "train"))
     step = make_member_step(loss, tx)
     trained: dict[int, dict] = {}
-    groups = [chosen] if mode == "population" else [[s] for s in chosen]
-    for group in groups:
-        todo = [s for s in group if not member_done(rm_dir, s.member)]
-        if not todo:
+    for group, sub in zip(groups, runs):
+        if all(layout.member_done(name, s.member) for s in group):
             continue
-        iters = [batch_iterator(train_cols, batch_size=batch_size, seed=s.data_seed) for s in todo]
+        # the whole group, even if a kill came mid-export: its checkpoint holds every member
+        iters = [batch_iterator(train_cols, batch_size=batch_size, seed=s.data_seed) for s in group]
         states = [member_state(member_init(probe_params, sft_dir, s), tx, s.learning_rate,
-                               s.rng_seed) for s in todo]
-        if mode == "population":
+                               s.rng_seed) for s in group]
+        if sub == "population":
             sh = with_member_axis(sh1, mesh)
             state, data_iter, leading = jax.device_put(stack(states), sh), StackedIterator(iters), \
                 ("member", "batch")
-            train_step = population_step(step, [s.dropout for s in todo], population_impl)
-            sub = "population"
+            train_step = population_step(step, [s.dropout for s in group], population_impl)
         else:
             sh, leading = sh1, ("batch",)
             state, data_iter = jax.device_put(states[0], sh), iters[0]
-            train_step, sub = single_run_step(step, todo[0].dropout), f"member_{todo[0].member}"
-        run_dir = os.path.join(rm_dir, "train", sub)
+            train_step = single_run_step(step, group[0].dropout)
+        run_dir = layout.rm_train(name, sub)
         with MetricsWriter(run_dir, "train") as w, shd.activate(mesh):
             state = fit(state=state, state_shardings=sh, train_step=train_step, mesh=mesh,
                         data_iter=data_iter, num_steps=num_steps,
-                        checkpointer=Checkpointer(os.path.join(run_dir, "checkpoints")), writer=w,
-                        meta={"specs": [s.as_dict() for s in todo], **meta},
+                        checkpointer=Checkpointer(layout.checkpoints(run_dir)), writer=w,
+                        meta={"specs": [s.as_dict() for s in group], **meta},
                         ckpt_every=ckpt_every, leading=leading, desc=f"rm {name} {sub}")
         params = jax.device_get(state.params)
-        for i, s in enumerate(todo):
-            trained[s.member] = unstack(params, i) if mode == "population" else params
+        for i, s in enumerate(group):
+            if not layout.member_done(name, s.member):
+                trained[s.member] = unstack(params, i) if sub == "population" else params
     rows = evaluate_members(rm, task, trained, eval_batch_size, max_eval_pairs)
-    for s in chosen:
-        if s.member in trained:
-            export_member(rm_dir, s, trained[s.member], dict(meta, accuracy=rows[s.member],
-                                                              num_steps=num_steps))
-    write_eval_table(rm_dir, len(specs))
-    return rm_dir
+    for m in sorted(trained):
+        kill_point("rm.export")
+        export_member(layout.member(name, m), specs[m], trained[m],
+                      dict(meta, accuracy=rows[m], num_steps=num_steps))
 
 
-def write_eval_table(rm_dir: str, num_members: int) -> None:
-    """eval.jsonl: one row per exported member (spec + per-split accuracy), written whole."""
-    with MetricsWriter(rm_dir, "eval_tmp", tensorboard=False) as w:
-        for m in range(num_members):
-            if member_done(rm_dir, m):
-                meta = Checkpointer(_member_dir(rm_dir, m), read_only=True).restore_meta()
-                w.write(meta["num_steps"], {"member": m, **meta["spec"], **meta["accuracy"]})
-    os.replace(w.path, os.path.join(rm_dir, "eval.jsonl"))
+def write_eval_table(layout: RunLayout, name: str, num_members: int) -> None:
+    """eval.jsonl: one row per exported member (spec + per-split accuracy), written whole; kept
+    if it already lists exactly the exported members."""
+    path = os.path.join(layout.rm(name), "eval.jsonl")
+    done = [m for m in range(num_members) if layout.member_done(name, m)]
+    if os.path.exists(path):
+        from warm_jax.metrics import read_jsonl
+        if [r["member"] for r in read_jsonl(path)] == done:
+            return
+    rows = []
+    for m in done:
+        meta = Checkpointer(layout.member(name, m), read_only=True).restore_meta()
+        rows.append({"step": meta["num_steps"], "member": m, **meta["spec"], **meta["accuracy"]})
+    write_jsonl(path, rows)
 
 
 def evaluate_members(rm: RewardModel, task, params_by_member: Mapping[int, dict],
@@ -175,22 +208,8 @@ def evaluate_members(rm: RewardModel, task, params_by_member: Mapping[int, dict]
     return out
 
 
-def _member_dir(rm_dir: str, member: int) -> str:
-    return os.path.join(rm_dir, "members", f"member_{member}")
-
-
-def export_member(rm_dir: str, spec: RunSpec, params: dict, meta: dict) -> str:
+def export_member(member_dir: str, spec: RunSpec, params: dict, meta: dict) -> str:
     """One orbax checkpoint per member, the same layout whichever mode trained it."""
-    d = _member_dir(rm_dir, spec.member)
-    ck = Checkpointer(d, max_to_keep=1)
+    ck = Checkpointer(member_dir, max_to_keep=1)
     ck.save(int(meta.get("num_steps", 0)), {"params": params}, dict(meta, spec=spec.as_dict()))
-    return d
-
-
-def load_member(rm_dir: str, member: int) -> tuple[dict, dict]:
-    return restore_params(_member_dir(rm_dir, member))
-
-
-def member_done(rm_dir: str, member: int) -> bool:
-    d = _member_dir(rm_dir, member)
-    return os.path.isdir(d) and Checkpointer(d, read_only=True).latest_step() is not None
+    return member_dir
