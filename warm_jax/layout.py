@@ -88,6 +88,7 @@ def atomic_write(path: str, data: bytes | str | Callable[[Any], None]) -> None:
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -108,6 +109,21 @@ def atomic_write(path: str, data: bytes | str | Callable[[Any], None]) -> None:
         raise WriteError(e.errno, f"could not write {path}: {e.strerror or e}{hint}; "
                                   "the previous version, if any, is unchanged") from None
     _fsync_dir(directory)
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Temporary files of this path left by a killed writer (its pid no longer runs)."""
+    import glob
+    for tmp in glob.glob(glob.escape(path) + ".tmp-*"):
+        pid = tmp.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            except PermissionError:
+                pass
 
 
 def _fsync_dir(directory: str) -> None:
