@@ -149,7 +149,7 @@ class Checkpointer:
             if x is ocp.PLACEHOLDER:
                 return x
             sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
-                jax.devices()[0])
+                jax.local_devices()[0])  # this process's own device, also under jax.distributed
             return ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype)
         is_ph = lambda x: x is ocp.PLACEHOLDER  # noqa: E731
         restore_args = jax.tree.map(args, target, is_leaf=is_ph)
@@ -223,7 +223,8 @@ def assign_with_fallback(source: Any, target_init: Any,
             raise ValueError(f"assignment {src_name} -> {name}: source {leaf.shape} {leaf.dtype} "
                              f"does not fit target {init_leaf.shape} {init_leaf.dtype}")
         if hasattr(init_leaf, "sharding"):
-            return jax.device_put(leaf, init_leaf.sharding)
+            from warm_jax.sharding import place
+            return place(leaf, init_leaf.sharding)
         return leaf
 
     tree = jax.tree_util.tree_map_with_path(pick, target_init)

@@ -165,6 +165,15 @@ class LockedError(RuntimeError):
 
 
 _held: dict[str, int] = {}  # lock path -> fd, held by this process
+_hold_until_exit = False
+
+
+def hold_locks_until_exit() -> None:
+    """For a launch (`warm_jax.main`): output locks stay held until the process ends, so a second
+    launch onto the same work directory fails at its first stage, not between two stages of the
+    first. Waiting locks (shared, idempotent outputs) are still released at once."""
+    global _hold_until_exit
+    _hold_until_exit = True
 
 
 @contextlib.contextmanager
@@ -189,9 +198,13 @@ def output_lock(path: str, what: str, *, wait: bool = False):
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
         _held[path] = fd
         yield
-    finally:
+    except BaseException:
         _held.pop(path, None)
         os.close(fd)  # closing releases the flock
+        raise
+    if wait or not _hold_until_exit:
+        _held.pop(path, None)
+        os.close(fd)
 
 
 # --- stage configurations --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from warm_jax.data.preferences import DataError, LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError, WriteError,
-                             install_preemption_handler, write_json)
+                             hold_locks_until_exit, install_preemption_handler, write_json)
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
@@ -159,6 +159,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     maybe_initialize_distributed()
     install_preemption_handler()
+    hold_locks_until_exit()
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
     try:
         run()

@@ -130,3 +130,17 @@ def batch_sharding(mesh: Mesh, ndim: int, leading: Sequence[str] = ("batch",)) -
     """Leading axes by their logical names (batch; or member, batch), the rest replicated."""
     names = tuple(leading)[:ndim] + (None,) * max(0, ndim - len(leading))
     return NamedSharding(mesh, logical_to_spec(names))
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Put host-complete values (numpy, or arrays every process holds whole) onto `shardings`.
+
+    `jax.device_put` cannot move a one-device array onto devices of other processes (no
+    cross-host transfers on CPU); building each global array from the process's local copy works
+    on one host and on many."""
+    def put(x, s):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x if x.sharding == s else jax.device_put(x, s)
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+    return jax.tree.map(put, tree, shardings)

@@ -171,6 +171,10 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
         raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
                            f"{_nonfinite_members(member_dirs, bad)}; nothing was written")
     meta.update(method=method, **(extra_meta or {}))
+    if jax.process_count() > 1:  # each process summed into its own device: save host values,
+        state = jax.tree.map(  # which orbax writes once (process 0), not once per process
+            lambda x: np.asarray(x) if x.is_fully_addressable and len(x.devices()) == 1 else x,
+            state)
     Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
     return out_dir
 

@@ -152,12 +152,12 @@ def _train_and_export(layout: RunLayout, name: str, task, model_cfg: ModelConfig
                                s.rng_seed) for s in group]
         if sub == "population":
             sh = with_member_axis(sh1, mesh)
-            state, data_iter, leading = jax.device_put(stack(states), sh), StackedIterator(iters), \
+            state, data_iter, leading = shd.place(stack(states), sh), StackedIterator(iters), \
                 ("member", "batch")
             train_step = population_step(step, [s.dropout for s in group], population_impl)
         else:
             sh, leading = sh1, ("batch",)
-            state, data_iter = jax.device_put(states[0], sh), iters[0]
+            state, data_iter = shd.place(states[0], sh), iters[0]
             train_step = single_run_step(step, group[0].dropout)
         run_dir = layout.rm_train(name, sub)
         with MetricsWriter(run_dir, "train") as w, shd.activate(mesh):
