@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= $(if $(FULL),runs/demo_full,runs/demo)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: venv demo test test-slow test-parity bench clean
+.PHONY: venv demo test test-slow test-parity bench clean gpu-wheels gpu-bench-smoke gpu-bench test-launch
 
 venv:
 	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
@@ -32,6 +32,26 @@ test-parity: venv
 
 bench: venv
 	JAX_PLATFORMS=cpu $(PY) -m bench.run_all --quick
+
+# wheels the GPU machine lacks (it has no network): ~32 MiB in .whl/gpu_bench (git-ignored)
+gpu-wheels: venv
+	DEV_PY=$(PY) bash bench/gpu_bench.sh --fetch-wheels
+
+# the GPU benchmark's code with tiny shapes on CPU (< 60 s)
+gpu-bench-smoke: venv
+	PYTHON=$(PY) bash bench/gpu_bench.sh --cpu-smoke
+
+# on one H100/H200 (<= 6 min; carry .whl/gpu_bench): writes bench/results_gpu.json
+gpu-bench:
+	bash bench/gpu_bench.sh
+
+# launch/xm_launch.py against the real xmanager, in its own venv (~600 MB; in .venv it would
+# downgrade protobuf and python-dateutil); no cloud credentials needed
+XM_VENV ?= build/venv-xm
+test-launch: venv
+	@test -x $(XM_VENV)/bin/python || $(PY) -m venv $(XM_VENV)
+	@test -f $(XM_VENV)/.installed || { $(XM_VENV)/bin/python -m pip install -q xmanager pytest jax && touch $(XM_VENV)/.installed; }
+	JAX_PLATFORMS=cpu $(XM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_launch_xm.py
 
 clean:
 	rm -rf runs .pytest_cache
