@@ -45,7 +45,7 @@ def test_streaming_average_equals_numpy_mean_uniform_and_weighted(tmp_path):
     assert meta["members"] == [os.path.abspath(d) for d in dirs] and np.allclose(meta["weights"], w)
     # a rerun with the same members skips; a different request refuses to overwrite
     assert average_checkpoints(dirs, out, w) == out
-    with pytest.raises(AverageError, match="already holds a different average"):
+    with pytest.raises(AverageError, match="already holds a different or stale average"):
         average_checkpoints(dirs[:2], out)
 
 

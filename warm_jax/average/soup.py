@@ -185,11 +185,14 @@ def _check_existing(out_dir: str, member_dirs: Sequence[str], w: Sequence[float]
     now = {"members": [ck.directory for ck, _, _ in members],
            "member_steps": [s for _, s, _ in members],
            "base_fingerprint": members[0][2].get("base_fingerprint")}
-    stale = [k for k, v in now.items() if have.get(k) != v]
-    if not stale and np.allclose(have.get("weights", []), w):
+    now["weights"] = list(w)
+    stale = [k for k, v in now.items() if k != "weights" and have.get(k) != v]
+    if len(have.get("weights", [])) != len(w) or not np.allclose(have["weights"], w):
+        stale.append("weights")
+    if not stale:
         return
     raise AverageError(f"{out_dir} already holds a different or stale average (differs in "
-                       f"{stale or ['weights']}: {[have.get(k) for k in stale]} vs "
+                       f"{stale}: {[have.get(k) for k in stale]} vs "
                        f"{[now[k] for k in stale]}); remove it to recompute, or choose another "
                        "output directory")
 
