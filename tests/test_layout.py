@@ -227,3 +227,29 @@ def test_reward_normalisation_refuses_a_nan_shift():
     fn = make_reward_function(cfg, params)
     with pytest.raises(FloatingPointError, match="reward normalisation of 'single': 4 of 4"):
         normalised(fn, tok, tok, tok, tok)
+
+
+def test_rl_refuses_reward_models_of_another_base(tmp_path):
+    from warm_jax.models import RewardModel, preset
+    from warm_jax.models.transformer import unbox
+    from warm_jax.rl.stage import build_reward_function
+    cfg = preset("toy", d_model=16, d_ff=32, n_layers=1)
+    tok = jnp.ones((2, 4), jnp.int32)
+    params = unbox(RewardModel(cfg).init(jax.random.PRNGKey(0), tok, tok)["params"])
+    lay = L.RunLayout(str(tmp_path))
+    Checkpointer(lay.average("clean", "warm_M1"), max_to_keep=1).save(
+        0, {"params": params}, {"base_fingerprint": "A"})
+    assert build_reward_function(lay, "clean", "single", cfg, base_fingerprint="A").kind == "single"
+    with pytest.raises(ValueError, match=r"descends from base \['A'\], the policy from B.*"
+                                         r"allow_base_mismatch"):
+        build_reward_function(lay, "clean", "single", cfg, base_fingerprint="B")
+
+
+def test_population_data_state_of_another_size_is_refused():
+    from warm_jax.data.pipeline import batch_iterator
+    from warm_jax.rm.population import StackedIterator
+    data = {"x": np.arange(20).reshape(10, 2)}
+    three = StackedIterator([batch_iterator(data, batch_size=2, seed=s) for s in range(3)])
+    two = StackedIterator([batch_iterator(data, batch_size=2, seed=s) for s in range(2)])
+    with pytest.raises(ValueError, match="holds 3 members' iterators, this population has 2"):
+        two.set_state(three.get_state())
