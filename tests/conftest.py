@@ -8,25 +8,28 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent compilation cache per test session, empty at its start (what a fresh clone sees),
+# shared by this process and every `python -m warm_jax.main` subprocess: a program compiled once
+# (by a resumed run, or by another test building the same step) is not compiled again.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="warm_jax_jit_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# every `python -m warm_jax.main` subprocess of one test session shares a persistent compilation
-# cache, empty at the start of the session (what a fresh clone sees): a resumed run recompiles
-# nothing it compiled before
-_CACHE = None
 
 
 def subprocess_env(**extra) -> dict:
-    global _CACHE
-    if _CACHE is None:
-        import tempfile
-        _CACHE = tempfile.mkdtemp(prefix="warm_jax_jit_cache_")
-    return dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=_CACHE,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+    """The environment of a `python -m warm_jax.main` subprocess: one device, the session cache."""
+    return dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO, **extra)
 
 
 def demo_cmd(workdir, *extra, experiment="demo", tiny="tiny") -> list[str]:

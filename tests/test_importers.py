@@ -264,8 +264,14 @@ def test_import_base_stage_imports_once_and_survives_a_crashed_save(tmp_path):
     (out / "0.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a save killed mid-write
     assert import_base(workdir=str(wd), hf_dir=hf_dir) == str(out)
     assert Checkpointer(str(out), read_only=True).all_steps() == [0]
-    # a rerun skips: it does not even read the (now missing) source
-    assert import_base(workdir=str(wd), hf_dir=str(tmp_path / "gone")) == str(out)
+    # a rerun skips: it does not even read the source (moved away since)
+    import shutil
+    shutil.move(hf_dir, str(tmp_path / "moved"))
+    assert import_base(workdir=str(wd), hf_dir=hf_dir) == str(out)
+    # another source for the same work directory is a configuration change, refused
+    from warm_jax.layout import StageConfigError
+    with pytest.raises(StageConfigError, match="hf_dir: .* -> .*moved"):
+        import_base(workdir=str(wd), hf_dir=str(tmp_path / "moved"))
 
 
 def test_transformers_logit_parity(tmp_path):
