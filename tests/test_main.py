@@ -128,3 +128,20 @@ def test_sweep_product_local_runner_and_xmanager_jobs(tmp_path):
     assert os.path.exists(os.path.join(ok.workdir, "DONE"))
     assert "nonexistent" in open(os.path.join(bad.workdir, "launch.log")).read()
     assert run_local([ok, bad], parallel=2, cwd=REPO, env=env) == {bad.name: codes[bad.name]}
+
+
+def test_readme_claims_block_is_generated_from_claims_json(tiny_demo, tmp_path):
+    from warm_jax.layout import RunLayout
+    from warm_jax.report import README_BEGIN, README_END, claims_block, rewrite_readme
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nstale typed table\n{README_END}\noutro\n")
+    rewrite_readme(str(readme), claims_block(RunLayout(tiny_demo)))
+    text = readme.read_text()
+    claims = json.load(open(os.path.join(tiny_demo, "claims.json")))
+    assert "stale typed table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    n_yes = sum(c["reproduced"] is True for c in claims)
+    assert f"{n_yes} of {len(claims)} reproduce" in text
+    assert all(f"| {c['claim']} — " in text for c in claims)
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no claims markers"):
+        rewrite_readme(str(readme), "x")
