@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from warm_jax.checkpoint import Checkpointer, flatten, nonfinite_leaves, path_str
+from warm_jax.checkpoint import Checkpointer, NonFiniteError, flatten, nonfinite_leaves, path_str
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +166,17 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
         _check_existing(out_dir, member_dirs, w)
         return out_dir
     state, meta = stream_average(member_dirs, w, **kw)
-    bad = nonfinite_leaves(state)
-    if bad:
-        raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
-                           f"{_nonfinite_members(member_dirs, bad)}; nothing was written")
     meta.update(method=method, **(extra_meta or {}))
     if jax.process_count() > 1:  # each process summed into its own device: save host values,
         state = jax.tree.map(  # which orbax writes once (process 0), not once per process
             lambda x: np.asarray(x) if x.is_fully_addressable and len(x.devices()) == 1 else x,
             state)
-    Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
+    try:  # the save's own finite check (one pass over the average) refuses before writing
+        Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
+    except NonFiniteError:
+        bad = nonfinite_leaves(state)
+        raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
+                           f"{_nonfinite_members(member_dirs, bad)}; nothing was written") from None
     return out_dir
 
 
