@@ -4,13 +4,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from warm_jax.models.transformer import LanguageModel
+from warm_jax.models.transformer import LanguageModel, first_argmax
 
 
 def token_logprobs(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
-    """log p(tokens[t+1] | tokens[..t]) for t < T-1, shape BxT-1."""
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+    """log p(tokens[t+1] | tokens[..t]) for t < T-1, shape BxT-1.
+
+    The target's logit minus the log-partition, the target picked by a select-and-sum (exact): no
+    BxTxV log-softmax is materialised, and the gradient holds no scatter."""
+    logits_BxTxV = logits_BxTxV[:, :-1].astype(jnp.float32)
+    is_target_BxTxV = jnp.arange(logits_BxTxV.shape[-1]) == tokens_BxT[:, 1:, None]
+    target_BxT = jnp.where(is_target_BxTxV, logits_BxTxV, 0.0).sum(-1)
+    return target_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
 
 def make_lm_loss(model: LanguageModel, dropout_rate: float = 0.0):
@@ -26,7 +31,7 @@ def make_lm_loss(model: LanguageModel, dropout_rate: float = 0.0):
         w_BxT1 = (batch["loss_mask"][:, 1:] * batch["mask"][:, 1:]).astype(jnp.float32)
         n = jnp.maximum(w_BxT1.sum(), 1.0)
         loss = -(logp_BxT1 * w_BxT1).sum() / n
-        correct = (jnp.argmax(logits_BxTxV[:, :-1], -1) == batch["tokens"][:, 1:])
+        correct = first_argmax(logits_BxTxV[:, :-1]) == batch["tokens"][:, 1:]
         return loss, {"token_accuracy": (correct * w_BxT1).sum() / n}
     return loss_fn
 

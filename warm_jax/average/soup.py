@@ -9,6 +9,7 @@ atomically by orbax and records its members and weights.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -109,12 +110,85 @@ def _accumulate(acc, x, w):
     return jax.tree.map(lambda a, b: a + w * b.astype(jnp.float32), acc, x)
 
 
+def _direct_stores(ck: Checkpointer, step: int, leaves: dict[str, jax.ShapeDtypeStruct],
+                   context) -> dict | None:
+    """{path: tensorstore} of one member's arrays, opened straight on the OCDBT store orbax wrote
+    (array `a/b/c` is the zarr array under key `a.b.c`); None if the layout is not that one, or an
+    array's shape or dtype disagrees with the metadata: orbax then reads the member itself."""
+    import tensorstore as ts
+    base = {"driver": "ocdbt", "base": "file://" + ck._item_dir(step, "state")}
+    try:
+        keys = {k.decode() for k in ts.KvStore.open(base, context=context).result().list().result()}
+        stores = {}
+        for p, x in leaves.items():
+            name = p.replace("/", ".")
+            driver = ("zarr" if f"{name}/.zarray" in keys else
+                      "zarr3" if f"{name}/zarr.json" in keys else None)
+            if driver is None:
+                return None
+            store = ts.open({"driver": driver, "kvstore": dict(base, path=name + "/")},
+                            open=True, read=True, context=context).result()
+            if tuple(store.shape) != tuple(x.shape) or store.dtype.numpy_dtype != x.dtype:
+                return None
+            stores[p] = store
+        return stores
+    except Exception as e:  # noqa: BLE001 - any surprise: let orbax read it
+        log.info("averaging: reading %s through orbax (%s)", ck.directory, e)
+        return None
+
+
+def _aligned_f32(shape) -> np.ndarray:
+    """An uninitialised float32 array on a 64-byte boundary: `jax.device_put` then wraps it on the
+    CPU without a copy (a misaligned one is copied)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(4 * n + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + 4 * n].view(np.float32).reshape(shape)
+
+
+def _stream_direct(stores: list[dict], leaves: dict[str, jax.ShapeDtypeStruct],
+                   w: Sequence[float], inflight_bytes: int) -> dict[str, np.ndarray]:
+    """Σ_i w_i φ_i with numpy, in place, from tensorstore reads kept in flight (up to
+    `inflight_bytes` of them, at least one) across members and leaves: tensorstore's threads read
+    and decode the next arrays while this one sums, and summation order is member order."""
+    jobs = [(p, i) for p in leaves for i in range(len(stores))]
+    size = {p: int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize for p, x in leaves.items()}
+    acc: dict[str, np.ndarray] = {}
+    pending: collections.deque = collections.deque()
+    inflight, nxt = 0, 0
+    while nxt < len(jobs) or pending:
+        while nxt < len(jobs) and (not pending or inflight + size[jobs[nxt][0]] <= inflight_bytes):
+            p, i = jobs[nxt]
+            pending.append((p, i, stores[i][p].read()))
+            inflight += size[p]
+            nxt += 1
+        p, i, fut = pending.popleft()
+        x = np.asarray(fut.result())
+        inflight -= size[p]
+        if i == 0:
+            acc[p] = _aligned_f32(x.shape)
+            np.multiply(x, np.float32(w[0]), out=acc[p], dtype=np.float32, casting="unsafe")
+        else:
+            if x.dtype != np.float32 or not x.flags.writeable:
+                x = x.astype(np.float32)
+            np.multiply(x, np.float32(w[i]), out=x)
+            np.add(acc[p], x, out=acc[p])
+        del x, fut
+    return acc
+
+
 def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None = None, *,
-                   shardings: Callable[[str], Any] | None = None, chunk_bytes: int = 256 << 20,
+                   shardings: Callable[[str], Any] | None = None, chunk_bytes: int = 128 << 20,
                    allow_base_mismatch: bool = False) -> tuple[Any, dict]:
     """Σ_i w_i φ_i over member checkpoints, read in slices. Returns (state tree, meta).
 
-    `shardings(path)` gives the sharding for a leaf (default: the first device)."""
+    `shardings(path)` gives the sharding for a leaf (default: the first device). On one process
+    without shardings, the members' arrays are read straight from their tensorstores, several in
+    flight (`chunk_bytes` of them) while numpy sums in place into 64-byte-aligned buffers that
+    become the result's arrays without a copy: reads, decoding and summing overlap, and nothing
+    but the sum and the reads in flight is held. Otherwise (or if a member's layout is not the
+    expected one) orbax restores `chunk_bytes` of leaves per member at a time into a running sum
+    updated in place on the leaves' devices."""
     if not member_dirs:
         raise AverageError("no members to average")
     members = _open(member_dirs)
@@ -123,6 +197,20 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
     template = members[0][0].array_metadata(members[0][1])
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
     treedef = jax.tree.structure(template)
+    meta = {"members": [ck.directory for ck, _, _ in members], "weights": w,
+            "member_steps": [s for _, s, _ in members],
+            "base_fingerprint": members[0][2].get("base_fingerprint")}
+
+    if shardings is None and jax.process_count() == 1:
+        import tensorstore as ts
+        context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        stores = [_direct_stores(ck, step, leaves, context) for ck, step, _ in members]
+        if all(s is not None for s in stores):
+            acc = _stream_direct(stores, leaves, w, chunk_bytes)
+            device = jax.local_devices()[0]
+            out = [jax.device_put(acc.pop(p) if leaves[p].dtype == np.float32 else
+                                  acc.pop(p).astype(leaves[p].dtype), device) for p in paths]
+            return jax.tree.unflatten(treedef, out), meta
 
     def target(keep: set[str]):
         out = []
@@ -147,9 +235,6 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
                 acc.update(_accumulate({k: acc[k] for k in chunk}, part, w[i]))
             del part
     out = jax.tree.unflatten(treedef, [acc[p].astype(leaves[p].dtype) for p in paths])
-    meta = {"members": [ck.directory for ck, _, _ in members], "weights": w,
-            "member_steps": [s for _, s, _ in members],
-            "base_fingerprint": members[0][2].get("base_fingerprint")}
     return out, meta
 
 

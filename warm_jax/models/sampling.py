@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from warm_jax.models.config import check_range
-from warm_jax.models.transformer import LanguageModel, init_cache
+from warm_jax.models.transformer import LanguageModel, first_argmax, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,10 @@ def make_sampler(model: LanguageModel, cfg: SamplingConfig):
 
     def choose(logits_BxV, rng, temperature):
         logp_BxV = process_logits(logits_BxV, cfg, temperature)
-        tok_B = jax.random.categorical(rng, logp_BxV, axis=-1)
-        return tok_B, jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=-1)[:, 0]
+        # jax.random.categorical's Gumbel-max draw (same noise, same token), with a cheaper argmax
+        tok_B = first_argmax(jax.random.gumbel(rng, logp_BxV.shape, logp_BxV.dtype) + logp_BxV)
+        is_tok_BxV = jnp.arange(logp_BxV.shape[-1]) == tok_B[:, None]
+        return tok_B, jnp.where(is_tok_BxV, logp_BxV, 0.0).sum(-1)
 
     def sample(params, prompt_BxP, prompt_mask_BxP, rng, temperature=None):
         prompt_BxP, pmask_BxP = left_align(prompt_BxP, prompt_mask_BxP, cfg.pad_id)

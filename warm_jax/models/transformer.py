@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from warm_jax.models.config import ModelConfig
 from warm_jax.sharding import constrain
 
-Cache = list  # per layer: {"k": BxSxGxK, "v": BxSxGxK}
+Cache = list  # per layer: {"k": BxGxSxK, "v": BxGxSxK} (head-major: read without a transpose)
 _NEG = -1e30
 
 
@@ -24,10 +24,25 @@ def _param(module: nn.Module, name: str, shape, axes, init, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
-def dropout(x: jax.Array, rate, rng: jax.Array) -> jax.Array:
-    """Inverted dropout whose `rate` may be a traced scalar."""
-    keep = jax.random.uniform(rng, x.shape) >= rate
+def dropout(x: jax.Array, rate, rng: jax.Array, rows_B=None, length=None) -> jax.Array:
+    """Inverted dropout whose `rate` may be a traced scalar. For a Bx1xD `x` holding position
+    rows[b] of a length-`length` sequence, the mask is that row of the full sequence's mask, so the
+    random stream is the same whether or not the other positions were computed."""
+    if rows_B is None:
+        keep = jax.random.uniform(rng, x.shape) >= rate
+    else:
+        keep_full = jax.random.uniform(rng, (x.shape[0], length) + x.shape[2:]) >= rate
+        keep = jnp.take_along_axis(keep_full, rows_B[:, None, None], axis=1)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def first_argmax(x_BxV: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, -1)` (the first index of the maximum) as a max and a min over the indices that
+    reach it: XLA:CPU's variadic (value, index) reduction is several times slower than two plain
+    ones. Leading axes are batch."""
+    V = x_BxV.shape[-1]
+    at_max = x_BxV == x_BxV.max(axis=-1, keepdims=True)
+    return jnp.where(at_max, jnp.arange(V), V).min(axis=-1)
 
 
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
@@ -40,12 +55,18 @@ def last_token_index(mask_BxT: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask_BxT.astype(bool), t_T, 0), axis=-1)
 
 
-def rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-    """Rotary embeddings, HF-Llama convention (rotate the two halves of each head)."""
-    half = x_BxTxHxK.shape[-1] // 2
+def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
+    """(sin, cos) of the rotary angles, Bx T x1xF with F = head_dim / 2: computed once per forward
+    pass and shared by every layer (XLA:CPU evaluates sin/cos with scalar libm calls)."""
+    half = head_dim // 2
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles_BxTx1xF = (positions_BxT.astype(jnp.float32)[..., None] * freqs)[:, :, None, :]
-    sin, cos = jnp.sin(angles_BxTx1xF), jnp.cos(angles_BxTx1xF)
+    return jnp.sin(angles_BxTx1xF), jnp.cos(angles_BxTx1xF)
+
+
+def rope(x_BxTxHxK: jax.Array, sincos) -> jax.Array:
+    """Rotary embeddings, HF-Llama convention (rotate the two halves of each head)."""
+    sin, cos = sincos
     x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxTxHxK.dtype)
@@ -63,13 +84,32 @@ class RMSNorm(nn.Module):
         return (y * scale.astype(jnp.float32)).astype(self.cfg.jnp_dtype)
 
 
+def dense(x_BxTxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
+    """`x @ w` as one 2-D matmul over the flattened tokens. XLA:CPU runs a dot whose contraction
+    spans (batch, length) -- the weight gradient of a 3-D einsum -- through a transposed copy of
+    the activations; flattened, both gradients are plain 2-D matmuls (1.6x on a SwiGLU MLP)."""
+    B, T, D = x_BxTxD.shape
+    return (x_BxTxD.reshape(B * T, D) @ w_DxF).reshape(B, T, w_DxF.shape[-1])
+
+
+def pick_rows(x_BxTxD: jax.Array, rows_B: jax.Array) -> jax.Array:
+    """x[b, rows[b]] as Bx1xD: a select-and-sum rather than a gather, exact (one term is not zero),
+    whose gradient is a select where a gather's is a scatter into a BxTxD buffer."""
+    at_BxT = jnp.arange(x_BxTxD.shape[1]) == rows_B[:, None]
+    return jnp.where(at_BxT.reshape(at_BxT.shape + (1,) * (x_BxTxD.ndim - 2)), x_BxTxD,
+                     0).sum(1, keepdims=True)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, positions_BxT, kv_valid_BxS, cache=None, cache_index=None):
+    def __call__(self, x_BxTxD, sincos, kv_valid_BxS, cache=None, cache_index=None, rows_B=None):
+        """`rows_B`: answer only the query at position rows[b] of each row (keys and values still
+        come from every position): the output is Bx1xD."""
         cfg = self.cfg
         D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+        R = H // G
         init = nn.initializers.normal(0.02)
         pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
         wq = _param(self, "wq", (D, H, K), ("embed", "heads", "head_dim"), init, pd).astype(dt)
@@ -77,32 +117,42 @@ class Attention(nn.Module):
         wv = _param(self, "wv", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pd).astype(dt)
         wo = _param(self, "wo", (H, K, D), ("heads", "head_dim", "embed"), init, pd).astype(dt)
 
-        q_BxTxHxK = rope(jnp.einsum("btd,dhk->bthk", x_BxTxD, wq), positions_BxT, cfg.rope_theta)
-        k_BxTxGxK = rope(jnp.einsum("btd,dgk->btgk", x_BxTxD, wk), positions_BxT, cfg.rope_theta)
-        v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, wv)
-        q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
         B, T = x_BxTxD.shape[:2]
+        k_BxTxGxK = rope(dense(x_BxTxD, wk.reshape(D, G * K)).reshape(B, T, G, K), sincos)
+        v_BxTxGxK = dense(x_BxTxD, wv.reshape(D, G * K)).reshape(B, T, G, K)
+        if rows_B is not None:
+            x_BxTxD, sincos = pick_rows(x_BxTxD, rows_B), tuple(pick_rows(t, rows_B) for t in sincos)
+        Tq = x_BxTxD.shape[1]
+        q_BxTxHxK = rope(dense(x_BxTxD, wq.reshape(D, H * K)).reshape(B, Tq, H, K), sincos)
+        q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
+        # head-major layouts, so that both attention products are batched (b, g) matmuls whose
+        # rows are the R query heads of a group times Tq positions: M = R*Tq
+        q_BxGxMxK = q_BxTxHxK.reshape(B, Tq, G, R, K).transpose(0, 2, 3, 1, 4).reshape(
+            B, G, R * Tq, K)
+        k_BxGxTxK = k_BxTxGxK.transpose(0, 2, 1, 3)
+        v_BxGxTxK = v_BxTxGxK.transpose(0, 2, 1, 3)
         if cache is not None:  # write this chunk at [cache_index, cache_index + T)
-            k_BxSxGxK = jax.lax.dynamic_update_slice(cache["k"], k_BxTxGxK.astype(cache["k"].dtype),
-                                                     (0, cache_index, 0, 0))
-            v_BxSxGxK = jax.lax.dynamic_update_slice(cache["v"], v_BxTxGxK.astype(cache["v"].dtype),
-                                                     (0, cache_index, 0, 0))
-            cache = {"k": k_BxSxGxK, "v": v_BxSxGxK}
-            q_slot_T = cache_index + jnp.arange(T)
+            k_BxGxSxK = jax.lax.dynamic_update_slice(cache["k"], k_BxGxTxK.astype(cache["k"].dtype),
+                                                     (0, 0, cache_index, 0))
+            v_BxGxSxK = jax.lax.dynamic_update_slice(cache["v"], v_BxGxTxK.astype(cache["v"].dtype),
+                                                     (0, 0, cache_index, 0))
+            cache = {"k": k_BxGxSxK, "v": v_BxGxSxK}
+            q_slot_BxT = (cache_index + jnp.arange(T))[None, :]
         else:
-            k_BxSxGxK, v_BxSxGxK = k_BxTxGxK, v_BxTxGxK
-            q_slot_T = jnp.arange(T)
-        S = k_BxSxGxK.shape[1]
-        allowed_BxTxS = (jnp.arange(S)[None, None, :] <= q_slot_T[None, :, None]) & \
+            k_BxGxSxK, v_BxGxSxK = k_BxGxTxK, v_BxGxTxK
+            q_slot_BxT = jnp.arange(T)[None, :] if rows_B is None else rows_B[:, None]
+        S = k_BxGxSxK.shape[2]
+        allowed_BxTxS = (jnp.arange(S)[None, None, :] <= q_slot_BxT[:, :, None]) & \
             kv_valid_BxS.astype(bool)[:, None, :]
 
-        q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
-        logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK.astype(dt),
-                            preferred_element_type=jnp.float32) * (K ** -0.5)
+        logits = jnp.einsum("bgmk,bgsk->bgms", q_BxGxMxK, k_BxGxSxK.astype(dt),
+                            preferred_element_type=jnp.float32).reshape(B, G, R, Tq, S) * (K ** -0.5)
         logits = jnp.where(allowed_BxTxS[:, None, None], logits, _NEG)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out_BxTxGxRxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK.astype(dt))
-        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxGxRxK.reshape(B, T, H, K), wo)
+        probs_BxGxMxS = jax.nn.softmax(logits, axis=-1).astype(dt).reshape(B, G, R * Tq, S)
+        out_BxGxMxK = jnp.einsum("bgms,bgsk->bgmk", probs_BxGxMxS, v_BxGxSxK.astype(dt))
+        out_BxTxHK = out_BxGxMxK.reshape(B, G, R, Tq, K).transpose(0, 3, 1, 2, 4).reshape(
+            B, Tq, H * K)
+        y_BxTxD = dense(out_BxTxHK, wo.reshape(H * K, D))
         return constrain(y_BxTxD, ("batch", "length", "embed")), cache
 
 
@@ -117,26 +167,30 @@ class MLP(nn.Module):
         wg = _param(self, "wg", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init, pd).astype(dt)
         wu = _param(self, "wu", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init, pd).astype(dt)
         wd = _param(self, "wd", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), init, pd).astype(dt)
-        h_BxTxF = jax.nn.silu(x_BxTxD @ wg) * (x_BxTxD @ wu)
+        h_BxTxF = jax.nn.silu(dense(x_BxTxD, wg)) * dense(x_BxTxD, wu)
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return h_BxTxF @ wd
+        return dense(h_BxTxF, wd)
 
 
 class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, positions_BxT, kv_valid_BxS, cache, cache_index, dropout_rate,
-                 deterministic):
+    def __call__(self, x_BxTxD, sincos, kv_valid_BxS, cache, cache_index, dropout_rate,
+                 deterministic, rows_B=None):
+        """`rows_B`: compute the block's output at position rows[b] of each row only (Bx1xD)."""
+        T = x_BxTxD.shape[1]
         attn_out, cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, kv_valid_BxS, cache,
-            cache_index)
+            RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), sincos, kv_valid_BxS, cache,
+            cache_index, rows_B)
+        if rows_B is not None:
+            x_BxTxD = pick_rows(x_BxTxD, rows_B)
         if not deterministic:
-            attn_out = dropout(attn_out, dropout_rate, self.make_rng("dropout"))
+            attn_out = dropout(attn_out, dropout_rate, self.make_rng("dropout"), rows_B, T)
         h_BxTxD = x_BxTxD + attn_out
         mlp_out = MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(h_BxTxD))
         if not deterministic:
-            mlp_out = dropout(mlp_out, dropout_rate, self.make_rng("dropout"))
+            mlp_out = dropout(mlp_out, dropout_rate, self.make_rng("dropout"), rows_B, T)
         return constrain(h_BxTxD + mlp_out, ("batch", "length", "embed")), cache
 
 
@@ -153,7 +207,10 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens_BxT, mask_BxT=None, *, positions_BxT=None, kv_valid_BxS=None,
                  cache: Cache | None = None, cache_index=None, dropout_rate=0.0,
-                 deterministic: bool = True):
+                 deterministic: bool = True, rows_B=None):
+        """`rows_B` (no cache): return only the final state at position rows[b] of each row, Bx1xD;
+        the last layer then computes that position alone (its keys and values aside), which is all
+        a reward model reads: a quarter of a 4-layer model's work less, with the same numbers."""
         if mask_BxT is None:
             mask_BxT = jnp.ones(tokens_BxT.shape, jnp.int32)
         if positions_BxT is None:
@@ -164,18 +221,22 @@ class Decoder(nn.Module):
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         # a zero-valued hook: gradients w.r.t. it are gradients w.r.t. the input embeddings
         x_BxTxD = self.perturb("embedded", x_BxTxD)
+        sincos = rope_tables(positions_BxT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, c = layer(x_BxTxD, positions_BxT, kv_valid_BxS,
+            last = i == len(self.layers) - 1
+            x_BxTxD, c = layer(x_BxTxD, sincos, kv_valid_BxS,
                                None if cache is None else cache[i], cache_index, dropout_rate,
-                               deterministic)
+                               deterministic, rows_B if last else None)
             new_cache.append(c)
         return self.final_norm(x_BxTxD), (None if cache is None else new_cache)
 
     def attend(self, h_BxTxD):
         """Logits through the tied embedding matrix."""
-        return jnp.einsum("btd,vd->btv", h_BxTxD, self.embedding.astype(h_BxTxD.dtype),
-                          preferred_element_type=jnp.float32)
+        B, T, D = h_BxTxD.shape
+        return jnp.einsum("nd,vd->nv", h_BxTxD.reshape(B * T, D),
+                          self.embedding.astype(h_BxTxD.dtype),
+                          preferred_element_type=jnp.float32).reshape(B, T, -1)
 
 
 class LanguageModel(nn.Module):
@@ -193,8 +254,10 @@ class LanguageModel(nn.Module):
         if self.cfg.tie_embeddings:
             logits = self.body.attend(h_BxTxD)
         else:
-            logits = jnp.einsum("btd,dv->btv", h_BxTxD, self.lm_head.astype(h_BxTxD.dtype),
-                                preferred_element_type=jnp.float32)
+            B, T, D = h_BxTxD.shape
+            logits = jnp.einsum("nd,dv->nv", h_BxTxD.reshape(B * T, D),
+                                self.lm_head.astype(h_BxTxD.dtype),
+                                preferred_element_type=jnp.float32).reshape(B, T, -1)
         return constrain(logits, ("batch", "length", "vocab"))
 
     def __call__(self, tokens_BxT, mask_BxT=None, *, dropout_rate=0.0, deterministic=True):
@@ -234,16 +297,15 @@ class RewardModel(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxT, mask_BxT, *, dropout_rate=0.0, deterministic=True):
-        h_BxTxD, _ = Decoder(self.cfg, name="body")(tokens_BxT, mask_BxT,
+        h_Bx1xD, _ = Decoder(self.cfg, name="body")(tokens_BxT, mask_BxT,
                                                     dropout_rate=dropout_rate,
-                                                    deterministic=deterministic)
-        idx_B = last_token_index(mask_BxT)
-        h_BxD = jnp.take_along_axis(h_BxTxD, idx_B[:, None, None], axis=1)
-        return ScalarHead(self.cfg, name="reward_head")(h_BxD)[:, 0]
+                                                    deterministic=deterministic,
+                                                    rows_B=last_token_index(mask_BxT))
+        return ScalarHead(self.cfg, name="reward_head")(h_Bx1xD)[:, 0]
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
-    shape = (batch, length, cfg.n_kv_heads, cfg.resolved_head_dim)
+    shape = (batch, cfg.n_kv_heads, length, cfg.resolved_head_dim)
     return [{"k": jnp.zeros(shape, cfg.jnp_dtype), "v": jnp.zeros(shape, cfg.jnp_dtype)}
             for _ in range(cfg.n_layers)]
 

@@ -1,0 +1,96 @@
+"""Disk-side measurements for the averaging comparison: cold caches, the I/O floor, GNU time runs.
+
+The floor of a tool = reading its own input bytes cold (page cache evicted with
+posix_fadvise(DONTNEED) after a sync) + writing its output's bytes once (buffered, as the tools
+write). Reads are timed both sequentially and with one thread per file; the faster counts, so the
+floor is the disk's best and not a weak baseline.
+"""
+import concurrent.futures
+import os
+import re
+import subprocess
+import time
+
+CHUNK = 16 << 20
+
+
+def files_under(*dirs: str) -> list[str]:
+    return sorted(os.path.join(dp, f) for d in dirs for dp, _, fs in os.walk(d) for f in fs)
+
+
+def nbytes(*dirs: str) -> int:
+    return sum(os.path.getsize(p) for p in files_under(*dirs))
+
+
+def evict(*dirs: str) -> None:
+    """Drop these files' pages from the page cache (clean pages only: sync first)."""
+    os.sync()
+    for p in files_under(*dirs):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _read(path: str) -> int:
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            k = f.readinto(view)
+            if not k:
+                return n
+            n += k
+
+
+def read_cold_s(*dirs: str) -> float:
+    """Best of a sequential and a one-thread-per-file cold read of every file under `dirs`."""
+    paths = files_under(*dirs)
+    times = []
+    for parallel in (False, True):
+        evict(*dirs)
+        t0 = time.perf_counter()
+        if parallel:
+            with concurrent.futures.ThreadPoolExecutor(min(8, len(paths))) as ex:
+                list(ex.map(_read, paths))
+        else:
+            for p in paths:
+                _read(p)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def write_s(directory: str, n: int) -> float:
+    """Write `n` bytes (buffered, then close) into a scratch file under `directory`."""
+    path = os.path.join(directory, ".floor_write")
+    block = os.urandom(CHUNK)
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = n
+        while left > 0:
+            left -= f.write(block[:min(left, CHUNK)])
+    dt = time.perf_counter() - t0
+    os.remove(path)
+    return dt
+
+
+def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
+    """Run `argv` under /usr/bin/time -v: {wall_s, max_rss_mb, user_s, sys_s}."""
+    t0 = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-v"] + argv, env=env, cwd=cwd, capture_output=True,
+                         text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(f"{argv[:3]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    err = out.stderr
+
+    def field(name):
+        return re.search(re.escape(name) + r":\s*([\d.:]+)", err).group(1)
+    h_m_s = [float(x) for x in field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")]
+    gnu_wall = sum(v * 60 ** i for i, v in enumerate(reversed(h_m_s)))
+    return {"wall_s": round(gnu_wall, 3), "outer_wall_s": round(wall, 3),
+            "max_rss_mb": int(field("Maximum resident set size (kbytes)")) / 1024,
+            "user_s": float(field("User time (seconds)")),
+            "sys_s": float(field("System time (seconds)"))}
