@@ -186,6 +186,8 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
                                ref_params=sft_params, reward_fn=fn, prompts_NxP=rl_prompts,
                                oracle=getattr(task, "gold_fn", None))
     state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
+    # committed like the chunk's outputs, so that its second call does not compile it again
+    state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
     chunk_fn = jax.jit(jax.vmap(lambda st: run_chunk(step, st, chunk)), donate_argnums=0)
     ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)
     meta = {"method": method, "reward": describe(fn), "runs": [list(r) for r in runs],
