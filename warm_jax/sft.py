@@ -154,8 +154,9 @@ def evaluate_samples(task, model_cfg: ModelConfig, params, ref_params, sampling:
     row = {"kl": float(jnp.mean(kl)), "length": float(jnp.mean(out.mask_BxN.sum(-1))),
            "sample": task.decode(out.tokens_BxN[0], out.mask_BxN[0])}
     if getattr(task, "has_oracle", False):
-        row["gold_reward"] = float(np.mean(task.gold_reward(prompts, out.tokens_BxN,
-                                                            out.mask_BxN)))
+        gold_B = np.asarray(task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN))
+        row["gold_reward"] = float(np.mean(gold_B))
+        row["gold_reward_se"] = float(np.std(gold_B, ddof=1) / np.sqrt(len(gold_B)))
     return row
 
 
