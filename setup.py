@@ -21,7 +21,7 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel", "gguf", "tokenizers",
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "gguf", "tokenizers",
                  "safetensors"],
         "import": ["tokenizers", "gguf", "safetensors"],
         "xm": ["xmanager"],

@@ -1,10 +1,19 @@
 import os
 
+# Tests check logic on tiny shapes, where XLA:CPU's optimising backend costs more than the programs
+# run: two thirds of a tiny demo's wall time is compilation, a third less of it at optimisation
+# level 0 (numerics differ from -O2 only in float rounding, and every test compares runs made under
+# the same flags). WARM_JAX_TEST_XLA_OPT=1 keeps XLA's defaults.
+FAST_XLA = ("" if os.environ.get("WARM_JAX_TEST_XLA_OPT") == "1" else
+            "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
 # 8 fake CPU devices so every test run exercises sharded code; set before jax is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=8").strip()
+if FAST_XLA and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_XLA
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -29,7 +38,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def subprocess_env(**extra) -> dict:
     """The environment of a `python -m warm_jax.main` subprocess: one device, the session cache."""
-    return dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO, **extra)
+    return dict(os.environ, XLA_FLAGS=FAST_XLA, PYTHONPATH=REPO, **extra)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), the tests that share a session fixture
+    built by a whole pipeline run share a worker, so that it is built once."""
+    for item in items:
+        for fixture in ("tiny_demo", "toy_init"):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+                break
 
 
 def demo_cmd(workdir, *extra, experiment="demo", tiny="tiny") -> list[str]:

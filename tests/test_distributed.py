@@ -4,7 +4,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import FAST_XLA, REPO
 
 
 def _free_port() -> int:
@@ -56,7 +56,7 @@ def test_two_processes_write_one_workdir_once_and_resume_on_one(tmp_path):
         env = subprocess_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                              JAX_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu",
                              **({"WARM_JAX_KILL_AT": "rm.export#2"} if pid == 0 else {}))
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + FAST_XLA
         procs.append(subprocess.Popen(demo_cmd(wd, f"--gin.warm_jax.run.stages={STAGES}"),
                                       cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
