@@ -104,6 +104,24 @@ def test_checkpoint_round_trip_bit_exact_with_iterator_state(tmp_path, eight_dev
         np.testing.assert_array_equal(expected_next[k], got_next[k])
 
 
+def test_checkpoints_are_raw_and_finite_check_covers_host_and_device_leaves(tmp_path,
+                                                                           eight_devices):
+    from warm_jax.checkpoint import nonfinite_leaves
+    # raw arrays: 4 MiB of zeros take 4 MiB on disk (zstd would make them a few KB)
+    Checkpointer(str(tmp_path / "z")).save(0, {"params": {"z": jnp.zeros((1 << 20,))}}, {})
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "z")
+               for f in fs)
+    assert size >= 4 << 20
+    # NaN/Inf found in numpy, CPU single-device (bf16 too) and sharded leaves; ints ignored
+    mesh = shd.make_mesh(data=8, devices=eight_devices)
+    bad = jax.device_put(jnp.zeros(16).at[3].set(jnp.inf),
+                         jax.sharding.NamedSharding(mesh, P("data")))
+    tree = {"np": np.array([0.0, np.nan], np.float32), "bf": jnp.array([1, np.nan], jnp.bfloat16),
+            "ok": jnp.ones(5), "int": jnp.arange(3), "sharded": bad,
+            "sharded_ok": jax.device_put(jnp.ones(16), bad.sharding)}
+    assert nonfinite_leaves(tree) == ["bf", "np", "sharded"]
+
+
 def test_restore_with_fallback_creates_only_the_missing_head():
     toks = jnp.ones((1, 6), jnp.int32)
     from warm_jax.models import unbox

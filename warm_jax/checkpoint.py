@@ -5,6 +5,11 @@ carries shardings) and `meta` (JSON). Orbax commits a step atomically (temporary
 rename), so a crash never leaves a partial checkpoint that `latest_step` would return; the
 temporary directories a kill leaves behind are removed when a writer next opens the directory.
 Nothing non-finite is ever saved: `save` checks every float leaf first. No pickle.
+
+Arrays are written without orbax's default zstd: trained float32 weights compress by ~7%, and
+decoding them was the largest cost of averaging M checkpoints on a 2-core CPU (reading six 127M
+members: 7.8 s compressed, 4.7 s raw, against a 2.5 s cold-read floor). Compressed checkpoints,
+older ones included, still restore: the codec is recorded per array.
 """
 from __future__ import annotations
 
@@ -68,13 +73,32 @@ def fingerprint(params: Any) -> str:
 
 
 def nonfinite_leaves(tree: Any) -> list[str]:
-    """Paths of floating-point leaves holding a NaN or an Inf."""
+    """Paths of floating-point leaves holding a NaN or an Inf. Host-resident leaves (numpy, or
+    single-device CPU arrays) are checked with numpy in slices, with no program to compile;
+    the rest in one jitted reduction on their devices."""
     flat = {k: x for k, x in flatten(tree).items()
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)}
-    if not flat:
-        return []
-    ok = jax.device_get(_all_finite(flat))
-    return sorted(k for k, v in ok.items() if not bool(v))
+    host = {k: x for k, x in flat.items() if _on_host(x)}
+    bad = [k for k, x in host.items() if not _host_finite(np.asarray(x))]
+    dev = {k: x for k, x in flat.items() if k not in host}
+    if dev:
+        ok = jax.device_get(_all_finite(dev))
+        bad += [k for k, v in ok.items() if not bool(v)]
+    return sorted(bad)
+
+
+def _on_host(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    return (isinstance(x, jax.Array) and x.is_fully_addressable and len(x.devices()) == 1
+            and next(iter(x.devices())).platform == "cpu")
+
+
+def _host_finite(x: np.ndarray, block: int = 1 << 22) -> bool:
+    flat = x.reshape(-1)
+    if flat.dtype.itemsize < 4 or flat.dtype.kind != "f":  # bfloat16 & co: numpy lacks isfinite
+        flat = flat.astype(np.float32)
+    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))
 
 
 @jax.jit
@@ -85,6 +109,19 @@ def _all_finite(tree):
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract_tree, shardings)
+
+
+def _uncompressed_handler() -> ocp.StandardCheckpointHandler:
+    """orbax's StandardCheckpointHandler writing raw (not zstd) arrays. Its pytree handler is a
+    private attribute; where an orbax version lays it out otherwise, checkpoints stay compressed
+    (slower averaging, nothing else changes)."""
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        if hasattr(handler, "_impl"):
+            handler._impl = ocp.PyTreeCheckpointHandler(use_compression=False)
+    except TypeError:
+        pass
+    return handler
 
 
 class Checkpointer:
@@ -99,8 +136,9 @@ class Checkpointer:
                                                create=not read_only,
                                                enable_async_checkpointing=False,
                                                cleanup_tmp_directories=not read_only)
-        self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=("state", "meta"))
+        self._mngr = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": _uncompressed_handler(), "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
