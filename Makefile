@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= $(if $(FULL),runs/demo_full,runs/demo)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: venv demo test test-slow test-parity bench clean gpu-wheels gpu-bench-smoke gpu-bench test-launch
+.PHONY: venv demo test test-slow test-parity bench bench-peers clean gpu-wheels gpu-bench-smoke gpu-bench test-launch
 
 venv:
 	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
@@ -31,6 +31,13 @@ test-slow: venv
 test-parity: venv
 	$(PY) -m pip install -q torch transformers
 	$(TEST_ENV) $(PY) -m pytest -q -s tests/test_importers.py -k parity
+
+# warm_jax against TRL / PyTorch (RM training) and mergekit (averaging) on this CPU, into
+# bench/results.json; the peers live in .venv-peers (python3.11: torch's CPU wheel), not in .venv
+bench-peers: venv
+	bash tools/peers_env.sh
+	$(PY) -m bench.bench_peers
+	$(PY) -m bench.table --readme README.md
 
 bench: venv
 	JAX_PLATFORMS=cpu $(PY) -m bench.run_all --quick

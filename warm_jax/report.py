@@ -349,14 +349,20 @@ def claims_block(layout: RunLayout) -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(readme: str, block: str) -> None:
-    """Replace what lies between the README's claims markers with `block`."""
+def rewrite_block(readme: str, begin: str, end: str, block: str, name: str = "generated") -> None:
+    """Replace what lies between the markers `begin` and `end` in `readme` with `block`."""
     text = open(readme, encoding="utf-8").read()
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"{readme}: no claims markers ({README_BEGIN!r} ... {README_END!r})")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write(readme, head + README_BEGIN + "\n" + block + "\n" + README_END + tail)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"{readme}: no {name} markers: expected exactly one {begin!r} ... {end!r} "
+                         f"block (found {text.count(begin)} begin, {text.count(end)} end)")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write(readme, head + begin + "\n" + block + "\n" + end + tail)
+
+
+def rewrite_readme(readme: str, block: str) -> None:
+    """Replace the README's generated claims block with `block`."""
+    rewrite_block(readme, README_BEGIN, README_END, block, name="claims")
 
 
 def main(argv=None):

@@ -1,0 +1,35 @@
+"""The README's generated blocks agree with the files they are generated from."""
+import os
+
+from conftest import REPO
+
+
+def _block(text, begin, end):
+    assert text.count(begin) == 1 and text.count(end) == 1, f"markers {begin!r} / {end!r}"
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def test_readme_benchmark_table_is_generated_from_bench_results(tmp_path):
+    from bench import table
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    want = table.block(table.load(table.RESULTS), table.load(table.RESULTS_GPU))
+    assert _block(readme, table.BEGIN, table.END) == want, (
+        "README's benchmark table disagrees with bench/results*.json: "
+        "run python -m bench.table --readme README.md")
+    # every number in the block comes from the files: a changed value changes the block
+    results = dict(table.load(table.RESULTS), kv_cache_speedup=12.75)
+    assert "12.75" in table.block(results, None)
+    # and the rewrite touches only what lies between the markers
+    copy = tmp_path / "README.md"
+    copy.write_text("head\n" + table.BEGIN + "\nold\n" + table.END + "\ntail\n")
+    table.rewrite(str(copy), "new")
+    assert copy.read_text() == "head\n" + table.BEGIN + "\nnew\n" + table.END + "\ntail\n"
+
+
+def test_goals_are_judged_by_their_direction():
+    from bench import table
+    rows = [("a", "x", (">=", 1.0)), ("b", "y", ("<=", 1.5)), ("c", "z", None)]
+    out = table._rows({"a": 0.99, "b": 1.5, "c": 3}, rows)
+    assert out[0].endswith("| **not met** |") and out[1].endswith("| met |")
+    assert out[2].endswith("|  |  |")
+    assert "not measured" in table._rows({}, rows)[0]
