@@ -10,9 +10,11 @@ processes kept busy (`bench/peers/workers.py`); a trainer's speed is its best qu
 0.15 cores of other load), and `rm_train_over_trl` is null unless every trainer had one: under load
 PyTorch's spinning OpenMP threads slow down several times more than XLA, so a loaded ratio says
 little about this CPU. The `*_under_load` keys compare turns that saw the same load.
-All trainers run with the same allocator settings (`MALLOC`, below): XLA:CPU maps a fresh ~1 GB
-temporary buffer per step, so with glibc's defaults each step page-faults it in again (18% of the
-CPU time here); keeping freed memory in the heap removes that. warm_jax with glibc's defaults is
+All trainers run with the same allocator settings: XLA:CPU maps a fresh ~1 GB temporary buffer per
+step, so with glibc's defaults each step page-faults it in again (18% of the CPU time here); keeping
+freed memory in the heap removes that. warm_jax sets them itself, as `python -m warm_jax.main` does
+(`warm_jax.hostmem`, through mallopt); TRL and PyTorch are started with the same settings as
+`GLIBC_TUNABLES` (`MALLOC`, below), so they get them too. warm_jax with glibc's defaults is
 measured as well (`*_default_malloc`).
 Also, warm_jax alone before and after this work (the source tree of `--baseline`, by default the
 commit before it, taken with `git archive`): the RM step, the policy (LM) step on the same body and
@@ -36,13 +38,13 @@ import tarfile
 import tempfile
 import time
 
+from warm_jax.hostmem import MALLOC_TUNABLES as MALLOC
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results.json")
 PY = sys.executable
 PEERS = os.environ.get("PEERS", os.path.join(ROOT, ".venv-peers"))
-MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-          "glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=67108864")
 BASELINE = "a23cd5c"  # main before the peers work
 
 
@@ -93,11 +95,14 @@ def part_a(rounds: int, steps: int, baseline: str | None, baseline_rev: str = ""
     tpy = os.path.join(PEERS, "bin", "python")
     torch_rm = os.path.join(HERE, "peers", "torch_rm.py")
 
-    def jax_worker(which, malloc=True, src=None):
-        argv = [PY, "-m", "bench.peers.jax_rm", which] + (["--src", src] if src else [])
+    def jax_worker(which, malloc=True, src=None, tune=False):
+        argv = [PY, "-m", "bench.peers.jax_rm", which] + (["--src", src] if src else []) + (
+            ["--tune-malloc"] if tune else [])
         return dict(argv=argv, env=_env(malloc), cwd=ROOT)
 
-    specs = {"rm": jax_worker("rm"), "trl": dict(argv=[tpy, torch_rm, "trl"], env=_env(True)),
+    # warm_jax as its entry point runs it (mallopt from warm_jax.hostmem), against the peers
+    # started with the equivalent GLIBC_TUNABLES
+    specs = {"rm": jax_worker("rm", malloc=False, tune=True), "trl": dict(argv=[tpy, torch_rm, "trl"], env=_env(True)),
              "torch": dict(argv=[tpy, torch_rm, "torch"], env=_env(True)),
              "rm_default_malloc": jax_worker("rm", malloc=False)}
     res = alternate(specs, rounds=rounds, steps=steps)

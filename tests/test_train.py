@@ -235,3 +235,19 @@ def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
     rows = read_jsonl(str(tmp_path / "m.jsonl"))
     assert rows[0] == {"step": 1, "loss": 0.5, "acc": 1} and np.isnan(rows[1]["loss"])
     assert os.listdir(tmp_path / "tb" / "m"), "TensorBoard events written"
+
+
+@pytest.mark.parametrize("env,applied", [({}, True), ({"WARM_JAX_DEFAULT_MALLOC": "1"}, False),
+                                         ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, False)])
+def test_host_allocator_tuning_applies_unless_opted_out(env, applied):
+    import platform
+    import subprocess
+    import sys
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning is glibc-only (a no-op elsewhere)")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("GLIBC_TUNABLES", "WARM_JAX_DEFAULT_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", "from warm_jax.hostmem import tune_host_allocator;"
+                          "print(tune_host_allocator())"], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(applied)

@@ -26,6 +26,7 @@ from warm_jax.checkpoint import NonFiniteError
 from warm_jax.data.preferences import DataError, LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
+from warm_jax.hostmem import tune_host_allocator
 from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError, WriteError,
                              hold_locks_until_exit, install_preemption_handler, write_json)
 from warm_jax.layout import atomic_write as write_text
@@ -175,6 +176,7 @@ PREEMPTED_EXIT = 143  # 128 + SIGTERM: not a success (a runner must not mark the
 
 
 def cli():
+    tune_host_allocator()  # before JAX starts its threads; WARM_JAX_DEFAULT_MALLOC=1 opts out
     app.run(main, argv=rewrite_gin_args(sys.argv))
 
 

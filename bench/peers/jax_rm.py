@@ -2,13 +2,14 @@
 warm up, print `@@ready N_PARAMS`, then for each `run K` train K steps and print
 `@@done WALL_S CPU_S ...`.
 
-`python -m bench.peers.jax_rm rm|policy|sample [--src DIR]`:
+`python -m bench.peers.jax_rm rm|policy|sample [--src DIR] [--tune-malloc]`:
   rm      `make_train_step(make_rm_loss)`, jitted with donation, 32 pairs x 128 tokens;
   policy  `make_train_step(make_lm_loss)` of the same body with its LM head, 64 sequences x 128;
   sample  one step = the KV-cache sampler drawing 64 tokens after 32 prompts of 64 (2,048 tokens).
 Each step feeds a host (numpy) batch and reads the metrics back, as `warm_jax.train.fit` does (one
 host sync per step, like the PyTorch loops' `.item()`). `--src DIR` imports warm_jax from another
-source tree (a baseline checkout) instead of this one.
+source tree (a baseline checkout) instead of this one. `--tune-malloc` applies
+`warm_jax.hostmem.tune_host_allocator` first, as the launch entry point does.
 """
 import os
 import sys
@@ -105,6 +106,10 @@ def main():
     which = sys.argv[1]
     if "--src" in sys.argv:
         sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--src") + 1]))
+    if "--tune-malloc" in sys.argv:  # what `python -m warm_jax.main` does before JAX starts
+        from warm_jax.hostmem import tune_host_allocator
+        if not tune_host_allocator():
+            sys.exit("tune_host_allocator did not apply (GLIBC_TUNABLES set, or not glibc)")
     import jax
     step, state, batches, n_params = build(which)
     i = 0
