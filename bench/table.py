@@ -21,6 +21,9 @@ RESULTS_GPU = os.path.join(HERE, "results_gpu.json")
 ROWS = [
     ("rm_train_over_trl", "RM training tokens/s, warm_jax / TRL RewardTrainer (3.03M Llama RM, "
      "8,192 tokens/step, quiet turns; `make bench-peers`)", (">=", 1.0)),
+    ("rm_train_over_trl_default_malloc", "the same, warm_jax with glibc's default allocator "
+     "(`WARM_JAX_DEFAULT_MALLOC=1`; TRL keeps the tuned one)", None),
+    ("rm_train_over_torch", "RM training tokens/s, warm_jax / plain PyTorch loop", None),
     ("rm_train_tokens_per_s", "warm_jax RM training tokens/s (same shapes)", None),
     ("trl_rm_train_tokens_per_s", "TRL RewardTrainer tokens/s (same shapes, same run)", None),
     ("torch_rm_train_tokens_per_s", "plain PyTorch Bradley–Terry loop tokens/s", None),
@@ -30,6 +33,10 @@ ROWS = [
     ("avg_wall_over_disk_floor", "averaging M=6 × 127M f32: wall (fresh process) / (input read "
      "cold + output write)", ("<=", 1.5)),
     ("avg_rss_over_ckpt", "averaging: (peak RSS − import-only RSS) / one checkpoint", ("<=", 2.5)),
+    ("avg_wall_s", "averaging wall seconds (of which `avg_startup_s` importing)", None),
+    ("avg_startup_s", "averaging: seconds a process takes to import warm_jax's averaging", None),
+    ("avg_disk_floor_s", "averaging floor, seconds (its input read cold + its output written)", None),
+    ("mergekit_wall_s", "mergekit wall seconds, same weights", None),
     ("mergekit_wall_over_disk_floor", "mergekit 0.1.5 linear, same weights: wall / its floor",
      None),
     ("mergekit_rss_over_ckpt", "mergekit: (peak RSS − import-only RSS) / one checkpoint", None),
@@ -40,7 +47,10 @@ ROWS = [
      "(an accelerator goal)", (">=", 3.0)),
     ("population_map_speedup", "population of 6 (lax.map, the CPU default) / sequential", None),
     ("demo_wall_s", "`make demo` stages, seconds", ("<=", 600.0)),
-    ("test_wall_s", "`make test` pytest seconds, fresh clone", ("<=", 600.0)),
+    ("test_wall_s", "`make test` pytest seconds, fresh clone (`python -m bench.record_test`)",
+     ("<=", 600.0)),
+    ("test_total_s", "`make test` seconds including the venv install, fresh clone", ("<=", 720.0)),
+    ("test_passed", "tests passed in that run", None),
 ]
 GPU_ROWS = [
     ("population_speedup_toy", "GPU: population of 6 (vmap) / sequential, toy preset", (">=", 3.0)),

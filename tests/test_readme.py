@@ -33,3 +33,16 @@ def test_goals_are_judged_by_their_direction():
     assert out[0].endswith("| **not met** |") and out[1].endswith("| met |")
     assert out[2].endswith("|  |  |")
     assert "not measured" in table._rows({}, rows)[0]
+
+
+def test_record_test_reads_pytest_summaries_and_refuses_red_runs(tmp_path):
+    from bench.record_test import main, parse
+    assert parse("x\n194 passed, 2 skipped in 554.34s (0:09:14)\n") == {
+        "passed": 194, "skipped": 2, "seconds": 554.34}
+    assert parse("=== 3 passed in 1.50s ===") == {"passed": 3, "seconds": 1.5}
+    red = tmp_path / "red.log"
+    red.write_text("2 failed, 194 passed, 2 skipped in 554.34s (0:09:14)\n")
+    assert main([str(red)]) == 2
+    empty = tmp_path / "empty.log"
+    empty.write_text("no tests ran in 0.01s\n")
+    assert main([str(empty)]) == 2
