@@ -145,3 +145,33 @@ def test_readme_claims_block_is_generated_from_claims_json(tiny_demo, tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no claims markers"):
         rewrite_readme(str(readme), "x")
+
+
+CACHE_SCRIPT = r"""
+import json, os, sys
+import jax, jax.numpy as jnp
+from warm_jax.main import run
+
+def make_stage(tag):
+    def stage(workdir):
+        f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())  # a new closure: jit's memory cache misses
+        y = float(f(jnp.arange(64.0).reshape(8, 8) / 64))
+        n = len(os.listdir(os.path.join(workdir, "xla_cache")))
+        with open(os.path.join(workdir, tag + ".json"), "w") as fh:
+            json.dump({"y": y, "entries": n}, fh)
+    return stage
+
+run(workdir=sys.argv[1], stages={"a": make_stage("a"), "b": make_stage("b")})
+"""
+
+
+def test_run_caches_compiled_programs_in_the_workdir(tmp_path):
+    """Two stages compiling the same program: the second finds it in workdir/xla_cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")
+           and k != "JAX_COMPILATION_CACHE_DIR"}
+    wd = tmp_path / "run"
+    subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(wd)], env=dict(env, PYTHONPATH=REPO),
+                   check=True, capture_output=True, text=True, timeout=300)
+    a, b = (json.load(open(wd / f"{t}.json")) for t in "ab")
+    assert a["entries"] >= 1 and b["entries"] == a["entries"]  # nothing new compiled for b
+    assert a["y"] == b["y"]

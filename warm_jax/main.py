@@ -84,11 +84,18 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
 @gin.configurable(module="warm_jax")
 def run(workdir: str = gin.REQUIRED,
         stages: Mapping[str, Callable] | Sequence[Callable] = gin.REQUIRED,
-        mode: str = "default") -> dict:
+        mode: str = "default", compilation_cache: bool = True) -> dict:
     """Run `stages` in order; each is called as `stage(workdir=...)` and skips work already on disk.
-    A dict names the stages (in `timings.json`); a list names them by function."""
+    A dict names the stages (in `timings.json`); a list names them by function.
+
+    `compilation_cache`: keep XLA's compiled programs in `workdir/xla_cache` (unless a cache
+    directory is configured already), so a program two stages share — the RM population of the
+    clean and the corrupted labels, the policy step of every RL method — compiles once per run,
+    and a resumed run compiles nothing it compiled before. Deleting the directory is always safe."""
     layout = RunLayout(workdir)
     os.makedirs(layout.root, exist_ok=True)
+    if compilation_cache:
+        use_compilation_cache(os.path.join(layout.root, "xla_cache"))
     write_text(layout.config_gin, gin.config_str())
     t_start = time.time()
     info = {"command": " ".join(sys.argv), "mode": mode}
@@ -105,6 +112,21 @@ def run(workdir: str = gin.REQUIRED,
         info["wall_s"] = round(time.time() - t_start, 2)
         write_json(layout.run_info, info)
     return timings
+
+
+def use_compilation_cache(directory: str) -> bool:
+    """Point JAX's persistent compilation cache at `directory`, caching every program (not only
+    those over a second of compile time); False if a cache directory was configured already."""
+    if jax.config.jax_compilation_cache_dir:
+        return False
+    jax.config.update("jax_compilation_cache_dir", directory)
+    for name, value in (("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
+        try:
+            jax.config.update(name, value)
+        except AttributeError:  # an older jax without the knob: its default applies
+            pass
+    return True
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
