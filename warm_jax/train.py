@@ -87,11 +87,12 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
                                  lambda p: trainable_labels(p, cfg.frozen))
 
 
-def _boxed_state_fn(init_boxed: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                    rng: jax.Array) -> Callable[[], TrainState]:
-    rng_params, rng_state = jax.random.split(rng)
-
-    def init_boxed_state():
+def _boxed_state_fn(init_boxed: Callable[[jax.Array], Any], tx: optax.GradientTransformation
+                    ) -> Callable[[jax.Array], TrainState]:
+    # the key is an argument, not a constant baked into the program: stages initialising the
+    # same model with other seeds share one compiled program (and the run's compilation cache)
+    def init_boxed_state(rng):
+        rng_params, rng_state = jax.random.split(rng)
         params = init_boxed(rng_params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=rng_state)
@@ -104,9 +105,9 @@ def create_train_state(init_boxed: Callable[[jax.Array], Any], tx: optax.Gradien
 
     `init_boxed(rng)` returns parameters whose leaves are `nn.LogicallyPartitioned`.
     """
-    init_boxed_state = _boxed_state_fn(init_boxed, tx, rng)
-    shardings = shd.mesh_shardings(jax.eval_shape(init_boxed_state), mesh)
-    state = jax.jit(lambda: nn.meta.unbox(init_boxed_state()), out_shardings=shardings)()
+    init_boxed_state = _boxed_state_fn(init_boxed, tx)
+    shardings = shd.mesh_shardings(jax.eval_shape(init_boxed_state, rng), mesh)
+    state = jax.jit(lambda r: nn.meta.unbox(init_boxed_state(r)), out_shardings=shardings)(rng)
     return state, shardings
 
 
@@ -114,7 +115,7 @@ def plan_state_bytes(init_boxed: Callable[[jax.Array], Any], tx: optax.GradientT
                      axis_sizes: dict[str, int]) -> dict[str, int]:
     """Per-device bytes of parameters and optimiser state on a mesh of `axis_sizes`, computed from
     shapes alone (`eval_shape`): plan a pod-slice run on a laptop."""
-    abstract = jax.eval_shape(_boxed_state_fn(init_boxed, tx, jax.random.PRNGKey(0)))
+    abstract = jax.eval_shape(_boxed_state_fn(init_boxed, tx), jax.random.PRNGKey(0))
     specs = jax.tree.map(lambda s: shd.logical_to_spec(tuple(s)), shd.logical_specs(abstract),
                          is_leaf=lambda x: isinstance(x, PartitionSpec))
     unboxed = nn.meta.unbox(abstract)
