@@ -41,6 +41,7 @@ def subprocess_env(**extra) -> dict:
     return dict(os.environ, XLA_FLAGS=FAST_XLA, PYTHONPATH=REPO, **extra)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into group node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers), the tests that share a session fixture
     built by a whole pipeline run share a worker, so that it is built once."""
