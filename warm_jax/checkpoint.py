@@ -7,9 +7,9 @@ temporary directories a kill leaves behind are removed when a writer next opens 
 Nothing non-finite is ever saved: `save` checks every float leaf first. No pickle.
 
 Arrays are written without orbax's default zstd: trained float32 weights compress by ~7%, and
-decoding them was the largest cost of averaging M checkpoints on a 2-core CPU (reading six 127M
-members: 7.8 s compressed, 4.7 s raw, against a 2.5 s cold-read floor). Compressed checkpoints,
-older ones included, still restore: the codec is recorded per array.
+decoding them was the largest cost of averaging M checkpoints on a 2-core CPU; raw arrays can also
+be averaged straight from the files (`warm_jax.average.rawread`). Compressed checkpoints, older
+ones included, still restore: the codec is recorded per array.
 """
 from __future__ import annotations
 

@@ -1,18 +1,23 @@
 """Streaming, in-place weight averaging of orbax checkpoints: φ_WARM = Σ_i w_i φ_i.
 
 Members are validated first (structure, shapes, dtypes, base fingerprint) from metadata alone, so a
-mismatch fails before anything is read or written. Then parameters are read a slice at a time
-(`chunk_bytes` of leaves per read) into one float32 running sum updated in place (buffer donation):
-peak memory is about one model plus one slice, whatever M is. Restore targets carry shardings, so a
-sharded model is summed shard by shard and never gathered onto one host. The result is committed
-atomically by orbax and records its members and weights.
+mismatch fails before anything is read or written. On one host, the members' arrays are then summed
+window by window (8 MiB of each member's array at a time, every member's window summed while it is
+in cache) straight from the files orbax wrote (`rawread`: mapped, no decode, no copy), or through
+tensorstore for compressed checkpoints, with `chunk_bytes` of windows read ahead on threads: peak
+memory is one model plus the windows in flight, whatever M is, and a 2-core CPU averages at about
+the disk's speed. Sharded (or multi-process) averages restore `chunk_bytes` of leaves at a time
+through orbax into shardings, so a sharded model is summed shard by shard and never gathered onto
+one host. The result is committed atomically by orbax and records its members and weights.
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import logging
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from warm_jax.average import rawread
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, flatten, nonfinite_leaves, path_str
 
 log = logging.getLogger(__name__)
@@ -46,11 +52,32 @@ def _open(member_dirs: Sequence[str]) -> list[tuple[Checkpointer, int, dict]]:
 def check_compatible(members: list[tuple[Checkpointer, int, dict]], *,
                      allow_base_mismatch: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
     """The members' flat {path: ShapeDtypeStruct}, after checking they can be averaged."""
+    return _check(members, allow_base_mismatch=allow_base_mismatch)[1]
+
+
+def _same_as(ref_desc, ck: Checkpointer, step: int) -> bool:
+    """Whether a member's index lists exactly the reference's tree keys, arrays, shapes and dtypes
+    (`rawread.describe`: one read of its index instead of opening every array)."""
+    if ref_desc is None:
+        return False
+    return rawread.describe(ck._item_dir(step, "state")) == ref_desc
+
+
+def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch: bool = False
+           ) -> tuple[Any, dict[str, jax.ShapeDtypeStruct]]:
+    """(member 0's array-metadata tree, its flat {path: ShapeDtypeStruct}) after checking every
+    member against it; a member whose index description differs is compared leaf by leaf through
+    orbax, which names the first difference."""
     ref_ck, ref_step, ref_meta = members[0]
-    ref = flatten(ref_ck.array_metadata(ref_step))
+    template = ref_ck.array_metadata(ref_step)
+    ref = flatten(template)
+    ref_desc = rawread.describe(ref_ck._item_dir(ref_step, "state"))
+    if ref_desc is not None and ref_desc[1] != {k.replace("/", "."): (tuple(x.shape), x.dtype)
+                                                for k, x in ref.items()}:
+        ref_desc = None  # the index and orbax disagree: compare through orbax only
     fp = ref_meta.get("base_fingerprint")
     for ck, step, meta in members[1:]:
-        other = flatten(ck.array_metadata(step))
+        other = ref if _same_as(ref_desc, ck, step) else flatten(ck.array_metadata(step))
         if set(other) != set(ref):
             diff = sorted(set(other) ^ set(ref))[:5]
             raise AverageError(f"member {ck.directory}: parameter tree differs from "
@@ -72,7 +99,7 @@ def check_compatible(members: list[tuple[Checkpointer, int, dict]], *,
             if not allow_base_mismatch:
                 raise AverageError(msg + " (allow_base_mismatch=True overrides)")
             log.warning("!!! %s — averaging anyway because allow_base_mismatch=True !!!", msg)
-    return ref
+    return template, ref
 
 
 def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -137,44 +164,104 @@ def _direct_stores(ck: Checkpointer, step: int, leaves: dict[str, jax.ShapeDtype
         return None
 
 
-def _aligned_f32(shape) -> np.ndarray:
-    """An uninitialised float32 array on a 64-byte boundary: `jax.device_put` then wraps it on the
-    CPU without a copy (a misaligned one is copied)."""
-    n = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(4 * n + 64, np.uint8)
+def _aligned(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised array on a 64-byte boundary: `jax.device_put` then wraps it on the CPU
+    without a copy (a misaligned one is copied)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + 64, np.uint8)
     off = (-raw.ctypes.data) % 64
-    return raw[off:off + 4 * n].view(np.float32).reshape(shape)
+    return raw[off:off + n].view(dtype).reshape(shape)
 
 
-def _stream_direct(stores: list[dict], leaves: dict[str, jax.ShapeDtypeStruct],
-                   w: Sequence[float], inflight_bytes: int) -> dict[str, np.ndarray]:
-    """Σ_i w_i φ_i with numpy, in place, from tensorstore reads kept in flight (up to
-    `inflight_bytes` of them, at least one) across members and leaves: tensorstore's threads read
-    and decode the next arrays while this one sums, and summation order is member order."""
-    jobs = [(p, i) for p in leaves for i in range(len(stores))]
-    size = {p: int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize for p, x in leaves.items()}
-    acc: dict[str, np.ndarray] = {}
+def _size_and_row(shape) -> tuple[int, int]:
+    """(elements, elements per index of the first axis) of an array shape (row 1 for scalars)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    return n, max(1, int(np.prod(shape[1:], dtype=np.int64))) if len(shape) else 1
+
+
+_BLOCK = 1 << 16  # elements per block of the weighted sum (256 KiB of float32): stays in cache
+
+
+def _weighted_sum(out: np.ndarray, xs: Sequence[np.ndarray], w: Sequence[float],
+                  tmp: np.ndarray) -> None:
+    """out = Σ_i float32(w_i) * float32(x_i), summed in member order, block by block: each block
+    of `out` stays in cache while every member's block is added, so memory traffic is one read of
+    each member and one write of the sum (x_i may be read-only views of another float dtype)."""
+    for s in range(0, out.size, _BLOCK):
+        e = min(out.size, s + _BLOCK)
+        o, t = out[s:e], tmp[:e - s]
+        np.multiply(xs[0][s:e], np.float32(w[0]), out=o, dtype=np.float32, casting="unsafe")
+        for x, wi in zip(xs[1:], w[1:]):
+            np.multiply(x[s:e], np.float32(wi), out=t, dtype=np.float32, casting="unsafe")
+            np.add(o, t, out=o)
+
+
+def _stream(fetch: Callable[[str, int, int, int], Any], leaves: dict[str, jax.ShapeDtypeStruct],
+            w: Sequence[float], inflight_bytes: int, window_bytes: int | None = None,
+            release: Callable[[Any], None] = lambda r: None) -> dict[str, np.ndarray]:
+    """Σ_i w_i φ_i with numpy into 64-byte-aligned float32 arrays, window by window: a window is
+    elements [lo, hi) of one leaf's flat array (`window_bytes` of it; None: the whole leaf), and
+    `fetch(path, member, lo, hi)` returns a future of it (an array, or an object with `.array`,
+    handed to `release` once summed). Windows of every member are kept in flight, up to
+    `inflight_bytes` of them (at least one window), so reader threads read ahead while this
+    thread sums."""
+    jobs = []
+    for p, x in leaves.items():
+        n, row = _size_and_row(x.shape)
+        step = n if window_bytes is None else max(
+            row, window_bytes // x.dtype.itemsize // row * row)  # whole rows of the first axis
+        jobs += [(p, lo, min(n, lo + step)) for lo in range(0, n, max(step, 1))] or [(p, 0, 0)]
+    acc = {p: _aligned(x.shape) for p, x in leaves.items()}
+    tmp = np.empty(_BLOCK, np.float32)
     pending: collections.deque = collections.deque()
     inflight, nxt = 0, 0
+    nbytes = lambda job: (job[2] - job[1]) * leaves[job[0]].dtype.itemsize * len(w)  # noqa: E731
     while nxt < len(jobs) or pending:
-        while nxt < len(jobs) and (not pending or inflight + size[jobs[nxt][0]] <= inflight_bytes):
-            p, i = jobs[nxt]
-            pending.append((p, i, stores[i][p].read()))
-            inflight += size[p]
+        while nxt < len(jobs) and (not pending or inflight + nbytes(jobs[nxt]) <= inflight_bytes):
+            p, lo, hi = jobs[nxt]
+            pending.append((jobs[nxt], [fetch(p, i, lo, hi) for i in range(len(w))]))
+            inflight += nbytes(jobs[nxt])
             nxt += 1
-        p, i, fut = pending.popleft()
-        x = np.asarray(fut.result())
-        inflight -= size[p]
-        if i == 0:
-            acc[p] = _aligned_f32(x.shape)
-            np.multiply(x, np.float32(w[0]), out=acc[p], dtype=np.float32, casting="unsafe")
-        else:
-            if x.dtype != np.float32 or not x.flags.writeable:
-                x = x.astype(np.float32)
-            np.multiply(x, np.float32(w[i]), out=x)
-            np.add(acc[p], x, out=acc[p])
-        del x, fut
+        (p, lo, hi), futs = pending.popleft()
+        got = [f.result() for f in futs]
+        xs = [np.asarray(getattr(g, "array", g)).reshape(-1) for g in got]
+        _weighted_sum(acc[p].reshape(-1)[lo:hi], xs, w, tmp)
+        inflight -= nbytes((p, lo, hi))
+        del xs
+        for g in got:
+            release(g)
+        del got, futs
     return acc
+
+
+def _host_sum(members, leaves: dict[str, jax.ShapeDtypeStruct], w: Sequence[float],
+              inflight_bytes: int, read_threads: int = 4, window_bytes: int = 8 << 20
+              ) -> dict[str, np.ndarray] | None:
+    """The weighted sum on the host: windows mapped straight from the files where every member is
+    stored raw (`rawread`; reader threads bring them into the page cache ahead of the sum), else
+    tensorstore reads of the members' whole arrays; None if neither applies."""
+    plans = [rawread.plan(ck._item_dir(step, "state"), leaves) for ck, step, _ in members]
+    if all(pl is not None for pl in plans):
+        with concurrent.futures.ThreadPoolExecutor(read_threads) as pool:
+            def fetch(p, i, lo, hi):
+                return pool.submit(rawread.mapped, plans[i][p], leaves[p].dtype, lo, hi)
+            try:
+                return _stream(fetch, leaves, w, inflight_bytes, window_bytes,
+                               lambda m: m.close())
+            except OSError as e:  # a file shorter than its manifest says, unreadable, ...
+                raise AverageError(f"reading the members failed: {e}") from None
+    import tensorstore as ts
+    context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+    stores = [_direct_stores(ck, step, leaves, context) for ck, step, _ in members]
+    if all(s is not None for s in stores):
+        def fetch(p, i, lo, hi):  # windows are whole rows: a slice of the first axis
+            if not leaves[p].shape:
+                return stores[i][p].read()
+            row = _size_and_row(leaves[p].shape)[1]
+            return stores[i][p][lo // row:hi // row].read()
+        return _stream(fetch, leaves, w, inflight_bytes, window_bytes)
+    return None
 
 
 def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None = None, *,
@@ -183,18 +270,18 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
     """Σ_i w_i φ_i over member checkpoints, read in slices. Returns (state tree, meta).
 
     `shardings(path)` gives the sharding for a leaf (default: the first device). On one process
-    without shardings, the members' arrays are read straight from their tensorstores, several in
-    flight (`chunk_bytes` of them) while numpy sums in place into 64-byte-aligned buffers that
-    become the result's arrays without a copy: reads, decoding and summing overlap, and nothing
+    without shardings, the members' arrays are mapped straight from the files orbax wrote
+    (`rawread`; read through tensorstore where they are compressed), several in flight
+    (`chunk_bytes` of them) on reader threads while numpy sums in place into 64-byte-aligned
+    buffers that become the result's arrays without a copy: reads and summing overlap, and nothing
     but the sum and the reads in flight is held. Otherwise (or if a member's layout is not the
     expected one) orbax restores `chunk_bytes` of leaves per member at a time into a running sum
     updated in place on the leaves' devices."""
     if not member_dirs:
         raise AverageError("no members to average")
     members = _open(member_dirs)
-    leaves = check_compatible(members, allow_base_mismatch=allow_base_mismatch)
+    template, leaves = _check(members, allow_base_mismatch=allow_base_mismatch)
     w = normalise_weights(weights, len(members))
-    template = members[0][0].array_metadata(members[0][1])
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
     treedef = jax.tree.structure(template)
     meta = {"members": [ck.directory for ck, _, _ in members], "weights": w,
@@ -202,11 +289,8 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
             "base_fingerprint": members[0][2].get("base_fingerprint")}
 
     if shardings is None and jax.process_count() == 1:
-        import tensorstore as ts
-        context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-        stores = [_direct_stores(ck, step, leaves, context) for ck, step, _ in members]
-        if all(s is not None for s in stores):
-            acc = _stream_direct(stores, leaves, w, chunk_bytes)
+        acc = _host_sum(members, leaves, w, chunk_bytes)
+        if acc is not None:
             device = jax.local_devices()[0]
             out = [jax.device_put(acc.pop(p) if leaves[p].dtype == np.float32 else
                                   acc.pop(p).astype(leaves[p].dtype), device) for p in paths]
@@ -250,7 +334,9 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
     if os.path.isdir(out_dir) and Checkpointer(out_dir, read_only=True).latest_step() is not None:
         _check_existing(out_dir, member_dirs, w)
         return out_dir
+    t0 = time.perf_counter()
     state, meta = stream_average(member_dirs, w, **kw)
+    t1 = time.perf_counter()
     meta.update(method=method, **(extra_meta or {}))
     if jax.process_count() > 1:  # each process summed into its own device: save host values,
         state = jax.tree.map(  # which orbax writes once (process 0), not once per process
@@ -262,6 +348,8 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
         bad = nonfinite_leaves(state)
         raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
                            f"{_nonfinite_members(member_dirs, bad)}; nothing was written") from None
+    log.info("averaged %d members into %s: read and sum %.2f s, check and save %.2f s",
+             len(member_dirs), out_dir, t1 - t0, time.perf_counter() - t1)
     return out_dir
 
 

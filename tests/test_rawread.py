@@ -1,0 +1,153 @@
+"""Byte-range reads of orbax checkpoints (`warm_jax.average.rawread`) and the averaging command."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from warm_jax.average import rawread, soup
+from warm_jax.average.__main__ import main as average_main
+from warm_jax.checkpoint import Checkpointer, flatten, restore_params
+
+
+def _tree(seed):
+    rng = np.random.default_rng(seed)
+    return {"w": rng.normal(size=(64, 33)).astype(np.float32),  # indirect (> 1 KiB)
+            "b": rng.normal(size=(5,)).astype(np.float32),  # small enough to be stored inline
+            "s": np.float32(rng.normal()),  # a scalar: zarr's chunk key "0"
+            "h": rng.normal(size=(40, 20)).astype(ml_dtypes.bfloat16)}
+
+
+def _save(path, tree, step=3):
+    Checkpointer(str(path), max_to_keep=1).save(step, {"params": tree},
+                                                 {"base_fingerprint": "base"})
+    return str(path)
+
+
+def _plan(d):
+    ck = Checkpointer(d, read_only=True)
+    leaves = flatten(ck.array_metadata())
+    return rawread.plan(ck._item_dir(None, "state"), leaves), leaves
+
+
+def test_plan_maps_every_array_to_its_saved_bytes(tmp_path):
+    tree = _tree(0)
+    plan, leaves = _plan(_save(tmp_path / "m", tree))
+    assert plan is not None and set(plan) == {f"params/{k}" for k in tree}
+    assert plan["params/b"].inline is not None and plan["params/w"].inline is None
+    for k, x in tree.items():
+        x = np.asarray(x).reshape(-1)
+        m = rawread.mapped(plan[f"params/{k}"], leaves[f"params/{k}"].dtype, 0, x.size)
+        assert m.array.dtype == x.dtype
+        np.testing.assert_array_equal(m.array, x)
+        m.close()
+        if x.size > 3:  # a window that starts off any page boundary
+            m = rawread.mapped(plan[f"params/{k}"], x.dtype, 3, x.size - 1)
+            np.testing.assert_array_equal(m.array, x[3:-1])
+            m.close()
+
+
+def test_compressed_or_foreign_checkpoints_are_not_planned_and_still_average(tmp_path):
+    trees = [_tree(i) for i in range(3)]
+    dirs = []
+    for i, t in enumerate(trees):  # orbax's default handler: zstd-compressed arrays
+        mngr = ocp.CheckpointManager(str(tmp_path / f"z{i}"), item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(use_compression=True),
+            "meta": ocp.JsonCheckpointHandler()})
+        mngr.save(1, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": t}),
+                                             meta=ocp.args.JsonSave({"base_fingerprint": "b"})))
+        mngr.wait_until_finished()
+        dirs.append(str(tmp_path / f"z{i}"))
+    assert _plan(dirs[0])[0] is None
+    avg, _ = soup.stream_average(dirs)
+    for k in trees[0]:
+        expect = sum(np.asarray(t[k], np.float32) for t in trees) / np.float32(3)
+        np.testing.assert_allclose(np.asarray(avg["params"][k], np.float32), expect,
+                                   rtol=1e-2 if k == "h" else 1e-6, atol=1e-6)
+
+
+def test_mapped_and_tensorstore_reads_give_bit_identical_averages(tmp_path, monkeypatch):
+    trees = [_tree(i) for i in range(4)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    w = [0.1, 0.2, 0.3, 0.4]
+    fast, _ = soup.stream_average(dirs, w, chunk_bytes=256)
+    monkeypatch.setattr(soup, "_BLOCK", 7)  # blocks and windows that split arrays unevenly
+    members = soup._open(dirs)
+    _, leaves = soup._check(members)
+    small = soup._host_sum(members, leaves, soup.normalise_weights(w, 4), 300, window_bytes=44)
+    for k, x in small.items():  # the average is cast back to each leaf's dtype
+        np.testing.assert_array_equal(x.astype(leaves[k].dtype),
+                                      np.asarray(fast[k.split("/")[0]][k.split("/")[1]]))
+    monkeypatch.setattr(rawread, "plan", lambda *a: None)
+    slow, _ = soup.stream_average(dirs, w, chunk_bytes=256)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 fast, slow)
+    # tensorstore reads in windows of whole rows (one row of "w" is 132 bytes: 1 row each)
+    ts_small = soup._host_sum(members, leaves, soup.normalise_weights(w, 4), 300, window_bytes=44)
+    for k, x in ts_small.items():
+        np.testing.assert_array_equal(x, small[k])
+    # the values are Σ w_i x_i summed in member order in float32
+    expect = np.float32(w[0]) * trees[0]["w"]
+    for wi, t in zip(w[1:], trees[1:]):
+        expect = expect + np.float32(wi) * t["w"]
+    np.testing.assert_array_equal(np.asarray(fast["params"]["w"]), expect)
+    assert fast["params"]["h"].dtype == jnp.bfloat16
+
+
+def test_a_truncated_member_is_a_clear_error_and_writes_nothing(tmp_path):
+    dirs = [_save(tmp_path / f"m{i}", _tree(i)) for i in range(2)]
+    plan, _ = _plan(dirs[1])
+    data = plan["params/w"].path
+    with open(data, "r+b") as f:
+        f.truncate(plan["params/w"].offset + 10)
+    out = tmp_path / "avg"
+    with pytest.raises(soup.AverageError, match="truncated"):
+        soup.average_checkpoints(dirs, str(out))
+    assert not out.exists() or Checkpointer(str(out), read_only=True).latest_step() is None
+
+
+def test_average_command_line_writes_the_weighted_average_and_refuses_bad_input(tmp_path, capsys):
+    trees = [_tree(i) for i in range(3)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    out = str(tmp_path / "avg")
+    assert average_main([out, *dirs, "--weights", "1", "1", "2"]) == 0
+    got, meta = restore_params(out)
+    w = np.array([0.25, 0.25, 0.5], np.float32)
+    expect = w[0] * trees[0]["w"] + w[1] * trees[1]["w"] + w[2] * trees[2]["w"]
+    np.testing.assert_allclose(np.asarray(got["w"]), expect, rtol=1e-6, atol=1e-7)
+    assert meta["weights"] == [0.25, 0.25, 0.5]
+    missing = str(tmp_path / "nope")
+    assert average_main([str(tmp_path / "avg2"), dirs[0], missing]) == 2
+    assert f"member {missing} is missing or unreadable" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "avg2") or not os.listdir(tmp_path / "avg2")
+
+
+def test_read_ahead_follows_the_sums_order_and_the_command_runs_as_a_process(tmp_path):
+    import subprocess
+    import sys
+
+    from warm_jax.average import __main__ as cli
+    trees = [_tree(i) for i in range(2)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    order = cli._extents_in_read_order(dirs)
+    plans = [_plan(d)[0] for d in dirs]
+    # array by array, each across members (inline arrays need no read)
+    expect = [pl[k] for k in sorted(plans[0]) for pl in plans if pl[k].inline is None]
+    assert order == expect and len(order) == 4
+    for t in cli.prefetch(dirs + [str(tmp_path / "missing")]):
+        t.join(timeout=30)
+        assert not t.is_alive()
+    out = str(tmp_path / "avg")
+    run = subprocess.run([sys.executable, "-m", "warm_jax.average", "-v", out, *dirs],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == out and "read and sum" in run.stderr
+    got, _ = restore_params(out)
+    np.testing.assert_array_equal(
+        np.asarray(got["w"]), np.float32(0.5) * trees[0]["w"] + np.float32(0.5) * trees[1]["w"])
+    bad = subprocess.run([sys.executable, "-m", "warm_jax.average", str(tmp_path / "b"), dirs[0],
+                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is missing or unreadable" in bad.stderr
