@@ -20,12 +20,21 @@ Also, warm_jax alone before and after this work (the source tree of `--baseline`
 commit before it, taken with `git archive`): the RM step, the policy (LM) step on the same body and
 shapes, and the KV-cache sampler (32 prompts of 64 tokens, 64 new tokens each).
 
-(B) Weight averaging of M = 6 checkpoints of a 127.0M-parameter f32 Llama, warm_jax
-(`average_checkpoints` on orbax members) against mergekit 0.1.5 (`linear` on safetensors of the
-same weights), each a fresh process under GNU time with the inputs evicted from the page cache.
-Floor = the tool's own input bytes read cold + one write of its output bytes (`bench/peers/disk.py`);
-RSS = peak − the RSS of a process that only imports the tool; checkpoint = 484.6 MiB (the f32
-parameters).
+(B) Weight averaging of M = 6 checkpoints of a 127.0M-parameter f32 Llama, each tool's command line
+on the same weights: `python -m warm_jax.average OUT MEMBERS` (orbax members) against mergekit
+0.1.5's `mergekit-yaml` (`linear`, on safetensors), each a fresh process under GNU time with its
+inputs evicted from the page cache and the same environment (`_env(False)`: glibc's default
+allocator, CPU JAX). Floor = the tool's own input bytes read cold + one write of its output bytes
+(`bench/peers/disk.py`); wall includes start-up (`*_startup_s`: a process that only imports the
+tool; `*_wall_minus_startup_over_floor` leaves it out). RSS = peak − the RSS of that import-only
+process, over one checkpoint = 484.6 MiB (the f32 parameters). The tools take turns for
+`--avg-rounds` rounds (the disk's speed drifts by tens of percent within minutes on a shared
+machine, so the floor is measured right after each run); keys are medians over rounds, and
+`*_wall_over_disk_floor_rounds` lists every round. warm_jax commits its output durably (orbax
+fsyncs it) and mergekit does not; `*_wall_over_durable_floor` divides by a floor whose write is
+fsynced too. GNU time's peak also counts pages
+of input files a tool maps, so `*_anon_over_ckpt` gives the same ratio for anonymous memory only
+(sampled from /proc every 10 ms).
 """
 import argparse
 import json
@@ -179,7 +188,7 @@ def part_a(rounds: int, steps: int, baseline: str | None, baseline_rev: str = ""
     return out
 
 
-def part_b() -> dict:
+def part_b(b_rounds: int = 3) -> dict:
     from bench.peers import disk
     from bench.peers.avg_setup import M
     work = tempfile.mkdtemp(prefix="warm_bench_peers_", dir=os.environ.get("BENCH_PEERS_TMP"))
@@ -199,36 +208,57 @@ def part_b() -> dict:
         tools = {
             "avg": dict(inputs=wj_in, out=os.path.join(work, "wj_out"), env=_env(False),
                         imports=[PY, "-c", "import warm_jax.average.soup"],
-                        run=lambda o: [PY, "-c", "from warm_jax.average.soup import "
-                                       "average_checkpoints; "
-                                       f"average_checkpoints({wj_in!r}, {o!r})"]),
-            "mergekit": dict(inputs=hf_in, out=os.path.join(work, "mk_out"), env=None,
+                        run=lambda o: [PY, "-m", "warm_jax.average", o] + wj_in),
+            "mergekit": dict(inputs=hf_in, out=os.path.join(work, "mk_out"), env=_env(False),
                              imports=[os.path.join(PEERS, "bin", "python"), "-c",
                                       "import mergekit.scripts.run_yaml"],
                              run=lambda o: [os.path.join(PEERS, "bin", "mergekit-yaml"), cfg, o,
                                             "--quiet"])}
         res = {}
+        rounds = {name: [] for name in tools}
+        for r in range(b_rounds):  # tools alternate, so a slow spell of the disk hits both
+            for name, t in tools.items():
+                imp = disk.gnu_time(t["imports"], env=t["env"], cwd=ROOT)
+                shutil.rmtree(t["out"], ignore_errors=True)
+                disk.evict(*t["inputs"])
+                run = disk.gnu_time(t["run"](t["out"]), env=t["env"], cwd=ROOT)
+                out_bytes = disk.nbytes(t["out"])
+                read_s = disk.read_cold_s(*t["inputs"])
+                write_s = disk.write_s(work, out_bytes)
+                floor = read_s + write_s
+                durable = read_s + disk.write_s(work, out_bytes, durable=True)
+                log(f"round {r} {name}: {run['wall_s']:.2f}s wall (imports alone "
+                    f"{imp['wall_s']:.2f}s), floor {floor:.2f}s = read "
+                    f"{disk.nbytes(*t['inputs']) / 2**20:.0f} MiB cold {read_s:.2f}s + write "
+                    f"{out_bytes / 2**20:.0f} MiB {write_s:.2f}s; peak RSS "
+                    f"{run['max_rss_mb']:.0f} MB (imports alone {imp['max_rss_mb']:.0f} MB), "
+                    f"anonymous {run['max_anon_mb']:.0f} MB ({imp['max_anon_mb']:.0f} MB)")
+                rounds[name].append(dict(run=run, imp=imp, floor=floor, durable=durable,
+                                         read_s=read_s,
+                                         write_s=write_s, out_bytes=out_bytes))
+        med = statistics.median
         for name, t in tools.items():
-            imp = disk.gnu_time(t["imports"], env=t["env"], cwd=ROOT)
-            disk.evict(*t["inputs"])
-            run = disk.gnu_time(t["run"](t["out"]), env=t["env"], cwd=ROOT)
-            out_bytes = disk.nbytes(t["out"])
-            read_s = disk.read_cold_s(*t["inputs"])
-            write_s = disk.write_s(work, out_bytes)
-            floor = read_s + write_s
-            log(f"{name}: {run['wall_s']:.2f}s wall (imports alone {imp['wall_s']:.2f}s), floor "
-                f"{floor:.2f}s = read {disk.nbytes(*t['inputs']) / 2**20:.0f} MiB cold "
-                f"{read_s:.2f}s + write {out_bytes / 2**20:.0f} MiB {write_s:.2f}s; peak RSS "
-                f"{run['max_rss_mb']:.0f} MB (imports alone {imp['max_rss_mb']:.0f} MB)")
+            rs = rounds[name]
+            ratio = [x["run"]["wall_s"] / x["floor"] for x in rs]
             res.update({
-                f"{name}_wall_over_disk_floor": round(run["wall_s"] / floor, 2),
-                f"{name}_rss_over_ckpt": round((run["max_rss_mb"] - imp["max_rss_mb"]) / ckpt_mb, 2),
-                f"{name}_wall_s": run["wall_s"], f"{name}_startup_s": imp["wall_s"],
-                f"{name}_disk_floor_s": round(floor, 2),
+                f"{name}_wall_over_disk_floor": round(med(ratio), 2),
+                f"{name}_wall_over_disk_floor_rounds": [round(v, 2) for v in ratio],
+                f"{name}_rss_over_ckpt": round(med(
+                    (x["run"]["max_rss_mb"] - x["imp"]["max_rss_mb"]) / ckpt_mb for x in rs), 2),
+                f"{name}_anon_over_ckpt": round(med(
+                    (x["run"]["max_anon_mb"] - x["imp"]["max_anon_mb"]) / ckpt_mb for x in rs), 2),
+                f"{name}_wall_minus_startup_over_floor": round(med(
+                    (x["run"]["wall_s"] - x["imp"]["wall_s"]) / x["floor"] for x in rs), 2),
+                f"{name}_wall_s": round(med(x["run"]["wall_s"] for x in rs), 2),
+                f"{name}_startup_s": round(med(x["imp"]["wall_s"] for x in rs), 2),
+                f"{name}_disk_floor_s": round(med(x["floor"] for x in rs), 2),
+                f"{name}_wall_over_durable_floor": round(med(
+                    x["run"]["wall_s"] / x["durable"] for x in rs), 2),
                 f"{name}_input_mb": round(disk.nbytes(*t["inputs"]) / 2**20, 1),
-                f"{name}_output_mb": round(out_bytes / 2**20, 1),
-                f"{name}_peak_rss_mb": round(run["max_rss_mb"]),
-                f"{name}_import_rss_mb": round(imp["max_rss_mb"])})
+                f"{name}_output_mb": round(rs[-1]["out_bytes"] / 2**20, 1),
+                f"{name}_peak_rss_mb": round(med(x["run"]["max_rss_mb"] for x in rs)),
+                f"{name}_import_rss_mb": round(med(x["imp"]["max_rss_mb"] for x in rs))})
+        res["avg_rounds"] = b_rounds
         res["avg_members_n_params"] = n_params
         return res
     finally:
@@ -240,6 +270,8 @@ def main():
     ap.add_argument("--part", choices=("A", "B", "all"), default="all")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--avg-rounds", type=int, default=3,
+                    help="(B) runs of each averaging tool, alternating; medians are reported")
     ap.add_argument("--wait-quiet", type=float, default=300,
                     help="seconds to wait for an idle machine before (A)")
     ap.add_argument("--baseline", default=os.environ.get("BASELINE", BASELINE),
@@ -260,7 +292,7 @@ def main():
                 shutil.rmtree(tree, ignore_errors=True)
         log(f"A done ({time.time() - t0:.0f}s)")
     if args.part in ("B", "all"):
-        new.update(part_b())
+        new.update(part_b(args.avg_rounds))
     results.update(new)
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1, sort_keys=True)

@@ -3,9 +3,9 @@
 XLA:CPU allocates its temporaries with malloc, and a training step's are large (~1 GB for the 3M
 reward model of `make bench-peers`). With glibc's defaults each such block is mmap'd and returned on
 free, so every step page-faults its whole working set in again (18% of an RM step's CPU time on the
-2-core machine). `tune_host_allocator` tells glibc to keep freed memory in one heap instead, which
-`make bench-peers` measured at 1.21x tokens/s on that RM step (rm_train_tokens_per_s vs
-rm_train_tokens_per_s_default_malloc in bench/results.json). The price: the process keeps its peak
+2-core machine). `tune_host_allocator` tells glibc to keep freed memory in one heap instead;
+`make bench-peers` measures what it is worth on that RM step (rm_train_over_trl against
+rm_train_over_trl_default_malloc in bench/results.json and the README's table). The price: the process keeps its peak
 heap until it exits, which a training run reaches anyway.
 
 The launch entry point (`python -m warm_jax.main`) applies it before JAX starts its threads; a
@@ -20,10 +20,11 @@ import os
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
-SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 36),
+# mallopt takes an int: the trim threshold is the largest one, and the tunables string says the same
+SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1),
             (_M_TOP_PAD, 64 << 20))
 MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                   "glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=67108864")
+                   "glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=67108864")
 
 
 def tune_host_allocator() -> bool:

@@ -2,7 +2,7 @@
 
 The floor of a tool = reading its own input bytes cold (page cache evicted with
 posix_fadvise(DONTNEED) after a sync) + writing its output's bytes once (buffered, as the tools
-write). Reads are timed both sequentially and with one thread per file; the faster counts, so the
+write, from a synced page cache). The durable floor adds the fsync that orbax (not mergekit) does. Reads are timed both sequentially and with one thread per file; the faster counts, so the
 floor is the disk's best and not a weak baseline.
 """
 import concurrent.futures
@@ -62,25 +62,65 @@ def read_cold_s(*dirs: str) -> float:
     return min(times)
 
 
-def write_s(directory: str, n: int) -> float:
-    """Write `n` bytes (buffered, then close) into a scratch file under `directory`."""
+def write_s(directory: str, n: int, durable: bool = False) -> float:
+    """Write `n` bytes (buffered, then close) into a scratch file under `directory`, starting from
+    a clean page cache (sync first: dirty pages another tool left would slow it); `durable` adds
+    the fsync that puts them on the disk, as orbax does before it commits a checkpoint."""
     path = os.path.join(directory, ".floor_write")
     block = os.urandom(CHUNK)
+    os.sync()
     t0 = time.perf_counter()
     with open(path, "wb", buffering=0) as f:
         left = n
         while left > 0:
             left -= f.write(block[:min(left, CHUNK)])
+        if durable:
+            os.fsync(f.fileno())
     dt = time.perf_counter() - t0
     os.remove(path)
     return dt
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            pass
+    return out
+
+
+def _anon_kb(pids: list[int]) -> int:
+    """Resident anonymous memory (heap, not file pages a tool maps) of these processes, in KiB."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += int(re.search(r"RssAnon:\s*(\d+)", f.read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
 def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
-    """Run `argv` under /usr/bin/time -v: {wall_s, max_rss_mb, user_s, sys_s}."""
+    """Run `argv` under /usr/bin/time -v: {wall_s, max_rss_mb, user_s, sys_s}, and max_anon_mb:
+    the peak of its resident anonymous memory, sampled every 10 ms from /proc (GNU time's maximum
+    RSS also counts the pages of files a tool maps, such as mergekit's safetensors inputs)."""
     t0 = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v"] + argv, env=env, cwd=cwd, capture_output=True,
-                         text=True)
+    proc = subprocess.Popen(["/usr/bin/time", "-v"] + argv, env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_anon = 0
+    while proc.poll() is None:
+        peak_anon = max(peak_anon, _anon_kb(_descendants(proc.pid)))
+        time.sleep(0.01)
+    stdout, stderr = proc.communicate()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     wall = time.perf_counter() - t0
     if out.returncode:
         raise RuntimeError(f"{argv[:3]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -92,5 +132,6 @@ def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -
     gnu_wall = sum(v * 60 ** i for i, v in enumerate(reversed(h_m_s)))
     return {"wall_s": round(gnu_wall, 3), "outer_wall_s": round(wall, 3),
             "max_rss_mb": int(field("Maximum resident set size (kbytes)")) / 1024,
+            "max_anon_mb": peak_anon / 1024,
             "user_s": float(field("User time (seconds)")),
             "sys_s": float(field("System time (seconds)"))}
