@@ -37,3 +37,40 @@ def test_pretrain_then_sft_lowers_loss_and_raises_gold(tmp_path):
     assert ck.all_steps() == [100, 150, 200]
     assert all(ck.restore_meta(s)["base_fingerprint"] == base["base_fingerprint"]
                for s in ck.all_steps())
+
+
+def test_sft_floor_passes_or_stops_with_the_numbers(tmp_path):
+    import json
+
+    import pytest
+    stage, pre = tmp_path / "sft", tmp_path / "pretrain"
+    stage.mkdir()
+    pre.mkdir()
+    rows = [{"step": 0, "gold_reward": -2.5, "gold_reward_se": 0.1, "kl": 0.0},
+            {"step": 600, "gold_reward": -1.08, "gold_reward_se": 0.09, "kl": 2.7},
+            {"step": 400, "gold_reward": 0.9, "gold_reward_se": 0.1, "kl": 2.0}]
+    (stage / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (pre / "train.jsonl").write_text(json.dumps({"step": 1500, "token_accuracy": 0.113}) + "\n")
+    # the last step decides, not the best one
+    assert sft.check_sft_floor(str(stage), str(pre), -1.5)["step"] == 600
+    with pytest.raises(sft.SFTQualityError) as e:
+        sft.check_sft_floor(str(stage), str(pre), 0.0)
+    msg = str(e.value)
+    for part in ("step 600", "-1.080 ± 0.090", "sft.min_gold_reward=0.0", "base: -2.500",
+                 "token accuracy 0.113", "eval.jsonl are kept"):
+        assert part in msg, (part, msg)
+    (stage / "eval.jsonl").write_text(json.dumps({"step": 5, "kl": 0.1}) + "\n")
+    with pytest.raises(ValueError, match="no oracle"):
+        sft.check_sft_floor(str(stage), str(pre), 0.0)
+
+
+def test_pretraining_loss_on_summaries_only_masks_the_documents():
+    import pytest
+    all_ = ToyTask(ToyTaskConfig(n_pretrain=8)).pretrain_corpus()
+    resp = ToyTask(ToyTaskConfig(n_pretrain=8, pretrain_loss="response")).pretrain_corpus()
+    P = ToyTask(ToyTaskConfig()).prompt_len
+    np.testing.assert_array_equal(resp["tokens"], all_["tokens"])  # same corpus, other loss
+    assert (resp["loss_mask"][:, :P] == 0).all() and (all_["loss_mask"][:, :P] == 1).all()
+    np.testing.assert_array_equal(resp["loss_mask"][:, P:], all_["mask"][:, P:])
+    with pytest.raises(ValueError, match="pretrain_loss='docs'"):
+        ToyTaskConfig(pretrain_loss="docs")

@@ -166,7 +166,8 @@ class _DropGinProbeNoise(std_logging.Filter):
 std_logging.getLogger().addFilter(_DropGinProbeNoise())
 
 # failures that are the user's to fix: one clear line, no traceback
-CLEAR_ERRORS = (LockedError, StageConfigError, WriteError, NonFiniteError, DataError)
+CLEAR_ERRORS = (LockedError, StageConfigError, WriteError, NonFiniteError, DataError,
+                sft.SFTQualityError)
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_path: Sequence[str]) -> None:

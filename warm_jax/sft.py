@@ -101,9 +101,14 @@ def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = Opti
         num_steps: int = 600, batch_size: int = 64, seed: int = 0,
         trajectory: Sequence[int] = (400, 500, 600), mesh_shape: Mapping[str, int] | None = None,
         eval_samples: int = 256, sampling: SamplingConfig | None = None,
-        allow_missing_fingerprint: bool = False) -> str:
+        allow_missing_fingerprint: bool = False, min_gold_reward: float | None = None) -> str:
     """Fine-tune the pretrained base on demonstrations, keeping every `trajectory` checkpoint, and
-    log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`)."""
+    log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`).
+
+    `min_gold_reward` (tasks with an oracle) is the declared floor for the SFT policy's gold reward
+    at its last step: below it the stage fails with `SFTQualityError`, as every later stage (reward
+    models from its checkpoints, best-of-N and RL from it) would study an unconverged policy. The
+    checkpoints and eval.jsonl are kept, so a rerun with another floor does not retrain."""
     if not trajectory or max(trajectory) > num_steps or min(trajectory) < 1:
         raise ValueError(f"sft.trajectory={tuple(trajectory)}: steps must lie in [1, num_steps="
                          f"{num_steps}]")
@@ -121,7 +126,38 @@ def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = Opti
                      keep_steps=trajectory, max_to_keep=None,
                      allow_missing_fingerprint=allow_missing_fingerprint)
         _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling)
+    if min_gold_reward is not None:
+        check_sft_floor(stage_dir, layout.pretrain, min_gold_reward)
     return layout.checkpoints(stage_dir)
+
+
+class SFTQualityError(RuntimeError):
+    """The SFT policy missed its declared gold-reward floor."""
+
+
+def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
+    """The last row of `stage_dir/eval.jsonl` if its gold reward is at least `floor`; otherwise an
+    SFTQualityError that says how far off it is and what the pretraining reached."""
+    from warm_jax.metrics import read_jsonl
+    rows = read_jsonl(os.path.join(stage_dir, "eval.jsonl"))
+    last = max(rows, key=lambda r: r["step"])
+    if "gold_reward" not in last:
+        raise ValueError(f"sft.min_gold_reward={floor}: the task has no oracle, so "
+                         f"{stage_dir}/eval.jsonl holds no gold reward to check (unset the floor)")
+    if last["gold_reward"] >= floor:
+        return last
+    first = min(rows, key=lambda r: r["step"])
+    acc = [r["token_accuracy"] for r in read_jsonl(os.path.join(pretrain_dir, "train.jsonl"))
+           if "token_accuracy" in r] if os.path.exists(
+        os.path.join(pretrain_dir, "train.jsonl")) else []
+    raise SFTQualityError(
+        f"SFT policy at step {last['step']}: gold reward {last['gold_reward']:.3f} ± "
+        f"{last.get('gold_reward_se', float('nan')):.3f} (s.e.), below the declared floor "
+        f"sft.min_gold_reward={floor} (the pretrained base: {first['gold_reward']:.3f}; "
+        f"pretraining ended at token accuracy {acc[-1] if acc else float('nan'):.3f}). Every later "
+        "stage would study an unconverged policy, so the run stops here; the SFT checkpoints and "
+        f"{stage_dir}/eval.jsonl are kept. Train longer (PRETRAIN_STEPS, SFT_STEPS) or, knowingly, "
+        "lower the floor.")
 
 
 def _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling) -> None:

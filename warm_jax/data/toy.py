@@ -65,6 +65,11 @@ class ToyTaskConfig:
     flip_fraction: float = 0.0
     hack_share: float = 0.1
     hack_temperature: float = 3.0
+    # where the pretraining loss falls: "all" tokens, or only the "response" after SEP. Documents
+    # are random tokens, so on "all" ~3/4 of the loss is irreducible noise that drowns the copying
+    # signal: the toy model then sits on a unigram plateau for 1,500–3,000+ steps and leaves it at
+    # a seed-dependent step (hence SFT quality swinging with the seed).
+    pretrain_loss: str = "all"
 
     def __post_init__(self):
         o = "ToyTaskConfig"
@@ -79,6 +84,9 @@ class ToyTaskConfig:
         check_range(o, "flip_fraction", self.flip_fraction, 0.0, 0.5)
         check_range(o, "hack_share", self.hack_share, 0.0, 1.0)
         check_range(o, "hack_temperature", self.hack_temperature, 0.0, lo_open=True)
+        if self.pretrain_loss not in ("all", "response"):
+            raise ValueError(f"ToyTaskConfig.pretrain_loss={self.pretrain_loss!r}: allowed "
+                             "'all' or 'response'")
 
     @property
     def vocab_size(self) -> int:
@@ -190,6 +198,9 @@ class ToyTask:
         resp, rmask = self._responses(keys, styles, rng)
         tokens = np.concatenate([prompts, resp], 1)
         mask = np.concatenate([np.ones_like(prompts), rmask], 1)
+        if self.cfg.pretrain_loss == "response":
+            return {"tokens": tokens, "mask": mask,
+                    "loss_mask": np.concatenate([np.zeros_like(prompts), rmask], 1)}
         return {"tokens": tokens, "mask": mask, "loss_mask": mask}
 
     def sft_demonstrations(self) -> dict[str, np.ndarray]:
