@@ -217,7 +217,8 @@ def part_b(b_rounds: int = 3) -> dict:
         res = {}
         rounds = {name: [] for name in tools}
         for r in range(b_rounds):  # tools alternate, so a slow spell of the disk hits both
-            for name, t in tools.items():
+            for name in (list(tools) if r % 2 == 0 else list(tools)[::-1]):
+                t = tools[name]
                 imp = disk.gnu_time(t["imports"], env=t["env"], cwd=ROOT)
                 shutil.rmtree(t["out"], ignore_errors=True)
                 disk.evict(*t["inputs"])

@@ -151,3 +151,28 @@ def test_read_ahead_follows_the_sums_order_and_the_command_runs_as_a_process(tmp
     bad = subprocess.run([sys.executable, "-m", "warm_jax.average", str(tmp_path / "b"), dirs[0],
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is missing or unreadable" in bad.stderr
+
+
+def test_one_writer_per_average_and_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
+    from warm_jax.layout import LockedError
+    dirs = [_save(tmp_path / f"m{i}", _tree(i)) for i in range(2)]
+    out = tmp_path / "avg"
+    out.mkdir()
+    # another process holds the output's lock: a flock on another open file stands in for it
+    import fcntl
+    fd = os.open(out / ".average.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(LockedError, match="being written by another"):
+            soup.average_checkpoints(dirs, str(out))
+        assert os.listdir(out) == [".average.lock"]
+    finally:
+        os.close(fd)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Checkpointer, "save", full)
+    fresh = tmp_path / "avg2"
+    with pytest.raises(soup.AverageError, match="No space left on device.*nothing was committed"):
+        soup.average_checkpoints(dirs, str(fresh))
+    assert not fresh.exists()  # a failed average leaves no directory behind

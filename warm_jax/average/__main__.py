@@ -5,7 +5,7 @@ function), for members trained elsewhere or averaged by hand, as one would run `
 Before JAX and orbax are imported (about a second on a 2-core CPU) it starts threads that read the
 members' arrays into the page cache (`rawread.cache`: `sendfile` to /dev/null, no copy into
 Python, almost no CPU) in the order the average will read them, so the disk works while Python
-imports and the members are checked; only what fits in half the free memory is read ahead.
+imports and the members are checked; only what fits in half the available memory is read ahead.
 (`posix_fadvise(WILLNEED)` read nothing ahead on the project's machine, and reading whole files
 in file order made the average slower: it competed with the average's own reads.) Exit status 2 and one
 line on stderr for members that cannot be averaged, with nothing written.
@@ -29,6 +29,18 @@ def _newest_step_files(member_dir: str) -> list[str]:
         return []
     return [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(member_dir, str(max(steps))))
             for f in fs]
+
+
+def _available_bytes() -> int:
+    """MemAvailable (free memory plus reclaimable page cache), 0 where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _extents_in_read_order(member_dirs: list[str]) -> list:
@@ -55,10 +67,7 @@ def prefetch(member_dirs: list[str], threads: int = 2) -> list[threading.Thread]
     thread: importing numpy on two threads at once fails."""
     import tensorstore  # noqa: F401
     from warm_jax.average import rawread
-    try:
-        left = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError):
-        left = 0
+    left = _available_bytes() // 2
     todo: list = []
     lock = threading.Lock()
     ready = threading.Event()
@@ -116,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("warm_jax.average.soup").setLevel(logging.INFO)
 
     from warm_jax.average.soup import AverageError, average_checkpoints
+    from warm_jax.layout import LockedError
     if args.verbose:
         print(f"imports {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     try:
         out = average_checkpoints(args.members, args.out, args.weights,
                                   allow_base_mismatch=args.allow_base_mismatch)
-    except AverageError as e:
+    except (AverageError, LockedError) as e:
         print(f"python -m warm_jax.average: {e}", file=sys.stderr)
         return 2
     print(out)

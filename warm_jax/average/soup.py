@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from warm_jax.average import rawread
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, flatten, nonfinite_leaves, path_str
+from warm_jax.layout import LockedError, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -331,23 +332,49 @@ def average_checkpoints(member_dirs: Sequence[str], out_dir: str,
     (a rerun skips); any other existing output is an error rather than an overwrite or a silent
     reuse. A non-finite value in any member stops before anything is written, naming it."""
     w = normalise_weights(weights, len(member_dirs))
-    if os.path.isdir(out_dir) and Checkpointer(out_dir, read_only=True).latest_step() is not None:
-        _check_existing(out_dir, member_dirs, w)
-        return out_dir
-    t0 = time.perf_counter()
-    state, meta = stream_average(member_dirs, w, **kw)
-    t1 = time.perf_counter()
-    meta.update(method=method, **(extra_meta or {}))
-    if jax.process_count() > 1:  # each process summed into its own device: save host values,
-        state = jax.tree.map(  # which orbax writes once (process 0), not once per process
-            lambda x: np.asarray(x) if x.is_fully_addressable and len(x.devices()) == 1 else x,
-            state)
-    try:  # the save's own finite check (one pass over the average) refuses before writing
-        Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
-    except NonFiniteError:
-        bad = nonfinite_leaves(state)
-        raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
-                           f"{_nonfinite_members(member_dirs, bad)}; nothing was written") from None
+    created = not os.path.exists(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _average_locked(member_dirs, out_dir, w, method, extra_meta, kw)
+    except LockedError:
+        raise  # the directory is another process's: touch nothing
+    except BaseException:
+        if created:  # leave no trace of a failed average: only our lock file can be in it
+            try:
+                os.remove(os.path.join(out_dir, ".average.lock"))
+                os.rmdir(out_dir)
+            except OSError:
+                pass
+        raise
+
+
+def _average_locked(member_dirs, out_dir, w, method, extra_meta, kw) -> str:
+    # one writer per output, from the existence check to the commit: two processes averaging into
+    # one directory would otherwise share orbax's temporary step and commit a mix of the two
+    with output_lock(os.path.join(out_dir, ".average.lock"), f"the average {out_dir}"):
+        if Checkpointer(out_dir, read_only=True).latest_step() is not None:
+            _check_existing(out_dir, member_dirs, w)
+            return out_dir
+        t0 = time.perf_counter()
+        state, meta = stream_average(member_dirs, w, **kw)
+        t1 = time.perf_counter()
+        meta.update(method=method, **(extra_meta or {}))
+        if jax.process_count() > 1:  # each process summed into its own device: save host
+            state = jax.tree.map(  # values, which orbax writes once (process 0), not per process
+                lambda x: np.asarray(x) if x.is_fully_addressable and len(x.devices()) == 1
+                else x, state)
+        try:  # the save's own finite check (one pass over the average) refuses before writing
+            Checkpointer(out_dir, max_to_keep=1).save(0, state, meta)
+        except NonFiniteError:
+            bad = nonfinite_leaves(state)
+            raise AverageError(f"average for {out_dir}: non-finite values in {bad[:5]}; "
+                               f"{_nonfinite_members(member_dirs, bad)}; nothing was "
+                               "written") from None
+        except (OSError, ValueError) as e:  # a full disk, a read-only directory, ...
+            if isinstance(e, ValueError) and "space" not in str(e).lower():
+                raise
+            raise AverageError(f"writing the average to {out_dir} failed: "
+                               f"{str(e).splitlines()[0][:300]}; nothing was committed") from None
     log.info("averaged %d members into %s: read and sum %.2f s, check and save %.2f s",
              len(member_dirs), out_dir, t1 - t0, time.perf_counter() - t1)
     return out_dir
