@@ -10,7 +10,9 @@ released), and `mapped` shows those bytes as a read-only numpy array over the pa
 no decode and no copy, which on a 2-core CPU is the difference between the disk's speed and half
 of it. Anything else (compressed or chunked arrays, a deeper B-tree, another layout) makes `plan`
 return None and the caller reads through tensorstore or orbax instead, so this is only ever a fast
-path, never a second format.
+path, never a second format. Like any reader of mapped files, it needs members that are not
+rewritten in place while they are averaged: a data file truncated under the mapping ends the
+process with SIGBUS (nothing is committed; orbax itself never rewrites a committed step).
 """
 from __future__ import annotations
 

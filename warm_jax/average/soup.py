@@ -5,8 +5,8 @@ mismatch fails before anything is read or written. On one host, the members' arr
 window by window (8 MiB of each member's array at a time, every member's window summed while it is
 in cache) straight from the files orbax wrote (`rawread`: mapped, no decode, no copy), or through
 tensorstore for compressed checkpoints, with `chunk_bytes` of windows read ahead on threads: peak
-memory is one model plus the windows in flight, whatever M is, and a 2-core CPU averages at about
-the disk's speed. Sharded (or multi-process) averages restore `chunk_bytes` of leaves at a time
+memory is one float32 model (the sum; twice the checkpoint for bfloat16 members) plus the windows
+in flight, whatever M is, and a 2-core CPU averages at about the disk's speed. Sharded (or multi-process) averages restore `chunk_bytes` of leaves at a time
 through orbax into shardings, so a sharded model is summed shard by shard and never gathered onto
 one host. The result is committed atomically by orbax and records its members and weights.
 """
