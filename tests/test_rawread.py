@@ -176,3 +176,14 @@ def test_one_writer_per_average_and_a_full_disk_is_one_clear_error(tmp_path, mon
     with pytest.raises(soup.AverageError, match="No space left on device.*nothing was committed"):
         soup.average_checkpoints(dirs, str(fresh))
     assert not fresh.exists()  # a failed average leaves no directory behind
+
+
+@pytest.mark.parametrize("lost", ["_METADATA", "manifest.ocdbt"])
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_member_with_lost_metadata_is_named_as_unreadable(tmp_path, lost, which):
+    dirs = [_save(tmp_path / f"m{i}", _tree(i)) for i in range(2)]
+    os.remove(os.path.join(dirs[which], "3", "state", lost))
+    out = tmp_path / "avg"
+    with pytest.raises(soup.AverageError, match=rf"member {dirs[which]}: step 3 lists no arrays"):
+        soup.average_checkpoints(dirs, str(out))
+    assert not out.exists()

@@ -72,6 +72,10 @@ def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch
     ref_ck, ref_step, ref_meta = members[0]
     template = ref_ck.array_metadata(ref_step)
     ref = flatten(template)
+    if not ref:
+        raise AverageError(f"member {ref_ck.directory}: step {ref_step} lists no arrays: its "
+                           "checkpoint metadata (state/_METADATA or the OCDBT manifest) is missing "
+                           "or unreadable")
     ref_desc = rawread.describe(ref_ck._item_dir(ref_step, "state"))
     if ref_desc is not None and ref_desc[1] != {k.replace("/", "."): (tuple(x.shape), x.dtype)
                                                 for k, x in ref.items()}:
@@ -79,6 +83,10 @@ def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch
     fp = ref_meta.get("base_fingerprint")
     for ck, step, meta in members[1:]:
         other = ref if _same_as(ref_desc, ck, step) else flatten(ck.array_metadata(step))
+        if not other:
+            raise AverageError(f"member {ck.directory}: step {step} lists no arrays: its "
+                               "checkpoint metadata (state/_METADATA or the OCDBT manifest) is "
+                               "missing or unreadable")
         if set(other) != set(ref):
             diff = sorted(set(other) ^ set(ref))[:5]
             raise AverageError(f"member {ck.directory}: parameter tree differs from "
