@@ -30,7 +30,7 @@ def _save(path, tree, step=3):
 def _plan(d):
     ck = Checkpointer(d, read_only=True)
     leaves = flatten(ck.array_metadata())
-    return rawread.plan(ck._item_dir(None, "state"), leaves), leaves
+    return rawread.plan(ck.item_dir(None, "state"), leaves), leaves
 
 
 def test_plan_maps_every_array_to_its_saved_bytes(tmp_path):

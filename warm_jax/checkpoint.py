@@ -175,7 +175,7 @@ class Checkpointer:
 
     def array_metadata(self, step: int | None = None) -> Any:
         """Shapes and dtypes of the `state` arrays, read from metadata alone (nothing loaded)."""
-        meta = ocp.PyTreeCheckpointer().metadata(self._item_dir(step, "state"))
+        meta = ocp.PyTreeCheckpointer().metadata(self.item_dir(step, "state"))
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), tree)
@@ -192,10 +192,11 @@ class Checkpointer:
         is_ph = lambda x: x is ocp.PLACEHOLDER  # noqa: E731
         restore_args = jax.tree.map(args, target, is_leaf=is_ph)
         return ocp.PyTreeCheckpointer().restore(
-            self._item_dir(step, "state"),
+            self.item_dir(step, "state"),
             args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
 
-    def _item_dir(self, step, item: str) -> str:
+    def item_dir(self, step: int | None, item: str) -> str:
+        """The directory of one item (`state`, `meta`) of a committed step (None: the latest)."""
         return os.path.join(self.directory, str(self._resolve(step)), item)
 
     def _resolve(self, step):

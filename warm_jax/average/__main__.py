@@ -52,10 +52,10 @@ def _extents_in_read_order(member_dirs: list[str]) -> list:
         files = _newest_step_files(d)
         state = next((os.path.dirname(f) for f in files if f.endswith(os.sep + "_METADATA")
                       and os.path.basename(os.path.dirname(f)) == "state"), None)
-        entries = rawread._entries(state) if state else None
+        entries = rawread.read_index(state) if state else None
         if not entries:
             continue
-        per_member.append({k: rawread.Extent(*rawread._locate(state, e["indirect_value"]))
+        per_member.append({k: rawread.Extent(*rawread.locate(state, e["indirect_value"]))
                            for k, e in entries.items() if "indirect_value" in e})
     keys = sorted({k for m in per_member for k in m})
     return [m[k] for k in keys for m in per_member if k in m]

@@ -40,7 +40,7 @@ def _key(k) -> str:
     return k.decode() if isinstance(k, bytes) else str(k)
 
 
-def _locate(state_dir: str, ref: str) -> tuple[str, int, int]:
+def locate(state_dir: str, ref: str) -> tuple[str, int, int]:
     """'value:ocdbt.process_0/:d/<file>:<offset>:<length>' -> (absolute path, offset, length)."""
     loc, offset, length = ref.rsplit(":", 2)
     if not loc.startswith("value:"):
@@ -49,7 +49,7 @@ def _locate(state_dir: str, ref: str) -> tuple[str, int, int]:
     return os.path.join(state_dir, prefix + rel), int(offset), int(length)
 
 
-def _entries(state_dir: str) -> dict[str, dict] | None:
+def read_index(state_dir: str) -> dict[str, dict] | None:
     """The entries of the item's OCDBT index ({key: entry}), or None if it has more than one
     level (or none)."""
     import tensorstore as ts
@@ -62,14 +62,27 @@ def _entries(state_dir: str) -> dict[str, dict] | None:
             for e in ts.ocdbt.dump(kv, version["root"]["location"]).result()["entries"]}
 
 
-def describe(state_dir: str) -> tuple[frozenset, dict[str, tuple]] | None:
+_READ = object()  # default of `index`: read it from the disk
+
+
+def index_or_none(state_dir: str) -> dict[str, dict] | None:
+    """`read_index`, or None (logged) when it cannot be read: to read it once and pass it on."""
+    try:
+        return read_index(state_dir)
+    except Exception as e:  # noqa: BLE001 - the callers then take the slower ways
+        log.info("averaging: no OCDBT index for %s (%r)", state_dir, e)
+        return None
+
+
+def describe(state_dir: str, index=_READ) -> tuple[frozenset, dict[str, tuple]] | None:
     """(orbax's tree keys, {array name 'a.b.c': (shape, dtype)}) of an item, from its `_METADATA`
     and one read of its OCDBT index: the same facts `Checkpointer.array_metadata` gathers by opening
-    every array, for comparing members cheaply. None when either is unavailable."""
+    every array, for comparing members cheaply. None when either is unavailable. `index`: the item's
+`read_index`, if already read."""
     try:
         with open(os.path.join(state_dir, "_METADATA")) as f:
             tree_keys = frozenset(json.load(f)["tree_metadata"])
-        entries = _entries(state_dir)
+        entries = read_index(state_dir) if index is _READ else index
         if entries is None:
             return None
         arrays = {}
@@ -83,11 +96,12 @@ def describe(state_dir: str) -> tuple[frozenset, dict[str, tuple]] | None:
         return None
 
 
-def plan(state_dir: str, leaves: dict) -> dict[str, Extent] | None:
+def plan(state_dir: str, leaves: dict, index=_READ) -> dict[str, Extent] | None:
     """{path: Extent} for every leaf ({'params/body/w': ShapeDtypeStruct}) of the orbax item at
-    `state_dir`, or None (with the reason logged) when any leaf is not a single raw chunk."""
+    `state_dir`, or None (with the reason logged) when any leaf is not a single raw chunk.
+    `index`: the item's `read_index`, if already read."""
     try:
-        entries = _entries(state_dir)
+        entries = read_index(state_dir) if index is _READ else index
         if entries is None:
             return _no(state_dir, "an empty or multi-level OCDBT B-tree")
         out = {}
@@ -110,7 +124,7 @@ def plan(state_dir: str, leaves: dict) -> dict[str, Extent] | None:
             if "inline_value" in chunk:
                 ext = Extent(None, 0, len(chunk["inline_value"]), bytes(chunk["inline_value"]))
             else:
-                ext = Extent(*_locate(state_dir, chunk["indirect_value"]))
+                ext = Extent(*locate(state_dir, chunk["indirect_value"]))
             if ext.length != nbytes:
                 return _no(state_dir, f"{p} holds {ext.length} bytes, not {nbytes}")
             out[p] = ext

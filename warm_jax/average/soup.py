@@ -56,37 +56,40 @@ def check_compatible(members: list[tuple[Checkpointer, int, dict]], *,
     return _check(members, allow_base_mismatch=allow_base_mismatch)[1]
 
 
-def _same_as(ref_desc, ck: Checkpointer, step: int) -> bool:
-    """Whether a member's index lists exactly the reference's tree keys, arrays, shapes and dtypes
-    (`rawread.describe`: one read of its index instead of opening every array)."""
-    if ref_desc is None:
-        return False
-    return rawread.describe(ck._item_dir(step, "state")) == ref_desc
+def _indexes(members) -> list[dict | None]:
+    """Each member's OCDBT index (`rawread.index_or_none`), read once for the check and the plan."""
+    return [rawread.index_or_none(ck.item_dir(step, "state")) for ck, step, _ in members]
 
 
-def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch: bool = False
+def _lost_metadata(ck: Checkpointer, step: int) -> AverageError:
+    return AverageError(f"member {ck.directory}: step {step} lists no arrays: its checkpoint "
+                        "metadata (state/_METADATA or the OCDBT manifest) is missing or unreadable")
+
+
+def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch: bool = False,
+           indexes: Sequence[dict | None] | None = None
            ) -> tuple[Any, dict[str, jax.ShapeDtypeStruct]]:
     """(member 0's array-metadata tree, its flat {path: ShapeDtypeStruct}) after checking every
-    member against it; a member whose index description differs is compared leaf by leaf through
-    orbax, which names the first difference."""
+    member against it. A member whose index (`rawread.describe`: one read instead of opening every
+    array) lists exactly member 0's tree keys, arrays, shapes and dtypes passes; any other is
+    compared leaf by leaf through orbax, which names the first difference."""
+    indexes = _indexes(members) if indexes is None else indexes
     ref_ck, ref_step, ref_meta = members[0]
     template = ref_ck.array_metadata(ref_step)
     ref = flatten(template)
     if not ref:
-        raise AverageError(f"member {ref_ck.directory}: step {ref_step} lists no arrays: its "
-                           "checkpoint metadata (state/_METADATA or the OCDBT manifest) is missing "
-                           "or unreadable")
-    ref_desc = rawread.describe(ref_ck._item_dir(ref_step, "state"))
+        raise _lost_metadata(ref_ck, ref_step)
+    ref_desc = rawread.describe(ref_ck.item_dir(ref_step, "state"), indexes[0])
     if ref_desc is not None and ref_desc[1] != {k.replace("/", "."): (tuple(x.shape), x.dtype)
                                                 for k, x in ref.items()}:
         ref_desc = None  # the index and orbax disagree: compare through orbax only
     fp = ref_meta.get("base_fingerprint")
-    for ck, step, meta in members[1:]:
-        other = ref if _same_as(ref_desc, ck, step) else flatten(ck.array_metadata(step))
+    for (ck, step, meta), index in zip(members[1:], indexes[1:]):
+        same = ref_desc is not None and rawread.describe(ck.item_dir(step, "state"),
+                                                         index) == ref_desc
+        other = ref if same else flatten(ck.array_metadata(step))
         if not other:
-            raise AverageError(f"member {ck.directory}: step {step} lists no arrays: its "
-                               "checkpoint metadata (state/_METADATA or the OCDBT manifest) is "
-                               "missing or unreadable")
+            raise _lost_metadata(ck, step)
         if set(other) != set(ref):
             diff = sorted(set(other) ^ set(ref))[:5]
             raise AverageError(f"member {ck.directory}: parameter tree differs from "
@@ -152,7 +155,7 @@ def _direct_stores(ck: Checkpointer, step: int, leaves: dict[str, jax.ShapeDtype
     (array `a/b/c` is the zarr array under key `a.b.c`); None if the layout is not that one, or an
     array's shape or dtype disagrees with the metadata: orbax then reads the member itself."""
     import tensorstore as ts
-    base = {"driver": "ocdbt", "base": "file://" + ck._item_dir(step, "state")}
+    base = {"driver": "ocdbt", "base": "file://" + ck.item_dir(step, "state")}
     try:
         keys = {k.decode() for k in ts.KvStore.open(base, context=context).result().list().result()}
         stores = {}
@@ -245,12 +248,14 @@ def _stream(fetch: Callable[[str, int, int, int], Any], leaves: dict[str, jax.Sh
 
 
 def _host_sum(members, leaves: dict[str, jax.ShapeDtypeStruct], w: Sequence[float],
-              inflight_bytes: int, read_threads: int = 4, window_bytes: int = 8 << 20
-              ) -> dict[str, np.ndarray] | None:
+              inflight_bytes: int, read_threads: int = 4, window_bytes: int = 8 << 20,
+              indexes: Sequence[dict | None] | None = None) -> dict[str, np.ndarray] | None:
     """The weighted sum on the host: windows mapped straight from the files where every member is
     stored raw (`rawread`; reader threads bring them into the page cache ahead of the sum), else
     tensorstore reads of the members' whole arrays; None if neither applies."""
-    plans = [rawread.plan(ck._item_dir(step, "state"), leaves) for ck, step, _ in members]
+    indexes = _indexes(members) if indexes is None else indexes
+    plans = [rawread.plan(ck.item_dir(step, "state"), leaves, index)
+             for (ck, step, _), index in zip(members, indexes)]
     if all(pl is not None for pl in plans):
         with concurrent.futures.ThreadPoolExecutor(read_threads) as pool:
             def fetch(p, i, lo, hi):
@@ -289,7 +294,8 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
     if not member_dirs:
         raise AverageError("no members to average")
     members = _open(member_dirs)
-    template, leaves = _check(members, allow_base_mismatch=allow_base_mismatch)
+    indexes = _indexes(members)
+    template, leaves = _check(members, allow_base_mismatch=allow_base_mismatch, indexes=indexes)
     w = normalise_weights(weights, len(members))
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
     treedef = jax.tree.structure(template)
@@ -298,7 +304,7 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
             "base_fingerprint": members[0][2].get("base_fingerprint")}
 
     if shardings is None and jax.process_count() == 1:
-        acc = _host_sum(members, leaves, w, chunk_bytes)
+        acc = _host_sum(members, leaves, w, chunk_bytes, indexes=indexes)
         if acc is not None:
             device = jax.local_devices()[0]
             out = [jax.device_put(acc.pop(p) if leaves[p].dtype == np.float32 else
