@@ -1,28 +1,46 @@
-"""Record a finished demo's wall time in bench/results.json as `demo_wall_s`.
+"""Record a finished demo: its wall time in bench/results.json as `demo_wall_s` (the default demo
+only) and its claims as bench/claims/<name>.json, from which `python -m bench.table --readme
+README.md` generates the README's claims and base-seed blocks.
 
-    python -m bench.record_demo runs/demo
+    python -m bench.record_demo runs/demo                       # -> demo_wall_s, claims/demo.json
+    python -m bench.record_demo runs/demo_seed1 --name demo_seed1 --no-wall
 It refuses a run that resumed earlier work (its wall time would not be the whole pipeline's)."""
+import argparse
 import json
 import os
 import sys
 
 from bench.run_all import RESULTS
 
+CLAIMS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "claims")
 
-def main(workdir: str) -> int:
-    info = json.load(open(os.path.join(workdir, "run_info.json")))
-    timings = json.load(open(os.path.join(workdir, "timings.json")))
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.record_demo")
+    ap.add_argument("workdir")
+    ap.add_argument("--name", default="demo", help="bench/claims/<name>.json")
+    ap.add_argument("--no-wall", action="store_true", help="do not record demo_wall_s")
+    args = ap.parse_args(argv)
+    from warm_jax.layout import RunLayout
+    from warm_jax.report import run_record
+    info = json.load(open(os.path.join(args.workdir, "run_info.json")))
+    timings = json.load(open(os.path.join(args.workdir, "timings.json")))
     if "wall_s" not in info or sum(timings.values()) > info["wall_s"] + 1:
-        print(f"error: {workdir} resumed earlier work or did not finish; record a fresh run",
+        print(f"error: {args.workdir} resumed earlier work or did not finish; record a fresh run",
               file=sys.stderr)
         return 2
-    results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
-    results["demo_wall_s"] = info["wall_s"]
-    with open(RESULTS, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    print(f"demo_wall_s = {info['wall_s']} ({info['mode']})")
+    os.makedirs(CLAIMS_DIR, exist_ok=True)
+    with open(os.path.join(CLAIMS_DIR, f"{args.name}.json"), "w") as f:
+        json.dump(run_record(RunLayout(args.workdir)), f, indent=1)
+    if not args.no_wall:
+        results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+        results["demo_wall_s"] = info["wall_s"]
+        with open(RESULTS, "w") as f:
+            json.dump(results, f, indent=1, sort_keys=True)
+        print(f"demo_wall_s = {info['wall_s']} ({info['mode']})")
+    print(f"wrote bench/claims/{args.name}.json")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main())

@@ -127,6 +127,22 @@ def rewrite(readme: str, text: str) -> None:
     rewrite_block(readme, BEGIN, END, text, name="bench")
 
 
+CLAIMS_DIR = os.path.join(HERE, "claims")
+BASE_SEED_RUNS = ("demo", "demo_seed1")   # bench/claims/<name>.json, recorded by bench.record_demo
+
+
+def claims_blocks() -> dict[tuple[str, str], str] | None:
+    """{(begin, end): text} for the README's claims and base-seed blocks, from bench/claims/."""
+    from warm_jax import report
+    records = [load(os.path.join(CLAIMS_DIR, f"{n}.json")) for n in BASE_SEED_RUNS]
+    if records[0] is None:
+        return None
+    out = {(report.README_BEGIN, report.README_END): report.claims_block(records[0])}
+    if all(records):
+        out[(report.BASE_BEGIN, report.BASE_END)] = report.base_seed_block(records)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.table", description=__doc__.split("\n")[0])
     ap.add_argument("--readme", help="rewrite this README's generated benchmark block")
@@ -139,8 +155,11 @@ def main(argv=None) -> int:
         return 2
     text = block(results, load(args.results_gpu))
     if args.readme:
+        from warm_jax.report import rewrite_block
         rewrite(args.readme, text)
-        print(f"rewrote the benchmark block of {args.readme}")
+        for (begin, end), block_text in (claims_blocks() or {}).items():
+            rewrite_block(args.readme, begin, end, block_text, name="claims")
+        print(f"rewrote the benchmark and claims blocks of {args.readme}")
     else:
         print(text)
     return 0

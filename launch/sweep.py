@@ -55,7 +55,7 @@ SWEEPS = {
     # the RL matrix of the demo over more seeds and α, one work unit each (shared init not shared:
     # each unit is a whole pipeline; point WORKDIR at a finished demo to reuse its stages instead)
     "demo_seeds": lambda root: product_sweep(
-        "demo_seeds", ["experiments/demo.gin"], {"RL_SEEDS": [(0,), (1,), (2,)],
+        "demo_seeds", ["experiments/demo.gin"], {"SEEDS": [(0,), (1,), (2,)],
                                                   "ALPHAS": [(0.003,), (0.01,), (0.05,)]},
         root=root),
     # reward-model learning-rate sweep on the toy task

@@ -149,8 +149,8 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
     train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="avg", diversity=div,
                         num_steps=40, batch_size=16, probe_steps=20, ckpt_every=20,
                         population_impl="map")
-    rm_dir = average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="avg",
-                                   m_values=(2, 4), same_run_step=20)
+    rm_dir = os.path.join(average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="avg",
+                                                m_values=(2, 4), same_run_step=20), "seed_0")
     for sub in ("warm_M2", "warm_M4", "greedy"):
         meta = Checkpointer(os.path.join(rm_dir, "averages", sub)).restore_meta()
         assert len(meta["members"]) == len(meta["member_indices"]) and meta["base_fingerprint"]
@@ -160,7 +160,19 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
     assert m2["member_indices"] == best2, "top-M picks the best members on the ranking split"
     rows = read_jsonl(os.path.join(rm_dir, "analysis.jsonl"))
     kinds = {r["analysis"] for r in rows}
-    assert kinds == {"lmc", "corruption", "corruption_pair", "acc_vs_m", "greedy_soup", "eval_sizes"}
+    assert kinds == {"lmc", "lmc_units", "corruption", "units", "corruption_pair", "acc_vs_m",
+                     "greedy_soup", "eval_sizes"}
+    acc = {(r["model"][:2], r["split"]): r["acc"] for r in rows if r["analysis"] == "corruption"
+           and r["model"] in ("wa_M4", "ens_M4")}
+    for r in (r for r in rows if r["analysis"] == "units"):  # the paired units a claim decides on
+        assert np.mean(r["values"]) == pytest.approx(acc[("wa", r["split"])] - acc[("en", r["split"])],
+                                                     abs=1e-6)
+    diag = [r for r in rows if r["analysis"] == "lmc_units" and r["what"] == "wa_minus_diag"
+            and r["pair"] == "baklava" and r["split"] == "test"]
+    lmc = [r for r in rows if r["analysis"] == "lmc" and r["pair"] == "baklava"
+           and r["split"] == "test" and 0 < r["lambda"] < 1]
+    assert np.mean(diag[0]["values"]) == pytest.approx(np.mean([r["wa"] - r["diag"] for r in lmc]),
+                                                       abs=1e-3)
     assert {r["pair"] for r in rows if r["analysis"] == "lmc"} == {"data_order", "learning_rate",
                                                                    "baklava", "same_run"}
     ends = [r for r in rows if r["analysis"] == "lmc" and r["lambda"] in (0.0, 1.0)]

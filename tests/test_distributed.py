@@ -75,8 +75,8 @@ def test_two_processes_write_one_workdir_once_and_resume_on_one(tmp_path):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGKILL)
             p.communicate()
-    assert os.path.isdir(os.path.join(wd, "rm", "clean", "members", "member_0"))
-    assert not os.path.isdir(os.path.join(wd, "rm", "clean", "members", "member_1"))
+    assert os.path.isdir(os.path.join(wd, "rm", "clean", "seed_0", "members", "member_0"))
+    assert not os.path.isdir(os.path.join(wd, "rm", "clean", "seed_0", "members", "member_1"))
     r = run_demo(wd, f"--gin.warm_jax.run.stages={STAGES}")  # one process resumes
     assert r.returncode == 0, r.stderr[-3000:]
     for log in glob.glob(os.path.join(wd, "**", "*.jsonl"), recursive=True):
@@ -84,9 +84,11 @@ def test_two_processes_write_one_workdir_once_and_resume_on_one(tmp_path):
         if log.endswith("train.jsonl"):
             steps = [row["step"] for row in rows]
             assert steps == sorted(set(steps)), f"{log}: rows {steps}"
-    assert [r["member"] for r in read_jsonl(os.path.join(wd, "rm", "clean", "eval.jsonl"))] == [0, 1]
+    for s in (0, 1):
+        assert [r["member"] for r in read_jsonl(os.path.join(wd, "rm", "clean", f"seed_{s}",
+                                                             "eval.jsonl"))] == [0, 1]
     for d in glob.glob(os.path.join(wd, "**", "checkpoints"), recursive=True) + \
-            glob.glob(os.path.join(wd, "rm", "clean", "*", "*")):
+            glob.glob(os.path.join(wd, "rm", "clean", "*", "*", "*")):
         if os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d)):
             ck = Checkpointer(d, read_only=True)
             assert all(ck.restore_meta(s).get("base_fingerprint") for s in ck.all_steps()), d

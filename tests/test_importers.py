@@ -313,6 +313,6 @@ def test_hh_smollm2_warm_smoke(tmp_path):
                        cwd=REPO, env=dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO),
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(x) for x in open(os.path.join(wd, "rm", "clean", "eval.jsonl"))]
+    rows = [json.loads(x) for x in open(os.path.join(wd, "rm", "clean", "seed_0", "eval.jsonl"))]
     assert [x["member"] for x in rows] == [0, 1] and all(x["init_step"] == 0 for x in rows)
-    assert os.path.exists(os.path.join(wd, "rm", "clean", "averages", "warm_M2"))
+    assert os.path.exists(os.path.join(wd, "rm", "clean", "seed_0", "averages", "warm_M2"))

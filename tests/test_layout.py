@@ -191,11 +191,11 @@ def test_rl_stops_on_nan_and_keeps_its_last_finite_checkpoint(toy_init, monkeypa
     real = rl_stage.run_chunk
     calls = []
 
-    def poisoned(step, state, n):
+    def poisoned(step, state, n, *reward_fn):
         calls.append(1)
         if len(calls) > 1:  # traced once per compile: poison every chunk after the first trace
             state = state.replace(policy=jax.tree.map(lambda x: x * jnp.nan, state.policy))
-        return real(step, state, n)
+        return real(step, state, n, *reward_fn)
 
     monkeypatch.setattr(rl_stage, "run_chunk", poisoned)
     kw = dict(task=task, model_cfg=cfg, rm_name="nan", methods=("single",), alphas=(0.01,),

@@ -13,7 +13,7 @@ from launch.local import run_local
 from launch.sweep import SWEEPS, product_sweep
 from launch.xm_launch import job_specs
 from warm_jax.data.real import default_hh_path
-from warm_jax.eval.claims import CLAIMS
+from warm_jax.eval.claims import REGISTRY
 from warm_jax.main import rewrite_gin_args
 from warm_jax.metrics import read_jsonl
 
@@ -28,16 +28,21 @@ def _run(workdir, *extra, experiment="demo", tiny="tiny"):
 def test_demo_writes_every_output(tiny_demo):
     wd = tiny_demo
     for f in ("config.gin", "operative_config.gin", "timings.json", "run_info.json", "report.md",
-              "claims.json", "sft/eval.jsonl", "rm/clean/eval.jsonl", "rm/corrupt/analysis.jsonl",
-              "rm/clean/averages/warm_M2", "rl/clean/bon.jsonl", "rl/clean/single/final.jsonl",
+              "claims.json", "sft/eval.jsonl", "rm/clean/seed_1/eval.jsonl",
+              "rm/corrupt/seed_0/analysis.jsonl", "rm/clean/seed_1/averages/warm_M2",
+              "rl/clean/bon.jsonl", "rl/clean/single/final.jsonl", "rl/clean/single/eval.jsonl",
               "rl/clean/warm_M2/eval_samples.npz"):
         assert os.path.exists(os.path.join(wd, f)), f
     for f in FIGURES:
         assert os.path.getsize(os.path.join(wd, "figures", f)) > 1000, f
     claims = json.load(open(os.path.join(wd, "claims.json")))
-    assert len(claims) == len(CLAIMS) and all(
-        set(c) >= {"claim", "finding", "reproduced", "rule", "numbers", "spread"} for c in claims)
-    assert {c["reproduced"] for c in claims} <= {True, False, None}
+    assert [c["claim"] for c in claims] == list(REGISTRY)
+    assert all(set(c) >= {"claim", "finding", "paper_ref", "outcome", "effect", "ci", "per_seed",
+                          "n_seeds", "n_units", "rule"} for c in claims)
+    assert {c["outcome"] for c in claims} <= {"reproduced", "contradicted", "inconclusive", None}
+    decided = [c for c in claims if c["outcome"] is not None]
+    assert len(decided) >= 8 and all(c["n_seeds"] == 2 and len(c["per_seed"]) == 2 and
+                                     c["ci"][0] <= c["effect"] <= c["ci"][1] for c in decided)
     assert "pretrain/OptimConfig.learning_rate = 0.003" in open(
         os.path.join(wd, "operative_config.gin")).read()
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
@@ -87,7 +92,7 @@ def test_hh_experiment_tiny_smoke(tmp_path):
     r = _run(wd, experiment="hh_rm", tiny="tiny_hh")
     assert r.returncode == 0, r.stderr[-3000:]
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {"pretrain", "sft", "rm"}
-    rows = read_jsonl(os.path.join(wd, "rm", "clean", "eval.jsonl"))
+    rows = read_jsonl(os.path.join(wd, "rm", "clean", "seed_0", "eval.jsonl"))
     assert [r["member"] for r in rows] == [0, 1] and all(0 <= r["test"] <= 1 for r in rows)
 
 
@@ -135,12 +140,13 @@ def test_readme_claims_block_is_generated_from_claims_json(tiny_demo, tmp_path):
     from warm_jax.report import README_BEGIN, README_END, claims_block, rewrite_readme
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nstale typed table\n{README_END}\noutro\n")
-    rewrite_readme(str(readme), claims_block(RunLayout(tiny_demo)))
+    from warm_jax.report import run_record
+    rewrite_readme(str(readme), claims_block(run_record(RunLayout(tiny_demo))))
     text = readme.read_text()
     claims = json.load(open(os.path.join(tiny_demo, "claims.json")))
     assert "stale typed table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    n_yes = sum(c["reproduced"] is True for c in claims)
-    assert f"{n_yes} of {len(claims)} reproduce" in text
+    n_yes = sum(c["outcome"] == "reproduced" for c in claims)
+    assert f"{n_yes} reproduced" in text and "chain seeds [0, 1]" in text
     assert all(f"| {c['claim']} — " in text for c in claims)
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no claims markers"):

@@ -26,6 +26,30 @@ def test_readme_benchmark_table_is_generated_from_bench_results(tmp_path):
     assert copy.read_text() == "head\n" + table.BEGIN + "\nnew\n" + table.END + "\ntail\n"
 
 
+def test_readme_claims_blocks_are_generated_from_recorded_runs():
+    """The claims table and the base-seed check come from bench/claims/*.json, which
+    bench.record_demo copies from fresh runs' claims.json."""
+    from bench import table
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    blocks = table.claims_blocks()
+    assert blocks and len(blocks) == 2, "record both base seeds: python -m bench.record_demo"
+    for (begin, end), want in blocks.items():
+        assert _block(readme, begin, end) == want, (
+            "README's claims blocks disagree with bench/claims/: run "
+            "python -m bench.table --readme README.md")
+
+
+def test_base_seed_check_names_a_flip():
+    from warm_jax.report import base_seed_block
+    c = lambda o, e: {"claim": "x", "outcome": o, "effect": e}  # noqa: E731
+    ok = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
+                          {"base_seed": 1, "claims": [c("inconclusive", 0.02)]}])
+    assert "none goes from reproduced to contradicted" in ok and "0 of 1 claims" in ok
+    bad = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
+                           {"base_seed": 1, "claims": [c("contradicted", -0.1)]}])
+    assert "**x go from reproduced to contradicted**" in bad
+
+
 def test_goals_are_judged_by_their_direction():
     from bench import table
     rows = [("a", "x", (">=", 1.0)), ("b", "y", ("<=", 1.5)), ("c", "z", None)]

@@ -125,13 +125,13 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     from warm_jax.rm.stage import train_reward_models
     wd, task, cfg = toy_init
     train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="rl", num_steps=20,
-                        batch_size=16, probe_steps=10, population_impl="map",
+                        batch_size=16, probe_steps=10, population_impl="map", seeds=(0, 1),
                         diversity=DiversityConfig(num_members=2))
     average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="rl", m_values=(1, 2),
-                          greedy=False, lmc_pairs={}, max_eval_pairs=200)
+                          greedy=False, lmc_pairs={}, max_eval_pairs=200, seeds=(0, 1))
     kw = dict(task=task, model_cfg=cfg, rm_name="rl", methods=("single", "ens"),
-              alphas=(0.01, 0.1), seeds=(0,), rl=RLConfig(batch_size=16), num_steps=20, chunk=10,
-              log_every=5, eval_prompts=32, ensemble_impl="map")
+              alphas=(0.01, 0.1), seeds=(0, 1), rl=RLConfig(batch_size=16), num_steps=20,
+              chunk=10, log_every=5, eval_prompts=32, ensemble_impl="map")
     a = train_policies(workdir=wd, **kw)
     # a second work dir whose run gets SIGTERM during its first chunk: it saves after that chunk,
     # stops, and the rerun resumes from there
@@ -151,13 +151,26 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     for m in ("single", "ens"):
         fa = read_jsonl(os.path.join(a, m, "final.jsonl"))
         fb = read_jsonl(os.path.join(b, m, "final.jsonl"))
-        assert [r["run_alpha"] for r in fa] == [0.01, 0.1]
+        assert [(r["run_alpha"], r["seed"]) for r in fa] == [(0.01, 0), (0.01, 1), (0.1, 0), (0.1, 1)]
         assert fa == fb, "resumed runs must end exactly where uninterrupted ones do"
+        assert read_jsonl(os.path.join(a, m, "eval.jsonl")) == \
+            read_jsonl(os.path.join(b, m, "eval.jsonl"))
+        # each run is normalised against its own chain seed's reward models
+        assert fa[0]["reward_shift"] == fa[2]["reward_shift"] != fa[1]["reward_shift"]
         rows = read_jsonl(os.path.join(a, m, "train.jsonl"))
         assert {r["run_alpha"] for r in rows} == {0.01, 0.1}
-        assert [r["step"] for r in rows if r["run_alpha"] == 0.1] == [5, 10, 15, 20]
+        assert [r["step"] for r in rows if r["run_alpha"] == 0.1 and r["seed"] == 1] == [5, 10, 15, 20]
+        ev = read_jsonl(os.path.join(a, m, "eval.jsonl"))   # held out: steps 0, 10, 20 per run
+        assert [r["step"] for r in ev if r["run_alpha"] == 0.1 and r["seed"] == 0] == [0, 10, 20]
+        assert all(np.mean(r["gold_per_prompt"]) == pytest.approx(r["control_reward"], abs=1e-4)
+                   for r in ev)
+        assert {r["kl"] for r in ev if r["step"] == 0} == {0.0}, "step 0 is the SFT policy"
         assert all(np.isfinite(r["control_reward"]) for r in rows)
     out = best_of_n(workdir=wd, task=task, model_cfg=cfg, rm_name="rl", methods=("single",),
-                    n_prompts=16, N=8)
+                    n_prompts=16, N=8, seeds=(0, 1))
     rows = read_jsonl(out)
-    assert [r["n"] for r in rows] == [1, 2, 4, 8] and rows[0]["gold_gain"] == pytest.approx(0.0, abs=1e-5)
+    curve = [r for r in rows if "n" in r and r["seed"] == 1]
+    assert [r["n"] for r in curve] == [1, 2, 4, 8]
+    assert curve[0]["gold_gain"] == pytest.approx(0.0, abs=1e-5)
+    auc = [r for r in rows if r.get("analysis") == "auc"]
+    assert [(r["seed"], len(r["values"])) for r in auc] == [(0, 16), (1, 16)]

@@ -52,8 +52,8 @@ DIV = DiversityConfig(num_members=3, learning_rates=(1e-3, 3e-3), dropouts=(0.0,
                       baklava_steps=(100, 150, 200))
 
 
-def load_member(rm_dir, m):
-    return restore_params(os.path.join(rm_dir, "members", f"member_{m}"))
+def load_member(rm_dir, m, seed=0):
+    return restore_params(os.path.join(rm_dir, f"seed_{seed}", "members", f"member_{m}"))
 
 
 def _train(wd, task, cfg, **kw):
@@ -79,12 +79,12 @@ def test_population_member_equals_separate_run_and_every_rm_beats_chance(toy_ini
         assert meta_a["spec"] == meta_b["spec"] and meta_a["base_fingerprint"]
     a0, a1 = load_member(pop, 0)[0], load_member(pop, 1)[0]
     assert not np.allclose(a0["reward_head"]["kernel"], a1["reward_head"]["kernel"]), "members identical"
-    rows = read_jsonl(os.path.join(pop, "eval.jsonl"))
+    rows = read_jsonl(os.path.join(pop, "seed_0", "eval.jsonl"))
     assert [r["member"] for r in rows] == [0, 1, 2]
     for r in rows:
         assert r["validation"] > 0.58, r  # chance is 0.5; the labels' ceiling is ~0.72
     # the shared linear probe kept the SFT body and trained the head
-    probe = restore_params(os.path.join(pop, "linear_probe"))[0]
+    probe = restore_params(os.path.join(pop, "seed_0", "linear_probe"))[0]
     sft_final = restore_params(os.path.join(wd, "sft", "checkpoints"))[0]
     for k, v in flatten(probe["body"]).items():
         np.testing.assert_array_equal(v, flatten(sft_final["body"])[k])
@@ -114,16 +114,39 @@ def test_preempted_and_resumed_is_bit_identical(toy_init, monkeypatch, mode):
         signal.signal(signal.SIGTERM, old)
         layout._preempt.clear()
     part = os.path.join(wd, "rm", f"part_{mode}")
-    sub = "population" if mode == "population" else "member_1"
-    assert Checkpointer(os.path.join(part, "train", sub, "checkpoints")).latest_step() == 23
-    assert not os.path.exists(os.path.join(part, "members"))
+    run = os.path.join(part, "train", "population") if mode == "population" else \
+        os.path.join(part, "seed_0", "train", "member_1")
+    assert Checkpointer(os.path.join(run, "checkpoints")).latest_step() == 23
+    assert not os.path.exists(os.path.join(part, "seed_0", "members"))
     monkeypatch.undo()
     resumed = _train(wd, task, cfg, name=f"part_{mode}", mode=mode, members=[1])
     a, b = load_member(full, 1)[0], load_member(resumed, 1)[0]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    rows = read_jsonl(os.path.join(part, "train", sub, "train.jsonl"))
+    rows = read_jsonl(os.path.join(run, "train.jsonl"))
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}), "duplicated rows"
+
+
+def test_chain_seeds_are_one_population_and_each_equals_its_own_run(toy_init):
+    """Seeds are an axis of the population: 2 seeds x 2 members train as one program, and the
+    member of chain seed 1 equals that member trained alone (separate mode). Chain seed 1 draws
+    its own training labels over the same pairs; the evaluation splits are shared."""
+    wd, task, cfg = toy_init
+    div = DiversityConfig(num_members=2, learning_rates=(1e-3,), baklava_steps=(200,))
+    both = _train(wd, task, cfg, name="seeds", diversity=div, seeds=(0, 1), num_steps=20)
+    alone = _train(wd, task, cfg, name="seed1", diversity=div, seeds=(1,), num_steps=20,
+                   mode="separate", members=[1])
+    a, b = load_member(both, 1, seed=1)[0], load_member(alone, 1, seed=1)[0]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-4), a, b)
+    assert not np.allclose(load_member(both, 1, seed=0)[0]["reward_head"]["kernel"],
+                           a["reward_head"]["kernel"]), "chain seeds trained the same member"
+    t0, t1 = task.for_seed(0).preference_split("train"), task.for_seed(1).preference_split("train")
+    same_pairs = {tuple(r) for r in np.concatenate([t0["chosen"], t0["rejected"]], 1)}
+    swapped = sum(tuple(r) not in same_pairs for r in np.concatenate([t1["chosen"], t1["rejected"]], 1))
+    assert 0.1 * len(t1["chosen"]) < swapped < 0.6 * len(t1["chosen"]), swapped  # fresh label draw
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(task.for_seed(0).preference_split(split)["chosen"],
+                                      task.for_seed(1).preference_split(split)["chosen"])
 
 
 def test_changed_config_stops_the_stage_naming_the_field(toy_init):

@@ -3,9 +3,11 @@ written into it.
 
 One `RunLayout(workdir)` names every output (stages meet only through these files):
   pretrain/  sft/                       checkpoints + train.jsonl (sft also eval.jsonl)
-  rm/<name>/linear_probe/  train/<population|member_i>/  members/member_<i>/  averages/<method>/
-  rm/<name>/eval.jsonl  analysis.jsonl
-  rl/<rm>/bon.jsonl  rl/<rm>/<method>/{checkpoints, train.jsonl, final.jsonl, eval_samples.npz}
+  rm/<name>/train/population/           the S x M members of every chain seed, one program
+  rm/<name>/seed_<s>/linear_probe/  train/member_<i>/  members/member_<i>/  averages/<method>/
+  rm/<name>/seed_<s>/eval.jsonl  analysis.jsonl          (chain seed s: `chain(name, s)`)
+  rl/<rm>/bon.jsonl (rows tagged by seed)
+  rl/<rm>/<method>/{checkpoints, train.jsonl, eval.jsonl, final.jsonl, eval_samples.npz}
   config.gin  operative_config.gin  run_info.json  timings.json  report.md  claims.json  figures/
 
 Files that are not orbax checkpoints are written whole or not at all (temporary file, fsync,
@@ -315,6 +317,28 @@ class RewardSpec:
     def average(self) -> str | None:
         """The averaged checkpoint it reads (`single` is the best member: the top-1 average)."""
         return None if self.is_ensemble else ("warm_M1" if self.kind == "single" else str(self))
+
+
+# --- chain seeds ----------------------------------------------------------------------------------
+# A run's seeds are an axis of its programs: chain seed s has its own training-label draw, RM
+# population, averages, best-of-N samples and RL runs, under `rm/<name>/seed_<s>/` and in rows
+# tagged `seed`. Pretraining and SFT are shared by every chain seed.
+
+def chain(name: str, seed: int) -> str:
+    """The reward-model name of chain seed `seed` of `name` (a subdirectory of rm/<name>)."""
+    return f"{name}/seed_{int(seed)}"
+
+
+def chain_seed(base: int, seed: int) -> int:
+    """The random seed a chain uses where the run used `base` (chain seed 0 keeps `base`)."""
+    return int(base) + 10_007 * int(seed)
+
+
+def check_seeds(where: str, seeds) -> tuple[int, ...]:
+    out = tuple(int(s) for s in seeds)
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise ValueError(f"{where}: seeds={tuple(seeds)!r}: need distinct integers >= 0, at least one")
+    return out
 
 
 # --- the layout ------------------------------------------------------------------------------------

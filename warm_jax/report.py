@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from warm_jax.eval.claims import compute_claims, load  # noqa: E402
-from warm_jax.eval.metrics import gao_curve, gao_fit, pareto_front, win_rate  # noqa: E402
+from warm_jax.eval.metrics import gao_curve, gao_fit, win_rate  # noqa: E402
 from warm_jax.layout import RunLayout, atomic_write, read_json, write_json  # noqa: E402
 from warm_jax.layout import atomic_write as write_text  # noqa: E402
 
@@ -31,124 +31,126 @@ def _save(fig, path):
     return os.path.basename(path)
 
 
-def fig_lmc(rows, path):
-    rows = [r for r in rows if r["analysis"] == "lmc" and r["split"] == "test"]
+def _seeds(by_seed):
+    return sorted(by_seed)
+
+
+def fig_lmc(by_seed, path):
+    rows = [r for s in _seeds(by_seed) for r in by_seed[s]
+            if r["analysis"] == "lmc" and r["split"] == "test"]
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     if not pairs:
         return None
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3), squeeze=False)
     for ax, p in zip(axes[0], pairs):
-        pr = sorted((r for r in rows if r["pair"] == p), key=lambda r: r["lambda"])
-        lam = [r["lambda"] for r in pr]
-        for key, style in (("wa", "-o"), ("ens", "--s"), ("diag", ":")):
-            ax.plot(lam, [r[key] for r in pr], style, ms=3, label=key.upper() if key != "diag" else "diag")
+        for i, s in enumerate(_seeds(by_seed)):   # one thin line per chain seed
+            pr = sorted((r for r in by_seed[s] if r["analysis"] == "lmc" and r["split"] == "test"
+                         and r["pair"] == p), key=lambda r: r["lambda"])
+            lam = [r["lambda"] for r in pr]
+            for key, style, c in (("wa", "-o", "tab:blue"), ("ens", "--s", "tab:orange"),
+                                  ("diag", ":", "gray")):
+                ax.plot(lam, [r[key] for r in pr], style, ms=2, lw=0.9, color=c, alpha=0.8,
+                        label=(key.upper() if key != "diag" else "diag") if i == 0 else None)
         ax.set_title(p.replace("_", " "))
         ax.set_xlabel("λ")
-    axes[0][0].set_ylabel("OOD test accuracy")
+    axes[0][0].set_ylabel("OOD test accuracy (one line per seed)")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
 
-def fig_corruption(rows, path):
-    rows_c = [r for r in rows if r["analysis"] == "corruption"]
-    if not rows_c:
+def _acc(rows, prefix, split):
+    return next((r["acc"] for r in rows if r["analysis"] == "corruption"
+                 and r["model"].startswith(prefix) and r["split"] == split), np.nan)
+
+
+def fig_corruption(by_seed, path):
+    seeds = [s for s in _seeds(by_seed) if any(r["analysis"] == "corruption" for r in by_seed[s])]
+    if not seeds:
         return None
-    splits = list(dict.fromkeys(r["split"] for r in rows_c))
+    splits = list(dict.fromkeys(r["split"] for r in by_seed[seeds[0]]
+                                if r["analysis"] == "corruption"))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     x = np.arange(len(splits))
-    mem = [[r["acc"] for r in rows_c if r["model"].startswith("member") and r["split"] == s]
-           for s in splits]
-    ax.bar(x - 0.25, [np.mean(m) for m in mem], 0.25, yerr=[np.std(m) for m in mem],
-           label="members (mean ± std)", color="lightgray")
-    for off, prefix, c in ((0.0, "wa_M", "tab:blue"), (0.25, "ens_M", "tab:orange")):
-        ax.bar(x + off, [next(r["acc"] for r in rows_c if r["model"].startswith(prefix)
-                              and r["split"] == s) for s in splits], 0.25,
-               label=prefix.rstrip("_M").upper(), color=c)
+    for off, prefix, c in ((-0.2, "wa_M", "tab:blue"), (0.2, "ens_M", "tab:orange")):
+        acc = np.array([[_acc(by_seed[s], prefix, sp) for sp in splits] for s in seeds])
+        ax.bar(x + off, acc.mean(0), 0.4, color=c, alpha=0.6,
+               label=prefix.rstrip("_M").upper() + " (mean; dots: seeds)")
+        for row in acc:
+            ax.plot(x + off, row, "k.", ms=3)
     ax.set_xticks(x, splits, rotation=20, fontsize=8)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize=7)
-    pairs = [r for r in rows if r["analysis"] == "corruption_pair"]
-    for s in ("train_corrupt", "validation", "test"):
-        v = [r["wa_minus_ens"] for r in pairs if r["split"] == s]
-        if v:
-            ax2.hist(v, bins=10, alpha=0.5, label=s)
-    ax2.axvline(0, color="k", lw=0.8)
-    ax2.set_xlabel("WA − ENS accuracy, per pair of members")
-    ax2.legend(fontsize=7)
+    for i, sp in enumerate(splits):   # the paired statistic the claims are decided on
+        d = [np.mean(r["values"]) for s in seeds for r in by_seed[s]
+             if r["analysis"] == "units" and r["split"] == sp]
+        ax2.plot([i] * len(d), d, "o", ms=4, color="tab:blue")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_xticks(x, splits, rotation=20, fontsize=8)
+    ax2.set_ylabel("WA − ENS accuracy (one dot per seed)")
     return _save(fig, path)
 
 
-def fig_acc_vs_m(rows, path):
-    rows = [r for r in rows if r["analysis"] == "acc_vs_m" and r["split"] == "test"]
+def fig_acc_vs_m(by_seed, path):
+    rows = [(s, r) for s in _seeds(by_seed) for r in by_seed[s]
+            if r["analysis"] == "acc_vs_m" and r["split"] == "test" and r["order"] == "ranked"]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for order in dict.fromkeys(r["order"] for r in rows):
-        pr = sorted((r for r in rows if r["order"] == order), key=lambda r: r["m"])
-        ls = "-" if order == "ranked" else ":"
-        ax.plot([r["m"] for r in pr], [r["wa"] for r in pr], ls, color="tab:blue",
-                label=f"WA {order}" if order in ("ranked", "random_0") else None)
-        ax.plot([r["m"] for r in pr], [r["ens"] for r in pr], ls, color="tab:orange",
-                label=f"ENS {order}" if order in ("ranked", "random_0") else None)
-    ax.set_xlabel("M")
+    for i, s in enumerate(_seeds(by_seed)):
+        pr = sorted((r for t, r in rows if t == s), key=lambda r: r["m"])
+        for key, c in (("wa", "tab:blue"), ("ens", "tab:orange")):
+            ax.plot([r["m"] for r in pr], [r[key] for r in pr], "-", lw=0.9, color=c,
+                    label=key.upper() if i == 0 else None)
+    ax.set_xlabel("M (best members first; one line per seed)")
     ax.set_ylabel("OOD test accuracy")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
+def _bon_curves(bon):
+    """{method: {seed: (kl_bon, gold_gain)}} from the curve rows."""
+    out = collections.defaultdict(dict)
+    for m in dict.fromkeys(r["method"] for r in bon if "n" in r):
+        for s in sorted({r["seed"] for r in bon if r["method"] == m and "n" in r}):
+            pr = sorted((r for r in bon if r["method"] == m and r.get("seed") == s and "n" in r),
+                        key=lambda r: r["n"])
+            out[m][s] = (np.array([r["kl_bon"] for r in pr]), np.array([r["gold_gain"] for r in pr]))
+    return out
+
+
 def fig_bon(bon, path):
-    if not bon:
+    curves = _bon_curves(bon)
+    if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for m in dict.fromkeys(r["method"] for r in bon):
-        pr = [r for r in bon if r["method"] == m]
-        ax.plot([r["kl_bon"] for r in pr], [r["gold_gain"] for r in pr], "-o", ms=3, label=m,
-                color=COLORS.get(m))
+    for m, by_seed in curves.items():
+        for i, (kl, y) in enumerate(by_seed.values()):
+            ax.plot(kl, y, "-", lw=0.8, alpha=0.7, color=COLORS.get(m), label=m if i == 0 else None)
     ax.set_xlabel("KL_bon = log n − (n−1)/n")
-    ax.set_ylabel("control reward gain")
+    ax.set_ylabel("control reward gain (one line per seed)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def _grouped(train):
-    """{alpha: {method: (steps, mean control, std control, mean kl)}} over seeds."""
-    out = collections.defaultdict(dict)
-    for m, rows in train.items():
-        by = collections.defaultdict(lambda: collections.defaultdict(list))
-        for r in rows:
-            by[r["run_alpha"]][r["step"]].append((r["control_reward"], r["kl"]))
-        for a, steps in by.items():
-            s = sorted(steps)
-            out[a][m] = (s, [np.mean([x[0] for x in steps[k]]) for k in s],
-                         [np.std([x[0] for x in steps[k]]) for k in s],
-                         [np.mean([x[1] for x in steps[k]]) for k in s])
-    return out
-
-
-def fig_rl(train, path, x_key):
-    g = _grouped(train)
-    if not g:
+def fig_rl(evals, path, x_key):
+    """Held-out evaluations: control reward against step or KL, one thin line per seed."""
+    alphas = sorted({r["run_alpha"] for rows in evals.values() for r in rows})
+    if not alphas:
         return None
-    alphas = sorted(g)
     fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas), 3.2), squeeze=False)
     for ax, a in zip(axes[0], alphas):
-        for m, (steps, mean, std, kl) in g[a].items():
-            x = steps if x_key == "step" else kl
-            ax.plot(x, mean, "-", lw=1.2, label=m, color=COLORS.get(m))
-            if x_key == "step":
-                ax.fill_between(x, np.subtract(mean, std), np.add(mean, std), alpha=0.15,
-                                color=COLORS.get(m))
-        if x_key == "kl":  # the front over every logged point of every seed
-            for m, rows in train.items():
-                pts = [(r["kl"], r["control_reward"]) for r in rows if r["run_alpha"] == a]
-                if pts:
-                    f = pareto_front(*zip(*pts))
-                    ax.plot([pts[i][0] for i in f], [pts[i][1] for i in f], "--", lw=0.8,
-                            color=COLORS.get(m))
+        for m, rows in evals.items():
+            seeds = sorted({r["seed"] for r in rows if r["run_alpha"] == a})
+            for i, s in enumerate(seeds):
+                pr = sorted((r for r in rows if r["run_alpha"] == a and r["seed"] == s),
+                            key=lambda r: r["step"])
+                ax.plot([r[x_key] for r in pr], [r["control_reward"] for r in pr], "-", lw=0.9,
+                        marker="." if x_key == "kl" else None, color=COLORS.get(m),
+                        label=m if i == 0 else None)
         ax.set_title(f"α = {a}")
-        ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT)")
-    axes[0][0].set_ylabel("control (gold) reward")
+        ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT), held-out prompts")
+    axes[0][0].set_ylabel("held-out control reward")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
@@ -182,20 +184,19 @@ def fig_winrates(names, mat, path):
             ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_title("win rate of row vs column", fontsize=9)
+    ax.set_title("final policies: win rate of row vs column\n(gold, all seeds pooled)", fontsize=9)
     return _save(fig, path)
 
 
-def fig_gao(d, path):
-    bon = d["bon"]
-    if not bon:
+def fig_gao(bon, path):
+    curves = _bon_curves(bon)
+    if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for m in dict.fromkeys(r["method"] for r in bon):
-        pr = [r for r in bon if r["method"] == m]
-        kl = np.array([r["kl_bon"] for r in pr])
-        y = np.array([r["gold_gain"] for r in pr])
-        ax.plot(np.sqrt(kl), y, "o", ms=3, color=COLORS.get(m), label=m)
+    for m, by_seed in curves.items():
+        kl = np.concatenate([c[0] for c in by_seed.values()])
+        y = np.concatenate([c[1] for c in by_seed.values()])
+        ax.plot(np.sqrt(kl), y, "o", ms=2, color=COLORS.get(m), label=m)
         try:
             fit = gao_fit(kl, y, "bon")
             dd = np.linspace(0, np.sqrt(kl.max()), 50)
@@ -203,7 +204,7 @@ def fig_gao(d, path):
         except ValueError:
             pass
     ax.set_xlabel("d = √KL_bon")
-    ax.set_ylabel("control reward gain")
+    ax.set_ylabel("control reward gain (every seed)")
     ax.set_title("best-of-N with fits d(α − βd)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -217,44 +218,42 @@ def _fmt(v):
     return str(v)
 
 
+def _ci(c) -> str:
+    return "–" if c["ci"] is None else f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+
+def _effect(c) -> str:
+    return "–" if c["effect"] is None else f"{c['effect']:+.3f}"
+
+
+def _per_seed(c) -> str:
+    return ", ".join(f"{v:+.3f}" for v in c["per_seed"]) or "–"
+
+
+OUTCOME_MARK = {"reproduced": "**reproduced**", "contradicted": "**contradicted**",
+                "inconclusive": "inconclusive", None: "n/a"}
+
+
 def diagnostics(claims: list[dict]) -> list[str]:
-    """For each claim that did not reproduce, what the run's own numbers say about why."""
+    """For each decided claim that did not reproduce, the statistics of its own decision: the
+    spread of the seed means against the evaluation noise within a seed, and the seeds that
+    would resolve it at the measured effect and spread."""
     out = []
     for c in claims:
-        if c["reproduced"] is not False:
+        if c["outcome"] not in ("inconclusive", "contradicted"):
             continue
-        n = c["numbers"]
-        if c["claim"] == "lmc_above_diag":
-            gaps, se = n["wa_minus_diag_by_pair"], n.get("accuracy_se_test")
-            msg = f"WA − diag per pair {_fmt(gaps)}; one accuracy's standard error is {_fmt(se)}. "
-            if se is not None and all(abs(g) < 2 * se for g in gaps.values()):
-                msg += ("Every gap is within two standard errors of zero: the interpolation path "
-                        "is flat, neither the convex bulge of the paper nor a barrier — the toy "
-                        "members (short fine-tunings of one linear probe) differ too little for "
-                        "averaging to add much.")
-            elif se is not None:
-                msg += "Some gap exceeds two standard errors: see the LMC figure."
-        elif c["claim"] == "wa_ood_at_least_ens":
-            parts, within = [], True
-            for k, v in n.items():
-                parts.append(f"{k}: WA {_fmt(v['wa'])} vs ENS {_fmt(v['ens'])} "
-                             f"(SE {_fmt(v['accuracy_se'])})")
-                within &= v["accuracy_se"] is not None and abs(v["wa"] - v["ens"]) < 2 * v["accuracy_se"]
-            msg = "; ".join(parts) + (". Each difference is within two standard errors: this run "
-                                      "cannot tell WA from ENS out of distribution." if within else ".")
-        elif c["claim"] == "bon_ordering":
-            msg = (f"Gains at N={n['n']}: {_fmt(n['gold_gain'])}; each method's best n: "
-                   f"{_fmt(n['peak'])}. At the largest N every reward is past its peak, so the "
-                   "ordering there measures how fast each reward is hacked; the best-n gains are "
-                   "close together (128 prompts: noise of a few hundredths).")
-        elif c["claim"] == "warm_vs_wco_uwo":
-            msg = (f"Best-of-N gains at the largest N: {_fmt(n)} — every reward is past its peak "
-                   "there; compare the curves in the best-of-N figure.")
-        else:
-            msg = f"numbers: {_fmt(n)}"
-        out.append(f"- **{c['claim']}** — {msg}")
+        v = c["variance"] or {}
+        msg = (f"effect {_effect(c)}, CI {_ci(c)} over {c['n_seeds']} seeds (per seed "
+               f"{_per_seed(c)}); sd of the seed means {_fmt(v.get('sd_seed_means'))}")
+        if v.get("se_within_seed") is not None:
+            msg += f", evaluation noise within a seed {_fmt(v.get('se_within_seed'))}"
+        if c["outcome"] == "inconclusive":
+            need = c.get("seeds_needed")
+            msg += (f"; about {need} seeds would decide it at this effect and spread"
+                    if need else "; more seeds would not decide it at this effect")
+        out.append(f"- **{c['claim']}** ({c['outcome']}) — {msg}.")
     if out:
-        out = ["## Why some claims did not reproduce (from this run's numbers)", ""] + out + [""]
+        out = ["## Claims not reproduced: what their decisions measured", ""] + out + [""]
     return out
 
 
@@ -280,10 +279,11 @@ def _write_report(layout: RunLayout) -> dict:
         "Accuracy against M (corrupted labels)": fig_acc_vs_m(d["analysis"]["corrupt"],
                                                               f"{figdir}/acc_vs_m.png"),
         "Best-of-N": fig_bon(d["bon"], f"{figdir}/bon.png"),
-        "Gao et al. fits (best-of-N)": fig_gao(d, f"{figdir}/gao.png"),
-        "RL: control reward against steps": fig_rl(d["train"], f"{figdir}/rl_steps.png", "step"),
-        "RL: control reward against KL (Pareto fronts dashed)": fig_rl(
-            d["train"], f"{figdir}/pareto.png", "kl"),
+        "Gao et al. fits (best-of-N)": fig_gao(d["bon"], f"{figdir}/gao.png"),
+        "RL: held-out control reward against steps": fig_rl(d["eval"], f"{figdir}/rl_steps.png",
+                                                            "step"),
+        "RL: held-out control reward against KL to the SFT policy": fig_rl(
+            d["eval"], f"{figdir}/pareto.png", "kl"),
         "Win rates (oracle judge)": fig_winrates(names, mat, f"{figdir}/winrates.png"),
     }
     timings = read_json(layout.timings, {})
@@ -292,12 +292,18 @@ def _write_report(layout: RunLayout) -> dict:
     if info is not None:
         lines += [f"Produced by: `{info.get('command', '?')}` ({info.get('mode', '?')}); "
                   f"stage wall time {sum(timings.values()):.0f} s.", ""]
-    lines += ["## Claims", "", "| claim | reproduced | numbers | rule |", "|---|---|---|---|"]
+    seeds = sorted({s for c in claims for s in c["extra"].get("seeds", [])})
+    lines += [f"Chain seeds {seeds}: each has its own training-label draw, reward models, "
+              "averages, best-of-N samples and RL runs. Pretraining and SFT are shared by every "
+              "chain seed: their variance is not in these intervals (the README's base-seed "
+              "check covers it).", ""]
+    lines += ["## Claims", "", "| claim | paper | outcome | effect | 95% CI | per seed | unit | "
+              "rule |", "|---|---|---|---|---|---|---|---|"]
     for c in claims:
-        mark = {True: "**yes**", False: "**no**", None: "n/a"}[c["reproduced"]]
-        lines.append(f"| {c['claim']}: {c['finding']} | {mark} | {_fmt(c['numbers'])[:400]} | "
-                     f"{c['rule']} |")
-    lines += ["", "Spread across seeds and pairs is in `claims.json` (`spread`).", ""]
+        lines.append(f"| {c['claim']}: {c['finding']} | {c['paper_ref']} | "
+                     f"{OUTCOME_MARK[c['outcome']]} | {_effect(c)} | {_ci(c)} | {_per_seed(c)} | "
+                     f"{c['unit']} ({c['n_units']}) | {c['statistic']}; {c['rule']} |")
+    lines += ["", "Every statistic, interval and per-seed value is in `claims.json`.", ""]
     lines += diagnostics(claims)
     for title, fig in figs.items():
         if fig:
@@ -331,21 +337,69 @@ README_BEGIN = "<!-- claims:begin (generated by python -m warm_jax.report WORKDI
 README_END = "<!-- claims:end -->"
 
 
-def claims_block(layout: RunLayout) -> str:
-    """The README's claims table, from a run's claims.json, run_info.json and timings.json."""
+BASE_BEGIN = "<!-- base-seeds:begin (generated by python -m bench.table --readme README.md) -->"
+BASE_END = "<!-- base-seeds:end -->"
+
+
+def run_record(layout: RunLayout) -> dict:
+    """What the README's claims blocks need from a finished run: its claims, mode, base seed
+    (the `SEED` macro of its config.gin) and stage wall time."""
     claims = read_json(layout.claims)
     if claims is None:
         raise FileNotFoundError(f"{layout.claims} does not exist: run the report first")
     info = read_json(layout.run_info, {})
-    wall = sum(read_json(layout.timings, {}).values())
-    n_yes = sum(c["reproduced"] is True for c in claims)
-    n_no = sum(c["reproduced"] is False for c in claims)
-    lines = [f"Claims of a fresh run ({info.get('mode', '?')}; stages {wall:.0f} s), from its "
-             "`claims.json`:", "", "| claim | reproduced | numbers |", "|---|---|---|"]
+    seed = None
+    if os.path.exists(layout.config_gin):
+        for line in open(layout.config_gin, encoding="utf-8"):
+            if line.startswith("SEED = "):
+                seed = int(line.split("=", 1)[1])
+    return {"mode": info.get("mode", "?"), "command": info.get("command"), "base_seed": seed,
+            "stages_s": round(sum(read_json(layout.timings, {}).values()), 1), "claims": claims}
+
+
+def _chain_seeds(claims) -> list:
+    return sorted({s for c in claims for s in c["extra"].get("seeds", [])})
+
+
+def claims_block(record: dict) -> str:
+    """The README's claims table, from a run record (`run_record`)."""
+    claims = record["claims"]
+    count = collections.Counter(c["outcome"] for c in claims)
+    decided = [c for c in claims if c["kind"] != "descriptive"]
+    lines = [f"Claims of a fresh run ({record['mode']}; base seed {record['base_seed']}, chain "
+             f"seeds {_chain_seeds(claims)}; stages {record['stages_s']:.0f} s), from its "
+             "`claims.json`:", "",
+             "| claim | paper | outcome | effect | 95% CI | per seed | unit |",
+             "|---|---|---|---|---|---|---|"]
     for c in claims:
-        mark = {True: "yes", False: "**no**", None: "n/a"}[c["reproduced"]]
-        lines.append(f"| {c['claim']} — {c['finding']} | {mark} | {_fmt(c['numbers'])[:300]} |")
-    lines += ["", f"{n_yes} of {len(claims)} reproduce, {n_no} do not, on one seed."]
+        lines.append(f"| {c['claim']} — {c['finding']} | {c['paper_ref']} | "
+                     f"{OUTCOME_MARK[c['outcome']]} | {_effect(c)} | {_ci(c)} | {_per_seed(c)} | "
+                     f"{c['unit']} |")
+    missing = count[None] - (len(claims) - len(decided))
+    lines += ["", f"Of {len(decided)} decided claims: {count['reproduced']} reproduced, "
+              f"{count['contradicted']} contradicted, {count['inconclusive']} inconclusive"
+              + (f", {missing} without inputs" if missing else "") + "."]
+    return "\n".join(lines)
+
+
+def base_seed_block(records: list[dict]) -> str:
+    """Outcomes of the same claims over two (or more) base seeds, and the check that no claim
+    goes from reproduced to contradicted between them."""
+    ids = [c["claim"] for c in records[0]["claims"]]
+    by = [{c["claim"]: c for c in r["claims"]} for r in records]
+    head = " | ".join(f"base seed {r['base_seed']}" for r in records)
+    lines = [f"| claim | {head} |", "|---" * (len(records) + 1) + "|"]
+    flips = []
+    for i in ids:
+        cells = [(f"{b[i]['outcome'] or 'n/a'} ({_effect(b[i])})" if i in b else "–") for b in by]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+        outs = {b[i]["outcome"] for b in by if i in b}
+        if {"reproduced", "contradicted"} <= outs:
+            flips.append(i)
+    same = sum(len({b[i]["outcome"] for b in by if i in b}) == 1 for i in ids)
+    lines += ["", f"{same} of {len(ids)} claims have the same outcome on every base seed; "
+              + (f"**{', '.join(flips)} go from reproduced to contradicted**." if flips else
+                 "none goes from reproduced to contradicted.")]
     return "\n".join(lines)
 
 
@@ -377,10 +431,10 @@ def main(argv=None):
         return 2
     out = write_report(args.workdir)
     for c in out["claims"]:
-        print(f"{c['claim']:28s} {c['reproduced']}")
+        print(f"{c['claim']:28s} {c['outcome']}")
     print(f"wrote {args.workdir}/report.md, claims.json and {len(out['figures'])} figures")
     if args.readme:
-        rewrite_readme(args.readme, claims_block(RunLayout(args.workdir)))
+        rewrite_readme(args.readme, claims_block(run_record(RunLayout(args.workdir))))
         print(f"rewrote the claims block of {args.readme}")
     return 0
 

@@ -56,32 +56,68 @@ def ensemble_scores(member_scores: Sequence[Scores], weights: Sequence[float]) -
             for s in member_scores[0]}
 
 
+def correct(scores: Scores, subsets: Mapping[str, tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """Per evaluation pair: 1.0 where the reward ranks the labelled-chosen response higher."""
+    out = {}
+    for k, (split, mask) in subsets.items():
+        c = (np.asarray(scores[split][0]) > np.asarray(scores[split][1])).astype(np.float64)
+        out[k] = c[mask] if mask is not None else c
+    return out
+
+
+def units_row(analysis: str, split: str, values: np.ndarray, **extra) -> dict:
+    """One claim's paired unit-level differences (one per evaluation pair) as a JSONL row."""
+    return {"analysis": analysis, "split": split, **extra,
+            "values": [round(float(v), 4) for v in np.asarray(values)]}
+
+
 def lmc(params_a, params_b, scores_a: Scores, scores_b: Scores, score_fn: Callable[[Any], Scores],
         subsets, pair: str, n_lambdas: int = 11) -> list[dict]:
+    """Accuracy rows along λ, and per evaluation pair the mean over interior λ of WA − diag and of
+    WA − ENS (the `lmc_units` rows a claim is decided on). λ = 0 and 1 are the members."""
     acc_a, acc_b = accuracies(scores_a, subsets), accuracies(scores_b, subsets)
-    rows = []
+    c_a, c_b = correct(scores_a, subsets), correct(scores_b, subsets)
+    rows, minus_diag, minus_ens = [], [], []
     for lam in np.linspace(0.0, 1.0, n_lambdas):
-        wa = accuracies(score_fn(mix([params_a, params_b], [1 - lam, lam])), subsets)
-        ens = accuracies(ensemble_scores([scores_a, scores_b], [1 - lam, lam]), subsets)
+        wa_scores = scores_a if lam == 0 else scores_b if lam == 1 else \
+            score_fn(mix([params_a, params_b], [1 - lam, lam]))
+        ens_scores = ensemble_scores([scores_a, scores_b], [1 - lam, lam])
+        wa, ens = accuracies(wa_scores, subsets), accuracies(ens_scores, subsets)
+        if 0 < lam < 1:
+            c_wa, c_ens = correct(wa_scores, subsets), correct(ens_scores, subsets)
+            minus_diag.append({k: c_wa[k] - ((1 - lam) * c_a[k] + lam * c_b[k]) for k in subsets})
+            minus_ens.append({k: c_wa[k] - c_ens[k] for k in subsets})
         for k in subsets:
             rows.append({"analysis": "lmc", "pair": pair, "lambda": round(float(lam), 3),
                          "split": k, "wa": wa[k], "ens": ens[k],
                          "diag": (1 - lam) * acc_a[k] + lam * acc_b[k]})
+    for k in subsets:
+        if minus_diag:
+            rows.append(units_row("lmc_units", k, np.mean([d[k] for d in minus_diag], 0),
+                                  pair=pair, what="wa_minus_diag"))
+            rows.append(units_row("lmc_units", k, np.mean([d[k] for d in minus_ens], 0),
+                                  pair=pair, what="wa_minus_ens"))
     return rows
 
 
-def corruption(params: Sequence[Any], scores: Sequence[Scores], score_fn, subsets) -> list[dict]:
+def corruption(params: Sequence[Any], scores: Sequence[Scores], score_fn, subsets, *,
+               pairs: bool = True) -> list[dict]:
+    """Every member's, WA's and ENS's accuracy per subset; per evaluation pair WA − ENS
+    correctness at M (`units` rows); with `pairs`, WA vs ENS for every pair of members too."""
     M = len(params)
     rows = []
     for i in range(M):
         for k, v in accuracies(scores[i], subsets).items():
             rows.append({"analysis": "corruption", "model": f"member_{i}", "split": k, "acc": v})
     uniform = [1.0 / M] * M
-    for label, acc in (("wa", accuracies(score_fn(mix(params, uniform)), subsets)),
-                       ("ens", accuracies(ensemble_scores(scores, uniform), subsets))):
+    wa_scores, ens_scores = score_fn(mix(params, uniform)), ensemble_scores(scores, uniform)
+    for label, acc in (("wa", accuracies(wa_scores, subsets)),
+                       ("ens", accuracies(ens_scores, subsets))):
         for k, v in acc.items():
             rows.append({"analysis": "corruption", "model": f"{label}_M{M}", "split": k, "acc": v})
-    for i, j in itertools.combinations(range(M), 2):
+    c_wa, c_ens = correct(wa_scores, subsets), correct(ens_scores, subsets)
+    rows += [units_row("units", k, c_wa[k] - c_ens[k], what="wa_minus_ens", m=M) for k in subsets]
+    for i, j in (itertools.combinations(range(M), 2) if pairs else ()):
         wa = accuracies(score_fn(mix([params[i], params[j]], [0.5, 0.5])), subsets)
         ens = accuracies(ensemble_scores([scores[i], scores[j]], [0.5, 0.5]), subsets)
         for k in subsets:

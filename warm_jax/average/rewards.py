@@ -33,6 +33,11 @@ class RewardFunction:
     # 'vmap' batches members (accelerators); 'map' runs them in turn in one program (a CPU, where
     # batched matmuls are slower than M plain ones: bench ens_over_wa_scoring)
     ensemble_impl: str = flax.struct.field(pytree_node=False, default="vmap")
+    # per-member standardisation before aggregating (M,), e.g. on SFT samples (Coste et al.
+    # standardise each member before WCO / UWO: Bradley-Terry leaves each member's offset and
+    # scale arbitrary); None leaves raw rewards
+    member_shift: jax.Array = None
+    member_scale: jax.Array = None
 
     @property
     def num_members(self) -> int:
@@ -51,8 +56,10 @@ class RewardFunction:
     def __call__(self, prompt_BxP, prompt_mask_BxP, response_BxR, response_mask_BxR) -> jax.Array:
         tokens = jnp.concatenate([prompt_BxP, response_BxR], 1)
         mask = jnp.concatenate([prompt_mask_BxP, response_mask_BxR.astype(prompt_mask_BxP.dtype)], 1)
-        return (aggregate(self.member_rewards(tokens, mask), self.kind, self.uwo_lambda)
-                - self.shift) / self.scale
+        r_MxB = self.member_rewards(tokens, mask)
+        if self.member_shift is not None:
+            r_MxB = (r_MxB - self.member_shift[:, None]) / self.member_scale[:, None]
+        return (aggregate(r_MxB, self.kind, self.uwo_lambda) - self.shift) / self.scale
 
 
 def aggregate(r_MxB: jax.Array, kind: str, uwo_lambda: float = 1.0) -> jax.Array:
@@ -83,11 +90,35 @@ def make_reward_function(model_cfg: ModelConfig, params: Any | Sequence[Any], ki
                           name=name or kind, ensemble_impl=ensemble_impl)
 
 
+# one jitted caller each (module level: jit caches per function object, so a caller made inside a
+# function would compile again on every call)
+score_call = jax.jit(lambda f, *a: f(*a))
+member_call = jax.jit(lambda f, *a: f.member_rewards(
+    jnp.concatenate([a[0], a[2]], 1), jnp.concatenate([a[1], a[3].astype(a[1].dtype)], 1)))
+
+
+def standardised_members(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
+                         batch_size: int = 256) -> RewardFunction:
+    """Each member z-scored on given samples (e.g. the SFT policy's) before aggregation."""
+    if fn.kind == "single":
+        return fn
+    call = member_call
+    r_MxB = np.concatenate([np.asarray(call(fn, prompt[i:i + batch_size],
+                                            prompt_mask[i:i + batch_size],
+                                            response[i:i + batch_size],
+                                            response_mask[i:i + batch_size]))
+                            for i in range(0, len(prompt), batch_size)], 1)
+    if not np.isfinite(r_MxB).all():
+        raise FloatingPointError(f"member standardisation of {fn.name!r}: non-finite rewards")
+    return fn.replace(member_shift=jnp.asarray(r_MxB.mean(1), jnp.float32),
+                      member_scale=jnp.asarray(np.maximum(r_MxB.std(1), 1e-6), jnp.float32))
+
+
 def normalised(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
                batch_size: int = 256) -> RewardFunction:
     """z-normalise `fn` on given samples (e.g. the SFT policy's): zero mean, unit std there."""
     raw = fn.replace(shift=jnp.float32(0.0), scale=jnp.float32(1.0))
-    call = jax.jit(lambda f, *a: f(*a))
+    call = score_call
     r = np.concatenate([np.asarray(call(raw, prompt[i:i + batch_size],
                                         prompt_mask[i:i + batch_size],
                                         response[i:i + batch_size],
@@ -103,4 +134,5 @@ def normalised(fn: RewardFunction, prompt, prompt_mask, response, response_mask,
 def describe(fn: RewardFunction) -> dict:
     return {"name": fn.name, "kind": fn.kind, "members": fn.num_members,
             "uwo_lambda": fn.uwo_lambda if fn.kind == "uwo" else None,
+            "members_standardised": fn.member_shift is not None,
             "shift": float(fn.shift), "scale": float(fn.scale)}

@@ -16,21 +16,31 @@ import numpy as np
 from warm_jax.average import analysis as A
 from warm_jax.average.soup import average_checkpoints
 from warm_jax.checkpoint import Checkpointer, restore_params
-from warm_jax.layout import RunLayout, kill_point, write_jsonl
+from warm_jax.layout import RunLayout, chain, check_seeds, kill_point, write_jsonl
 from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.rm.loss import PAIR_KEYS, SPLITS, make_pair_scorer
+from warm_jax.rm.stage import seeded_task
 
 DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
 
 
-def member_params_at(layout: RunLayout, name: str, member: int, step: int) -> dict:
-    """A member's parameters at an intermediate training step (population or separate layout)."""
-    for sub, index in (("population", True), (f"member_{member}", False)):
-        d = layout.checkpoints(layout.rm_train(name, sub))
+def member_params_at(layout: RunLayout, name: str, member: int, step: int,
+                     population_of: str | None = None) -> dict:
+    """A member's parameters at an intermediate training step: from its own run, or from the
+    population of `population_of` (the run's name; chains of it are subdirectories)."""
+    candidates = [(layout.rm_train(name, f"member_{member}"), False)]
+    if population_of is not None:
+        candidates.insert(0, (layout.rm_train(population_of, "population"), True))
+    candidates.append((layout.rm_train(name, "population"), True))
+    for run_dir, index in candidates:
+        d = layout.checkpoints(run_dir)
         if os.path.isdir(d) and step in Checkpointer(d, read_only=True).all_steps():
             params, meta = restore_params(d, step)
             if index:
-                pos = [s["member"] for s in meta["specs"]].index(member)
+                keys = [(s.get("chain", name), s["member"]) for s in meta["specs"]]
+                if (name, member) not in keys:
+                    continue
+                pos = keys.index((name, member))
                 params = jax.tree.map(lambda x: x[pos], params)
             return params
     raise FileNotFoundError(f"no training checkpoint of member {member} at step {step} in "
@@ -46,34 +56,45 @@ def _subsample(split: dict[str, np.ndarray], n: int | None, seed: int) -> dict[s
 
 
 def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str = "clean",
-                          m_values: Sequence[int] = (2, 6), rank_by: str = "validation",
-                          greedy: bool = True,
+                          seeds: Sequence[int] = (0,), m_values: Sequence[int] = (2, 6),
+                          rank_by: str = "validation", greedy: bool = True,
                           lmc_pairs: Mapping[str, Sequence[int]] = DEFAULT_LMC_PAIRS,
+                          n_lambdas: int = 11, random_orders: int = 2, pair_analysis: bool = True,
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
                           eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
                           seed: int = 0) -> str:
-    """Average the members of `<workdir>/rm/<name>` (top-M and greedy soups) and run the analyses.
-    The analyses score at most `max_eval_pairs` pairs per split (a seeded random subset) to keep
-    their ~80 weight averages cheap; the members' own accuracies in eval.jsonl use every pair."""
+    """Average the members of every chain seed of `<workdir>/rm/<name>` (top-M and greedy soups)
+    and run the analyses on each. The analyses score at most `max_eval_pairs` pairs per split (a
+    seeded random subset, the same for every chain seed) to keep their weight averages cheap;
+    the members' own accuracies in eval.jsonl use every pair. `random_orders` (acc_vs_m) and
+    `pair_analysis` (WA vs ENS for every pair of members) are descriptive extras."""
+    seeds = check_seeds("average_reward_models", seeds)
     layout = RunLayout(workdir)
     rm_dir = layout.rm(name)
     config = dict(task=task, model_cfg=model_cfg, m_values=m_values, rank_by=rank_by,
                   greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
-                  max_eval_pairs=max_eval_pairs, seed=seed)
-    averages = os.path.join(rm_dir, "averages")
-    with layout.stage(f"average {name}", averages, config,
-                      outputs=[averages, os.path.join(rm_dir, "analysis.jsonl")]):
-        _average_and_analyse(layout, name, task, model_cfg, m_values=m_values, rank_by=rank_by,
-                             greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
-                             allow_base_mismatch=allow_base_mismatch,
-                             eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
-                             seed=seed)
+                  max_eval_pairs=max_eval_pairs, seed=seed, seeds=seeds, n_lambdas=n_lambdas,
+                  random_orders=random_orders, pair_analysis=pair_analysis)
+    chains = [chain(name, s) for s in seeds]
+    outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
+                                           os.path.join(layout.rm(c), "analysis.jsonl"))]
+    with layout.stage(f"average {name}", os.path.join(rm_dir, "averaging"), config,
+                      outputs=outputs):
+        for s, c in zip(seeds, chains):
+            _average_and_analyse(layout, c, seeded_task(task, s), model_cfg, m_values=m_values,
+                                 rank_by=rank_by, greedy=greedy, lmc_pairs=lmc_pairs,
+                                 n_lambdas=n_lambdas, random_orders=random_orders,
+                                 pair_analysis=pair_analysis, same_run_step=same_run_step,
+                                 allow_base_mismatch=allow_base_mismatch,
+                                 eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
+                                 seed=seed, population_of=name)
     return rm_dir
 
 
 def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig, *, m_values,
-                         rank_by, greedy, lmc_pairs, same_run_step, allow_base_mismatch,
-                         eval_batch_size, max_eval_pairs, seed) -> None:
+                         rank_by, greedy, lmc_pairs, n_lambdas, random_orders, pair_analysis,
+                         same_run_step, allow_base_mismatch, eval_batch_size, max_eval_pairs,
+                         seed, population_of) -> None:
     rm_dir = layout.rm(name)
     out_path = os.path.join(rm_dir, "analysis.jsonl")
     if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
@@ -122,10 +143,12 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     for pair_name, (a, b) in lmc_pairs.items():
         if max(a, b) < M:
             rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,
-                          pair_name)
+                          pair_name, n_lambdas)
     if same_run_step is not None:
-        mid = member_params_at(layout, name, 0, same_run_step)
-        rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run")
-    rows += A.corruption(params, scores, score_fn, subsets)
-    rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by, random_orders=2)
+        mid = member_params_at(layout, name, 0, same_run_step, population_of)
+        rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run",
+                      n_lambdas)
+    rows += A.corruption(params, scores, score_fn, subsets, pairs=pair_analysis)
+    rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by,
+                       random_orders=random_orders)
     write_jsonl(out_path, [{"step": 0, **r} for r in rows])

@@ -70,6 +70,10 @@ class PreferenceFileTask:
         self._index = {"validation": order[:n_val], "test": order[n_val:n_val + n_test],
                        "train": order[n_val + n_test:]}
 
+    def for_seed(self, seed: int) -> "PreferenceFileTask":
+        """Human labels are drawn once: every chain seed trains on the same labels."""
+        return self
+
     def preference_split(self, split: str) -> dict[str, np.ndarray]:
         if split not in self._index:
             raise ValueError(f"preference split {split!r} unknown: allowed {sorted(self._index)}")

@@ -70,6 +70,10 @@ class ToyTaskConfig:
     # signal: the toy model then sits on a unigram plateau for 1,500–3,000+ steps and leaves it at
     # a seed-dependent step (hence SFT quality swinging with the seed).
     pretrain_loss: str = "all"
+    # the chain seed's draw of the training labels (Bradley-Terry draw and flips) over the same
+    # training pairs; 0 is the base draw. Evaluation splits do not depend on it (their pairs and
+    # labels are shared by every chain seed, so that seeds are compared on the same units).
+    label_seed: int = 0
 
     def __post_init__(self):
         o = "ToyTaskConfig"
@@ -84,6 +88,7 @@ class ToyTaskConfig:
         check_range(o, "flip_fraction", self.flip_fraction, 0.0, 0.5)
         check_range(o, "hack_share", self.hack_share, 0.0, 1.0)
         check_range(o, "hack_temperature", self.hack_temperature, 0.0, lo_open=True)
+        check_range(o, "label_seed", self.label_seed, 0)
         if self.pretrain_loss not in ("all", "response"):
             raise ValueError(f"ToyTaskConfig.pretrain_loss={self.pretrain_loss!r}: allowed "
                              "'all' or 'response'")
@@ -180,6 +185,11 @@ class ToyTask:
         return toks, mask
 
     # --- the task interface ---------------------------------------------------------------------
+    def for_seed(self, seed: int) -> "ToyTask":
+        """The task as chain seed `seed` sees it: its own draw of the training labels."""
+        return self if seed == self.cfg.label_seed else ToyTask(
+            dataclasses.replace(self.cfg, label_seed=int(seed)))
+
     def gold_reward(self, prompt_BxP, response_BxR, mask_BxR) -> np.ndarray:
         return np.asarray(self._gold(jnp.asarray(prompt_BxP), jnp.asarray(response_BxR),
                                      jnp.asarray(mask_BxR)))
@@ -232,6 +242,8 @@ class ToyTask:
             sb = np.array(["base"] * len(keys))
         a, am = self._responses(keys, sa, rng)
         b, bm = self._responses(keys, sb, rng)
+        if split == "train" and self.cfg.label_seed:
+            rng = np.random.default_rng([self.cfg.seed, hash_str("labels/train"), self.cfg.label_seed])
         return self.label_pairs(prompts, a, am, b, bm, rng, flip=split == "train",
                                 hard=sa == "hack")
 

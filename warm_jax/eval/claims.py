@@ -1,300 +1,337 @@
-"""WARM's findings as checks computed from a work directory's metrics JSONL — never written by hand.
+"""WARM's findings, one registry entry each, decided from a work directory's JSONL alone.
 
-Each claim returns {claim, finding, reproduced (True/False/None when its inputs are missing),
-numbers, spread}. Thresholds are fixed here, before any run, and stated in `rule`.
+Every claim is declared here, before any run (`warm_jax.eval.evidence.register`): the finding,
+the paper's figure, the statistic and its unit, the paper's sign (or an equivalence margin).
+Its compute function turns the loaded run into `Units`: per chain seed, paired unit-level
+differences (WA − ENS correctness on the same evaluation pair; method A − B on the same prompt) or
+one number per seed. `evidence.decide` then gives the outcome (reproduced / contradicted /
+inconclusive) from a paired, seed-aware interval: a tie is never "reproduced".
+
+Method names and M come from the run (its `warm_M<k>` rewards), never from a hard-coded M.
 """
 from __future__ import annotations
 
 import collections
 import glob
 import os
+import re
 from typing import Any
 
 import numpy as np
 
-from warm_jax.eval.metrics import gao_fit, pareto_front, win_rate
+from warm_jax.eval import evidence as E
+from warm_jax.eval.evidence import Units, register
+from warm_jax.eval.metrics import gao_fit
 from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 
-ID_TOLERANCE = 0.02     # |WA − ENS| on the ID split that still counts as "WA ≈ ENS"
-HACK_MARGIN = 0.1       # control-reward drop from its peak that counts as hacking
-R2_MIN = 0.7            # a Gao form "describes" a curve when R² reaches this
+ID_DELTA = 0.02          # |WA − ENS| accuracy on the ID split that still counts as "WA ≈ ENS"
+HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking
+KL_BUDGETS = (1.0, 2.0, 4.0)   # where the RL fronts are compared (KL to the SFT policy)
+LABEL_TEMPERATURE = 0.8  # the preference oracle's Bradley–Terry temperature (the toy labeller's)
+REGISTRY: dict = {}
 
 
 def _rows(path):
     return read_jsonl(path) if os.path.exists(path) else []
 
 
+def _seed_of(path: str) -> int:
+    return int(path.rsplit("seed_", 1)[1])
+
+
 def load(workdir: str, rm_name: str = "clean") -> dict[str, Any]:
+    """Every JSONL a claim or figure reads, per chain seed where it has one."""
     layout = RunLayout(workdir)
+    analysis = {}
+    for name in ("clean", "corrupt"):
+        chains = sorted(glob.glob(os.path.join(layout.rm(name), "seed_*")), key=_seed_of)
+        analysis[name] = {_seed_of(c): _rows(os.path.join(c, "analysis.jsonl")) for c in chains}
     rl_dir = layout.rl(rm_name)
     methods = sorted(os.path.basename(os.path.dirname(p))
                      for p in glob.glob(os.path.join(rl_dir, "*", "train.jsonl")))
-    return {
-        "analysis": {n: _rows(os.path.join(layout.rm(n), "analysis.jsonl"))
-                     for n in ("clean", "corrupt")},
-        "bon": _rows(layout.bon(rm_name)),
-        "train": {m: _rows(os.path.join(rl_dir, m, "train.jsonl")) for m in methods},
-        "final": {m: _rows(os.path.join(rl_dir, m, "final.jsonl")) for m in methods},
-    }
+    per_method = lambda f: {m: _rows(os.path.join(rl_dir, m, f)) for m in methods}  # noqa: E731
+    return {"analysis": analysis, "bon": _rows(layout.bon(rm_name)),
+            "train": per_method("train.jsonl"), "eval": per_method("eval.jsonl"),
+            "final": per_method("final.jsonl")}
 
 
-FINDINGS = {
-    'lmc_above_diag': 'WA of two members sits above the diagonal (linear mode connectivity), WA ≈ ENS along the path',
-    'wa_approx_ens_id': 'WA ≈ ENS in distribution (clean labels)',
-    'wa_memorises_less': 'With 25% flipped labels WA fits the corrupted labels less than ENS (Fig. 4–5)',
-    'wa_ood_at_least_ens': 'WA is at least as good as ENS out of distribution',
-    'bon_ordering': 'Best-of-N: WARM M=6 > WARM M=2 > single RM (Fig. 6–7)',
-    'rl_single_hacking': 'RL against a single RM: proxy rises while control reward rises then collapses (Fig. 1b)',
-    'larger_m_delays_collapse': 'Larger M delays the collapse: after the same RL steps, WARM M=6 keeps more control reward than a single RM (Fig. 8)',
-    'pareto_front': 'WARM pushes the KL–control-reward front up and left',
-    'win_rate_warm_vs_single': 'The WARM M=6 policy wins against the single-RM policy (paper: 79.4%)',
-    'gao_fit': "Gold reward against d = √KL follows Gao et al.'s forms",
-    'warm_vs_wco_uwo': 'WARM M=6 does at least as well as the WCO and UWO ensembles (Coste et al.), at 1/M of their inference cost',
-}
+def warm_names(methods) -> list[str]:
+    """The run's WARM rewards, smallest M first."""
+    return sorted((m for m in methods if re.fullmatch(r"warm_M\d+", m)),
+                  key=lambda m: int(m[len("warm_M"):]))
 
 
-def _claim(claim, finding, reproduced, rule, numbers, spread=None):
-    return {"claim": claim, "finding": finding or FINDINGS.get(claim, ""),
-            "reproduced": reproduced, "rule": rule, "numbers": numbers, "spread": spread}
+def _units(per_seed: dict, **extra) -> Units | None:
+    seeds = sorted(s for s, v in per_seed.items() if v is not None and np.size(v))
+    if not seeds:
+        return None
+    return Units([per_seed[s] for s in seeds], extra={"seeds": seeds, **extra})
 
 
-def _corruption_acc(rows, model_prefix, split):
-    vals = [r["acc"] for r in rows if r["analysis"] == "corruption"
-            and r["model"].startswith(model_prefix) and r["split"] == split]
-    return vals[0] if vals else None
+# --- reward models (Figs. 3-5) ----------------------------------------------------------------
+
+def _unit_values(rows, analysis, split, what, pair=None):
+    vals = [r["values"] for r in rows if r.get("analysis") == analysis and r["split"] == split
+            and r.get("what") == what and (pair is None or r.get("pair") == pair)]
+    return np.concatenate(vals) if vals else None
 
 
-def _se(rows, split, p=0.65):
-    """Binomial standard error of one accuracy on `split` (the scale of its evaluation noise)."""
-    sizes = next((r["sizes"] for r in rows if r["analysis"] == "eval_sizes"), {})
-    n = sizes.get(split)
-    return float(np.sqrt(p * (1 - p) / n)) if n else None
+def _split_units(d, name, split, what="wa_minus_ens"):
+    return _units({s: _unit_values(rows, "units", split, what)
+                   for s, rows in d["analysis"][name].items()}, labels=name, split=split)
 
 
+@register(registry=REGISTRY, id="lmc_above_diag", paper_ref="Fig. 3",
+          finding="WA of two members sits above the diagonal between them (linear mode "
+                  "connectivity)", figure="lmc",
+          statistic="correctness of WA((1−λ)φa + λφb) − ((1−λ)·correct_a + λ·correct_b), mean "
+                    "over interior λ, per evaluation pair (ID and OOD), every member pair",
+          unit="pair", kind="directional", direction=+1)
 def lmc_above_diag(d):
-    rows = [r for r in d["analysis"]["clean"] if r["analysis"] == "lmc" and 0 < r["lambda"] < 1
-            and r["split"] in ("validation", "test")]
-    if not rows:
-        return _claim("lmc_above_diag", "Fig. 3", None, "inputs missing", {})
-    by_pair = collections.defaultdict(list)
-    for r in rows:
-        by_pair[r["pair"]].append(r["wa"] - r["diag"])
-    gaps = {p: float(np.mean(v)) for p, v in by_pair.items()}
-    ens_gap = float(np.mean([r["wa"] - r["ens"] for r in rows]))
-    return _claim("lmc_above_diag", "WA of two members sits above the diagonal (linear mode "
-                  "connectivity), WA ≈ ENS along the path", all(g > 0 for g in gaps.values()),
-                  "mean over interior λ and ID+OOD splits of (WA − diag) > 0 for every pair",
-                  {"wa_minus_diag_by_pair": gaps, "wa_minus_ens_mean": ens_gap,
-                   "accuracy_se_test": _se(d["analysis"]["clean"], "test")},
-                  {"pairs_above": sum(g > 0 for g in gaps.values()), "pairs": len(gaps)})
+    per_seed = {}
+    for s, rows in d["analysis"]["clean"].items():
+        parts = [_unit_values(rows, "lmc_units", sp, "wa_minus_diag") for sp in ("validation", "test")]
+        parts = [p for p in parts if p is not None]
+        per_seed[s] = np.concatenate(parts) if parts else None
+    return _units(per_seed)
 
 
+@register(registry=REGISTRY, id="lmc_wa_approx_ens", paper_ref="Fig. 3",
+          finding="Along the path between two members, WA ≈ ENS in distribution",
+          figure="lmc", statistic="correctness of WA(λ) − ENS(λ), mean over interior λ, per "
+                                  "validation pair, every member pair",
+          unit="pair", kind="equivalence", delta=ID_DELTA)
+def lmc_wa_approx_ens(d):
+    return _units({s: _unit_values(rows, "lmc_units", "validation", "wa_minus_ens")
+                   for s, rows in d["analysis"]["clean"].items()})
+
+
+@register(registry=REGISTRY, id="wa_approx_ens_id", paper_ref="Fig. 4",
+          finding="WA ≈ ENS in distribution (clean labels, all M members)", figure="corruption",
+          statistic="correctness of WA − ENS per validation pair", unit="pair",
+          kind="equivalence", delta=ID_DELTA)
 def wa_approx_ens_id(d):
-    rows = d["analysis"]["clean"]
-    wa, ens = _corruption_acc(rows, "wa_M", "validation"), _corruption_acc(rows, "ens_M", "validation")
-    if wa is None:
-        return _claim("wa_approx_ens_id", "", None, "inputs missing", {})
-    pairs = [r["wa_minus_ens"] for r in rows if r["analysis"] == "corruption_pair"
-             and r["split"] == "validation"]
-    return _claim("wa_approx_ens_id", "WA ≈ ENS in distribution (clean labels)",
-                  abs(wa - ens) <= ID_TOLERANCE, f"|WA − ENS| ≤ {ID_TOLERANCE} on validation",
-                  {"wa": wa, "ens": ens, "accuracy_se": _se(rows, "validation")}, {"pair_wa_minus_ens_mean": float(np.mean(pairs)),
-                                           "pair_wa_minus_ens_std": float(np.std(pairs))})
+    return _split_units(d, "clean", "validation")
 
 
+@register(registry=REGISTRY, id="wa_memorises_less", paper_ref="Figs. 4-5",
+          finding="With 25% flipped labels, WA fits the flipped training labels less than ENS",
+          figure="corruption", statistic="agreement with the flipped label, WA − ENS, per "
+                                         "corrupted training pair", unit="pair",
+          kind="directional", direction=-1)
 def wa_memorises_less(d):
-    rows = d["analysis"]["corrupt"]
-    out = {s: (_corruption_acc(rows, "wa_M", s), _corruption_acc(rows, "ens_M", s))
-           for s in ("train_corrupt", "train_clean", "validation", "test")}
-    if out["train_corrupt"][0] is None:
-        return _claim("wa_memorises_less", "", None, "inputs missing", {})
-    pairs = [r["wa_minus_ens"] for r in rows if r["analysis"] == "corruption_pair"
-             and r["split"] == "train_corrupt"]
-    wa, ens = out["train_corrupt"]
-    return _claim("wa_memorises_less", "With 25% flipped labels WA fits the corrupted labels less "
-                  "than ENS (Fig. 4–5)", wa < ens, "WA < ENS on train_corrupt",
-                  {**{s: {"wa": v[0], "ens": v[1]} for s, v in out.items()},
-                   "accuracy_se_train_corrupt": _se(rows, "train_corrupt")},
-                  {"pairs_wa_below_ens": int(sum(p < 0 for p in pairs)), "pairs": len(pairs)})
+    return _split_units(d, "corrupt", "train_corrupt")
 
 
-def wa_ood_at_least_ens(d):
-    nums = {}
-    for name in ("corrupt", "clean"):
-        rows = d["analysis"][name]
-        nums[name] = {"wa": _corruption_acc(rows, "wa_M", "test"),
-                      "ens": _corruption_acc(rows, "ens_M", "test"),
-                      "accuracy_se": _se(rows, "test")}
-    if nums["corrupt"]["wa"] is None:
-        return _claim("wa_ood_at_least_ens", "", None, "inputs missing", {})
-    ok = all(v["wa"] >= v["ens"] for v in nums.values() if v["wa"] is not None)
-    return _claim("wa_ood_at_least_ens", "WA is at least as good as ENS out of distribution",
-                  ok, "WA ≥ ENS on the OOD test split, with clean and with corrupted labels", nums)
+@register(registry=REGISTRY, id="wa_beats_ens_ood", paper_ref="Fig. 5",
+          finding="Out of distribution WA beats ENS (clean labels)", figure="corruption",
+          statistic="correctness of WA − ENS per OOD test pair", unit="pair",
+          kind="directional", direction=+1)
+def wa_beats_ens_ood(d):
+    return _split_units(d, "clean", "test")
 
 
-def bon_ordering(d):
-    rows = d["bon"]
-    if not rows:
-        return _claim("bon_ordering", "", None, "inputs missing", {})
-    n_max = max(r["n"] for r in rows)
-    gold = {r["method"]: r["gold_gain"] for r in rows if r["n"] == n_max}
-    peak = {}
-    for r in rows:  # each method's best n: where over-optimisation has not set in yet
-        if r["method"] not in peak or r["gold_gain"] > peak[r["method"]]["gold_gain"]:
-            peak[r["method"]] = {"n": r["n"], "gold_gain": r["gold_gain"]}
-    order = [m for m in ("warm_M6", "warm_M2", "single") if m in gold]
-    ok = all(gold[a] >= gold[b] for a, b in zip(order, order[1:])) if len(order) > 1 else None
-    return _claim("bon_ordering", "Best-of-N: WARM M=6 > WARM M=2 > single RM (Fig. 6–7)", ok,
-                  f"control-reward gain at N={n_max} ordered warm_M6 ≥ warm_M2 ≥ single",
-                  {"n": n_max, "gold_gain": gold, "peak": peak})
+@register(registry=REGISTRY, id="wa_beats_ens_ood_corrupt", paper_ref="Fig. 5",
+          finding="Out of distribution WA beats ENS (25% flipped labels)", figure="corruption",
+          statistic="correctness of WA − ENS per OOD test pair", unit="pair",
+          kind="directional", direction=+1)
+def wa_beats_ens_ood_corrupt(d):
+    return _split_units(d, "corrupt", "test")
 
 
-def _runs(d, method):
-    """{(alpha, seed): rows sorted by step} for one method's RL runs."""
+# --- best-of-N (Figs. 6-7) --------------------------------------------------------------------
+
+def _bon_auc(d, method) -> dict[int, np.ndarray]:
+    return {r["seed"]: np.asarray(r["values"]) for r in d["bon"]
+            if r.get("analysis") == "auc" and r["method"] == method}
+
+
+def _bon_diff(d, a, b):
+    if a is None or b is None:
+        return None
+    A, B = _bon_auc(d, a), _bon_auc(d, b)
+    return _units({s: A[s] - B[s] for s in sorted(set(A) & set(B))}, a=a, b=b)
+
+
+def _bon_methods(d):
+    return warm_names({r["method"] for r in d["bon"]})
+
+
+BON_STAT = ("per prompt, area under the unbiased best-of-n control-reward gain over log2 n "
+            "(n = 1 … N), {a} − {b}")
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_smaller_m", paper_ref="Figs. 6-7",
+          finding="Best-of-N: WARM with the largest M beats WARM M=2", figure="bon",
+          statistic=BON_STAT.format(a="WARM M", b="WARM M=2"), unit="prompt",
+          kind="directional", direction=+1)
+def bon_warm_beats_smaller_m(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[-1], w[0]) if len(w) >= 2 else None
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_single", paper_ref="Figs. 6-7",
+          finding="Best-of-N: WARM M=2 beats the single (best) RM", figure="bon",
+          statistic=BON_STAT.format(a="WARM M=2", b="single"), unit="prompt",
+          kind="directional", direction=+1)
+def bon_warm_beats_single(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[0] if w else None, "single")
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_ens", paper_ref="Fig. 7",
+          finding="Best-of-N: WARM (largest M) beats ENS of the same M members", figure="bon",
+          statistic=BON_STAT.format(a="WARM M", b="ENS"), unit="prompt", kind="directional",
+          direction=+1)
+def bon_warm_beats_ens(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[-1] if w else None, "ens")
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_wco", paper_ref="Coste et al. 2023",
+          finding="Best-of-N: WARM beats WCO (worst case over standardised members) at 1/M of "
+                  "its inference cost", figure="bon",
+          statistic=BON_STAT.format(a="WARM M", b="WCO"), unit="prompt", kind="directional",
+          direction=+1)
+def bon_warm_beats_wco(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[-1] if w else None, "wco")
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_uwo", paper_ref="Coste et al. 2023",
+          finding="Best-of-N: WARM beats UWO (mean − λ·variance, λ = 0.5, standardised "
+                  "members) at 1/M of its inference cost", figure="bon",
+          statistic=BON_STAT.format(a="WARM M", b="UWO"), unit="prompt", kind="directional",
+          direction=+1)
+def bon_warm_beats_uwo(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[-1] if w else None, "uwo")
+
+
+# --- RL (Figs. 1b, 8-9), all on held-out prompts ---------------------------------------------
+
+def _evals(d, method) -> dict[tuple, list[dict]]:
+    """{(alpha, seed): held-out evaluation rows in step order}."""
     out = collections.defaultdict(list)
-    for r in d["train"].get(method, []):
+    for r in d["eval"].get(method, []):
         out[(r["run_alpha"], r["seed"])].append(r)
     return {k: sorted(v, key=lambda r: r["step"]) for k, v in out.items()}
 
 
+def _rl_pair(d):
+    w = warm_names(d["eval"])
+    return (w[-1], "single") if w and "single" in d["eval"] else (None, None)
+
+
+@register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
+          finding="RL against a single RM over-optimises: held-out control reward rises, then "
+                  "falls by more than the hacking margin", figure="rl_steps",
+          statistic=f"peak − final held-out control reward of the single-RM policy − "
+                    f"{HACK_MARGIN} (mean over α)", unit="seed", kind="directional", direction=+1)
 def rl_single_hacking(d):
-    runs = _runs(d, "single")
-    if not runs:
-        return _claim("rl_single_hacking", "", None, "inputs missing", {})
-    nums = {}
+    runs = _evals(d, "single")
+    per_seed = collections.defaultdict(list)
     for (a, s), rows in runs.items():
-        ctrl = np.array([r["control_reward"] for r in rows])
-        proxy = np.array([r["proxy_reward"] for r in rows])
-        k = max(1, len(rows) // 10)  # smooth over a tenth of the run
-        cs = np.convolve(ctrl, np.ones(k) / k, "valid")
-        ps = np.convolve(proxy, np.ones(k) / k, "valid")
-        nums[f"alpha={a},seed={s}"] = {"peak_control": float(cs.max()), "final_control": float(cs[-1]),
-                                       "proxy_start": float(ps[0]), "proxy_final": float(ps[-1])}
-    hacked = [v["peak_control"] - v["final_control"] > HACK_MARGIN and v["proxy_final"] > v["proxy_start"]
-              for v in nums.values()]
-    return _claim("rl_single_hacking", "RL against a single RM: proxy rises while control reward "
-                  "rises then collapses (Fig. 1b)", any(hacked),
-                  f"for some α, smoothed control falls > {HACK_MARGIN} below its peak while the "
-                  "proxy ends above its start", nums, {"runs_hacked": sum(hacked), "runs": len(hacked)})
+        ctrl = [r["control_reward"] for r in rows]
+        per_seed[s].append(max(ctrl) - ctrl[-1] - HACK_MARGIN)
+    return _units({s: [np.mean(v)] for s, v in per_seed.items()})
 
 
-def _final_by_alpha(d, method):
-    out = collections.defaultdict(list)
-    for r in d["final"].get(method, []):
-        out[r["run_alpha"]].append(r)
-    return out
-
-
+@register(registry=REGISTRY, id="larger_m_delays_collapse", paper_ref="Fig. 8",
+          finding="After the same RL steps, the WARM policy keeps more control reward than the "
+                  "single-RM policy", figure="rl_steps",
+          statistic="final held-out control reward per prompt, WARM M − single (same α, seed "
+                    "and prompt)", unit="prompt", kind="directional", direction=+1)
 def larger_m_delays_collapse(d):
-    single, warm = _final_by_alpha(d, "single"), _final_by_alpha(d, "warm_M6")
-    alphas = sorted(set(single) & set(warm))
-    if not alphas:
-        return _claim("larger_m_delays_collapse", "", None, "inputs missing", {})
-    nums, spread = {}, {}
-    for a in alphas:
-        nums[str(a)] = {m: float(np.mean([r["control_reward"] for r in rows[a]]))
-                        for m, rows in (("single", single), ("warm_M6", warm))}
-        for m in ("warm_M2", "ens", "wco", "uwo"):
-            rows = _final_by_alpha(d, m).get(a)
-            if rows:
-                nums[str(a)][m] = float(np.mean([r["control_reward"] for r in rows]))
-        spread[str(a)] = {m: float(np.std([r["control_reward"] for r in rows[a]]))
-                          for m, rows in (("single", single), ("warm_M6", warm))}
-    ok = all(v["warm_M6"] > v["single"] for v in nums.values())
-    return _claim("larger_m_delays_collapse", "Larger M delays the collapse: after the same RL "
-                  "steps, WARM M=6 keeps more control reward than a single RM (Fig. 8)", ok,
-                  "final held-out control reward, WARM M=6 > single, at every α (mean over seeds)",
-                  nums, spread)
+    warm, single = _rl_pair(d)
+    if warm is None:
+        return None
+    W, S = _evals(d, warm), _evals(d, single)
+    per_seed = collections.defaultdict(list)
+    for k in sorted(set(W) & set(S)):
+        per_seed[k[1]].append(np.subtract(W[k][-1]["gold_per_prompt"],
+                                          S[k][-1]["gold_per_prompt"]))
+    return _units({s: np.concatenate(v) for s, v in per_seed.items()}, a=warm, b=single)
 
 
-def pareto(d):
-    def points(method):
-        rows = d["train"].get(method, [])
-        return [r["kl"] for r in rows], [r["control_reward"] for r in rows]
-    if not d["train"].get("single") or not d["train"].get("warm_M6"):
-        return _claim("pareto_front", "", None, "inputs missing", {})
-    levels = {}
-    for method in ("single", "warm_M2", "warm_M6", "ens"):
-        kl, ctrl = points(method)
-        if not kl:
-            continue
-        front = pareto_front(kl, ctrl)
-        levels[method] = {f"kl<={k}": max([ctrl[i] for i in front if kl[i] <= k], default=None)
-                          for k in (1, 2, 4, 8)}
-    wins = [levels["warm_M6"][k] >= levels["single"][k] for k in levels["single"]
-            if levels["single"][k] is not None and levels["warm_M6"][k] is not None]
-    return _claim("pareto_front", "WARM pushes the KL–control-reward front up and left", 
-                  (sum(wins) > len(wins) / 2) if wins else None,
-                  "best control reward within KL budgets 1, 2, 4, 8 (all α, seeds, logged steps): "
-                  "WARM M=6 ≥ single on most budgets", levels)
+@register(registry=REGISTRY, id="rl_front_at_kl", paper_ref="Fig. 8",
+          finding="WARM pushes the KL–control-reward front up: more control reward at the same "
+                  "KL to the SFT policy", figure="pareto",
+          statistic=f"held-out control reward at KL budgets {KL_BUDGETS} (interpolated between "
+                    "evaluations), WARM M − single, mean over the budgets both reached and α",
+          unit="seed", kind="directional", direction=+1)
+def rl_front_at_kl(d):
+    warm, single = _rl_pair(d)
+    if warm is None:
+        return None
+    W, S = _evals(d, warm), _evals(d, single)
+    per_seed, reached = collections.defaultdict(list), {}
+    for k in sorted(set(W) & set(S)):
+        at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
+                                        [r["control_reward"] for r in rows], KL_BUDGETS)
+        diff = at(W[k]) - at(S[k])
+        reached[f"alpha={k[0]},seed={k[1]}"] = [b for b, x in zip(KL_BUDGETS, diff)
+                                                if np.isfinite(x)]
+        per_seed[k[1]] += [x for x in diff if np.isfinite(x)]
+    return _units({s: [np.mean(v)] for s, v in per_seed.items() if v}, a=warm, b=single,
+                  budgets_reached=reached)
 
 
+def win_rate_units(d, method, reference, *, judge="gold"):
+    """Per prompt of the win-rate half of the held-out prompts: P(reference beats `method`'s final
+    policy) − 1/2. The reference is taken at its best evaluation step, chosen by mean control
+    reward on the other half (the selection prompts). judge 'gold': 1 / ½ / 0 by gold comparison;
+    'oracle': the Bradley–Terry preference probability at the labeller's temperature."""
+    R, X = _evals(d, reference), _evals(d, method)
+    per_seed = collections.defaultdict(list)
+    for k in sorted(set(R) & set(X)):
+        half = len(R[k][0]["gold_per_prompt"]) // 2
+        best = max(R[k], key=lambda r: np.mean(r["gold_per_prompt"][:half]))
+        g_ref = np.asarray(best["gold_per_prompt"][half:])
+        g_x = np.asarray(X[k][-1]["gold_per_prompt"][half:])
+        if judge == "gold":
+            p = np.where(g_ref > g_x, 1.0, np.where(g_ref == g_x, 0.5, 0.0))
+        else:
+            p = 1.0 / (1.0 + np.exp(-(g_ref - g_x) / LABEL_TEMPERATURE))
+        per_seed[k[1]].append(p - 0.5)
+    return {s: np.concatenate(v) for s, v in per_seed.items()}
+
+
+@register(registry=REGISTRY, id="win_rate_warm_vs_single", paper_ref="Fig. 9",
+          finding="The WARM policy wins against the single-RM policy (paper: 79.4%)",
+          figure="winrates",
+          statistic="per win-rate prompt, P(WARM M at its best step, chosen on disjoint prompts, "
+                    "beats the single-RM policy's final step by gold comparison) − 1/2",
+          unit="prompt", kind="directional", direction=+1)
 def win_rate_warm_vs_single(d):
-    a_rows, b_rows = d["final"].get("warm_M6", []), d["final"].get("single", [])
-    key = lambda r: (r["run_alpha"], r["seed"])  # noqa: E731
-    b = {key(r): r for r in b_rows}
-    ga, gb = [], []
-    for r in a_rows:
-        if key(r) in b and "gold_per_prompt" in r:
-            ga += r["gold_per_prompt"]
-            gb += b[key(r)]["gold_per_prompt"]
-    if not ga:
-        return _claim("win_rate_warm_vs_single", "", None, "inputs missing", {})
-    wr = win_rate(np.array(ga), np.array(gb))
-    return _claim("win_rate_warm_vs_single", "The WARM M=6 policy wins against the single-RM "
-                  "policy (paper: 79.4%)", wr["ci_low"] > 0.5,
-                  "oracle win rate (ties half) with its 95% bootstrap interval above 0.5", wr)
+    warm, single = _rl_pair(d)
+    if warm is None:
+        return None
+    oracle = win_rate_units(d, single, warm, judge="oracle")
+    return _units(win_rate_units(d, single, warm), reference=warm, method=single,
+                  oracle_judge_win_rate=(0.5 + float(np.mean([v.mean() for v in oracle.values()]))
+                                         if oracle else None))
 
 
+@register(registry=REGISTRY, id="gao_fit", paper_ref="Gao et al. 2023",
+          finding="Control-reward gain against d = √KL follows Gao et al.'s forms (best-of-N: "
+                  "d(α − βd))", figure="gao",
+          statistic="R² of the best-of-N fit per seed, mean over methods", unit="seed",
+          kind="descriptive")
 def gao_fits(d):
-    nums, ok = {}, []
-    bon = d["bon"]
-    for method in sorted({r["method"] for r in bon}):
-        rows = [r for r in bon if r["method"] == method]
+    per_seed, fits = collections.defaultdict(list), {}
+    for (s, m) in sorted({(r["seed"], r["method"]) for r in d["bon"] if "n" in r}):
+        rows = [r for r in d["bon"] if r.get("seed") == s and r["method"] == m and "n" in r]
         try:
-            nums[f"bon/{method}"] = gao_fit([r["kl_bon"] for r in rows],
-                                            [r["gold_gain"] for r in rows], "bon")
-            ok.append(nums[f"bon/{method}"]["r2"] >= R2_MIN)
+            fit = gao_fit([r["kl_bon"] for r in rows], [r["gold_gain"] for r in rows], "bon")
         except ValueError:
-            pass
-    for method, rows in d["train"].items():
-        if not rows:
             continue
-        base = {}
-        for r in rows:  # gain over the run's first logged control reward
-            base.setdefault((r["run_alpha"], r["seed"]), r["control_reward"])
-        gains = [r["control_reward"] - base[(r["run_alpha"], r["seed"])] for r in rows]
-        try:
-            nums[f"rl/{method}"] = gao_fit([r["kl"] for r in rows], gains, "rl")
-            ok.append(nums[f"rl/{method}"]["r2"] >= R2_MIN)
-        except ValueError:
-            pass
-    if not nums:
-        return _claim("gao_fit", "", None, "inputs missing", {})
-    return _claim("gao_fit", "Gold reward against d = √KL follows Gao et al.'s forms",
-                  sum(ok) > len(ok) / 2, f"R² ≥ {R2_MIN} for most fitted curves", nums)
+        fits[f"seed={s}/{m}"] = fit
+        if np.isfinite(fit["r2"]):
+            per_seed[s].append(fit["r2"])
+    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, fits=fits)
 
 
-def warm_vs_wco_uwo(d):
-    bon = d["bon"]
-    if not bon:
-        return _claim("warm_vs_wco_uwo", "", None, "inputs missing", {})
-    n_max = max(r["n"] for r in bon)
-    gold = {r["method"]: r["gold_gain"] for r in bon if r["n"] == n_max}
-    if not {"warm_M6", "wco", "uwo"} <= set(gold):
-        return _claim("warm_vs_wco_uwo", "", None, "WCO/UWO not run", gold)
-    return _claim("warm_vs_wco_uwo", "WARM M=6 does at least as well as the WCO and UWO "
-                  "ensembles (Coste et al.), at 1/M of their inference cost",
-                  gold["warm_M6"] >= max(gold["wco"], gold["uwo"]),
-                  f"best-of-{n_max} control-reward gain of warm_M6 ≥ wco and uwo", gold)
-
-
-CLAIMS = (lmc_above_diag, wa_approx_ens_id, wa_memorises_less, wa_ood_at_least_ens, bon_ordering,
-          rl_single_hacking, larger_m_delays_collapse, pareto, win_rate_warm_vs_single, gao_fits,
-          warm_vs_wco_uwo)
-
-
-def compute_claims(workdir: str) -> list[dict]:
-    d = load(workdir)
-    return [c(d) for c in CLAIMS]
+def compute_claims(workdir: str, **decide_kw) -> list[dict]:
+    return E.evaluate(load(workdir), registry=REGISTRY, **decide_kw)

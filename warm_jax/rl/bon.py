@@ -32,10 +32,3 @@ def bon_expectation(proxy_PxN: np.ndarray, gold_PxN: np.ndarray, n: int) -> floa
                         proxy_PxN), axis=-1)
     g_sorted = np.take_along_axis(gold_PxN, order, axis=-1)
     return float((g_sorted @ bon_weights(proxy_PxN.shape[1], n)).mean())
-
-
-def bon_curve(proxy_PxN: np.ndarray, gold_PxN: np.ndarray, ns=None) -> list[dict]:
-    N = proxy_PxN.shape[1]
-    ns = ns or [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= N]
-    return [{"n": n, "kl_bon": kl_bon(n), "gold": bon_expectation(proxy_PxN, gold_PxN, n)}
-            for n in ns]

@@ -4,7 +4,9 @@ One step samples responses with the KV-cache sampler, scores them with any `Rewa
 (single RM, WARM, ENS, WCO, UWO) and, where the task has one, with the oracle (control reward),
 and updates the policy (and a learned value baseline). `make_rl(...)` returns pure functions over an
 explicit `RLState`; the seed and α live in the state, so several seeds and α values of one method
-run as one vmapped program (`jax.vmap(run_chunk)`) and share one compilation.
+run as one vmapped program (`jax.vmap(run_chunk)`) and share one compilation. The reward function may be
+passed to `step` instead of `make_rl` (a pytree: one per run, vmapped with the states), so that the
+chain seeds' reward models, each run its own, share that program too.
 """
 from __future__ import annotations
 
@@ -91,9 +93,10 @@ def baseline_values(returns_B: jax.Array, kind: str, samples_per_prompt: int) ->
 
 
 def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
-            ref_params: Any, reward_fn: Any, prompts_NxP: jax.Array,
+            ref_params: Any, prompts_NxP: jax.Array, reward_fn: Any = None,
             oracle: Callable | None = None):
-    """Returns (init_state(policy, value, seed, alpha), step(state) -> (state, metrics))."""
+    """Returns (init_state(policy, value, seed, alpha), step(state[, reward_fn]) -> (state,
+    metrics)); `step` scores with its `reward_fn` argument, else with `make_rl`'s."""
     lm, vm = LanguageModel(model_cfg), RewardModel(model_cfg)
     sampler = make_sampler(lm, dataclasses.replace(sampling, temperature=cfg.temperature))
     tx_pi = make_optimizer(OptimConfig(learning_rate=cfg.learning_rate))
@@ -115,7 +118,8 @@ def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
         entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
         return logp, entropy
 
-    def step(state: RLState):
+    def step(state: RLState, step_reward_fn: Any = None):
+        score = step_reward_fn if step_reward_fn is not None else reward_fn
         rng, k_idx, k_sample = jax.random.split(state.rng, 3)
         idx = jax.random.randint(k_idx, (P_prompts,), 0, prompts_NxP.shape[0])
         prompt = jnp.repeat(prompts_NxP[idx], cfg.samples_per_prompt, axis=0)
@@ -124,7 +128,7 @@ def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
         resp, rmask = out.tokens_BxN, out.mask_BxN
         ref_logp, _ = logprobs_and_entropy(ref_params, prompt, resp, rmask)
         kl_B = (kl_per_token(out.logprobs_BxN, ref_logp, cfg.kl_estimator) * rmask).sum(-1)
-        proxy_B = reward_fn(prompt, pmask, resp, rmask)
+        proxy_B = score(prompt, pmask, resp, rmask)
         returns_B = proxy_B - state.alpha * kl_B
 
         def value_loss(v):
@@ -165,6 +169,6 @@ def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
     return init_state, step
 
 
-def run_chunk(step: Callable, state: RLState, num_steps: int):
+def run_chunk(step: Callable, state: RLState, num_steps: int, reward_fn: Any = None):
     """`num_steps` RL steps in one `lax.scan`; metrics stacked along a leading step axis."""
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
+    return jax.lax.scan(lambda s, _: step(s, reward_fn), state, None, length=num_steps)

@@ -12,6 +12,7 @@ Writes `<workdir>/rl/<rm_name>/bon.jsonl` and, per method, `rl/<rm_name>/<method
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Mapping, Sequence
@@ -20,16 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from warm_jax.average.rewards import describe, make_reward_function, normalised
+from warm_jax.average.rewards import (aggregate, describe, make_reward_function, member_call,
+                                      normalised, score_call, standardised_members)
 from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_shardings,
                                  assign_with_fallback, restore_params)
-from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, kill_point,
-                             preemption_requested, write_jsonl)
+from warm_jax.eval.evidence import auc_log2, bon_unbiased
+from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, chain, chain_seed,
+                             check_seeds, kill_point, preemption_requested, write_jsonl)
 from warm_jax.losses import response_logprobs
 from warm_jax.metrics import MetricsWriter, progress
 from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler,
                              unbox)
-from warm_jax.rl.bon import bon_curve
+from warm_jax.rl.bon import kl_bon
 from warm_jax.rl.reinforce import RLConfig, make_rl, run_chunk
 from warm_jax.rm.population import stack
 
@@ -68,11 +71,17 @@ def _sft(layout: RunLayout):
     return restore_params(layout.checkpoints(layout.sft))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_sampler(model_cfg: ModelConfig, sampling: SamplingConfig):
+    """One compiled sampler per (model, sampling) for the process: every chain seed reuses it."""
+    return jax.jit(make_sampler(LanguageModel(model_cfg), sampling))
+
+
 def sft_samples(task, model_cfg, sft_params, prompts, n_per_prompt, temperature, seed):
     lm = LanguageModel(model_cfg)
     sampling = SamplingConfig(max_new_tokens=task.max_response_len, temperature=temperature,
                               eos_id=task.eos_id, pad_id=task.pad_id)
-    sample = jax.jit(make_sampler(lm, sampling))
+    sample = _jitted_sampler(model_cfg, sampling)
     prompt = jnp.repeat(jnp.asarray(prompts), n_per_prompt, axis=0)
     outs = [sample(sft_params, prompt[i:i + 1024], jnp.ones_like(prompt[i:i + 1024]),
                    jax.random.PRNGKey(seed + i)) for i in range(0, len(prompt), 1024)]
@@ -81,53 +90,97 @@ def sft_samples(task, model_cfg, sft_params, prompts, n_per_prompt, temperature,
 
 
 def _score(fn, prompt, resp, mask, batch=1024):
-    call = jax.jit(lambda f, *a: f(*a))
+    call = score_call
     return np.concatenate([np.asarray(call(fn, prompt[i:i + batch], jnp.ones_like(prompt[i:i + batch]),
                                            resp[i:i + batch], mask[i:i + batch]))
                            for i in range(0, len(prompt), batch)])
 
 
+BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 def best_of_n(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
-              methods: Sequence[str] = DEFAULT_METHODS, n_prompts: int = 128, N: int = 64,
-              seed: int = 0, ensemble_impl: str = "auto", uwo_lambda: float = 1.0) -> str:
-    """Best-of-N from the SFT policy (temperature 1) under each reward; control reward by oracle."""
+              methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] = (0,),
+              n_prompts: int = 128, N: int = 64, seed: int = 0, ensemble_impl: str = "auto",
+              uwo_lambda: float = 0.5, standardise_members: bool = True) -> str:
+    """Best-of-n from the SFT policy (temperature 1) under each reward, for every chain seed (its
+    own N samples per prompt and its own reward models); control reward by the oracle, with the
+    unbiased estimator for every n ≤ N in BON_NS. Rows: the mean curve per (seed, method), and per
+    (seed, method) the per-prompt area under the control-reward gain over log2 n (`auc` rows, what
+    the claims are decided on). WCO / UWO members are standardised on these SFT samples first."""
+    seeds = check_seeds("best_of_n", seeds)
     layout = RunLayout(workdir)
     out_path = layout.bon(rm_name)
     config = dict(task=task, model_cfg=model_cfg, methods=methods, n_prompts=n_prompts, N=N,
-                  seed=seed, uwo_lambda=uwo_lambda)
+                  seed=seed, uwo_lambda=uwo_lambda, seeds=seeds,
+                  standardise_members=standardise_members)
     with layout.stage(f"best_of_n {rm_name}", os.path.join(layout.rl(rm_name), "bon"), config,
                       outputs=[out_path]):
         if not os.path.exists(out_path):
-            _best_of_n(layout, out_path, task, model_cfg, rm_name, methods, n_prompts, N, seed,
-                       ensemble_impl, uwo_lambda)
+            rows = []
+            for s in seeds:
+                rows += _best_of_n(layout, task, model_cfg, rm_name, methods, n_prompts, N,
+                                   chain_seed(seed, s), s, ensemble_impl, uwo_lambda,
+                                   standardise_members)
+            write_jsonl(out_path, rows)
     return out_path
 
 
-def _best_of_n(layout, out_path, task, model_cfg, rm_name, methods, n_prompts, N, seed,
-               ensemble_impl, uwo_lambda) -> None:
+def _best_of_n(layout, task, model_cfg, rm_name, methods, n_prompts, N, sample_seed, s,
+               ensemble_impl, uwo_lambda, standardise_members) -> list[dict]:
     sft_params, sft_meta = _sft(layout)
     prompt, resp, mask = sft_samples(task, model_cfg, sft_params, task.prompts("eval")[:n_prompts],
-                                     N, 1.0, seed)
-    gold = task.gold_reward(prompt, resp, mask).reshape(-1, N)
-    rows = []
+                                     N, 1.0, sample_seed)
+    gold_PxN = task.gold_reward(prompt, resp, mask).reshape(-1, N)
+    ns = [n for n in BON_NS if n <= N]
+    rows, members_MxB = [], None
     for method in methods:
-        fn = build_reward_function(layout, rm_name, method, model_cfg, uwo_lambda=uwo_lambda,
-                                   ensemble_impl=ensemble_impl,
-                                   base_fingerprint=sft_meta.get("base_fingerprint"))
-        proxy = _score(fn, prompt, resp, mask).reshape(-1, N)
-        rows += [{"step": row["n"], "method": method, **row,
-                  "gold_gain": row["gold"] - float(gold.mean())} for row in bon_curve(proxy, gold)]
-    write_jsonl(out_path, rows)
+        spec = RewardSpec.parse(method)
+        if spec.is_ensemble:   # the members are scored once; ENS / WCO / UWO aggregate them
+            if members_MxB is None:
+                ens = build_reward_function(layout, chain(rm_name, s), "ens", model_cfg,
+                                            ensemble_impl=ensemble_impl,
+                                            base_fingerprint=sft_meta.get("base_fingerprint"))
+                members_MxB = _score_members(ens, prompt, resp, mask)
+            r_MxB = members_MxB
+            if standardise_members and spec.kind in ("wco", "uwo"):
+                r_MxB = (r_MxB - r_MxB.mean(1, keepdims=True)) / np.maximum(
+                    r_MxB.std(1, keepdims=True), 1e-6)
+            proxy = np.asarray(aggregate(jnp.asarray(r_MxB), spec.kind, uwo_lambda))
+        else:
+            fn = build_reward_function(layout, chain(rm_name, s), method, model_cfg,
+                                       base_fingerprint=sft_meta.get("base_fingerprint"))
+            proxy = _score(fn, prompt, resp, mask)
+        proxy_PxN = proxy.reshape(-1, N)
+        control_PxK = bon_unbiased(proxy_PxN, gold_PxN, ns)
+        for k, n in enumerate(ns):
+            g = float(control_PxK[:, k].mean())
+            rows.append({"step": n, "seed": s, "method": method, "n": n, "kl_bon": kl_bon(n),
+                         "gold": g, "gold_gain": g - float(gold_PxN.mean())})
+        rows.append({"step": 0, "seed": s, "method": method, "analysis": "auc", "ns": ns,
+                     "values": [round(float(v), 5) for v in auc_log2(ns, control_PxK)]})
+    return rows
+
+
+def _score_members(fn, prompt, resp, mask, batch=1024):
+    """Raw member rewards, M x B."""
+    return np.concatenate([np.asarray(member_call(fn, prompt[i:i + batch],
+                                                  jnp.ones_like(prompt[i:i + batch]),
+                                                  resp[i:i + batch], mask[i:i + batch]))
+                           for i in range(0, len(prompt), batch)], 1)
 
 
 def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
                    methods: Sequence[str] = DEFAULT_METHODS, alphas: Sequence[float] = (0.01,),
                    seeds: Sequence[int] = (0,), rl: RLConfig = RLConfig(), num_steps: int = 300,
                    chunk: int = 50, log_every: int = 10, normalise: bool = True,
-                   uwo_lambda: float = 1.0, max_new_tokens: int | None = None,
-                   eval_prompts: int = 256, ensemble_impl: str = "auto",
-                   allow_base_mismatch: bool = False) -> str:
-    """RL from the SFT policy, one vmapped program per method over (α × seeds)."""
+                   uwo_lambda: float = 0.1, standardise_members: bool = True,
+                   max_new_tokens: int | None = None, eval_prompts: int = 256,
+                   ensemble_impl: str = "auto", allow_base_mismatch: bool = False) -> str:
+    """RL from the SFT policy, one vmapped program per method over (α × chain seeds): run (α, s)
+    optimises the reward models of chain seed s. Every `chunk` steps (and at step 0) each run is
+    evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy)."""
+    seeds = check_seeds("train_policies", seeds)
     layout = RunLayout(workdir)
     for method in methods:
         RewardSpec.parse(method)  # a bad name fails before any work
@@ -137,7 +190,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
         config = dict(task=task, model_cfg=model_cfg, method=method, alphas=alphas, seeds=seeds,
                       rl=rl, num_steps=num_steps, chunk=chunk, log_every=log_every,
                       normalise=normalise, uwo_lambda=uwo_lambda, max_new_tokens=max_new_tokens,
-                      eval_prompts=eval_prompts)
+                      eval_prompts=eval_prompts, standardise_members=standardise_members)
         with layout.stage(f"rl {rm_name}/{method}", mdir, config):
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
@@ -146,6 +199,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
             _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=alphas,
                           seeds=seeds, num_steps=num_steps, chunk=chunk, log_every=log_every,
                           normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
+                          standardise_members=standardise_members,
                           ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
                           **shared)
     return layout.rl(rm_name)
@@ -172,36 +226,48 @@ GUARDED = ("kl", "pg_loss", "value_loss", "proxy_reward", "return")
 
 def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
                   num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
-                  ensemble_impl, allow_base_mismatch, sft_params, sft_meta, sampling, rl_prompts,
-                  value0, norm) -> None:
+                  standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
+                  sampling, rl_prompts, value0, norm) -> None:
     runs = [(a, s) for a in alphas for s in seeds]
-    fn = build_reward_function(layout, rm_name, method, model_cfg, uwo_lambda=uwo_lambda,
-                               ensemble_impl=ensemble_impl,
-                               base_fingerprint=sft_meta.get("base_fingerprint"),
-                               allow_base_mismatch=allow_base_mismatch)
-    if normalise:
-        norm_p, norm_r, norm_m = (jnp.asarray(x) for x in norm)
-        fn = normalised(fn, norm_p, jnp.ones_like(norm_p), norm_r, norm_m)
+    norm_p, norm_r, norm_m = (jnp.asarray(x) for x in norm)
+    fns = {}
+    for s in seeds:
+        fn = build_reward_function(layout, chain(rm_name, s), method, model_cfg,
+                                   uwo_lambda=uwo_lambda, ensemble_impl=ensemble_impl,
+                                   base_fingerprint=sft_meta.get("base_fingerprint"),
+                                   allow_base_mismatch=allow_base_mismatch)
+        if standardise_members and fn.kind in ("wco", "uwo"):
+            fn = standardised_members(fn, norm_p, jnp.ones_like(norm_p), norm_r, norm_m)
+        if normalise:
+            fn = normalised(fn, norm_p, jnp.ones_like(norm_p), norm_r, norm_m)
+        fns[s] = fn
+    fn_R = stack([fns[s] for _, s in runs])   # run r optimises its chain seed's reward
     init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
-                               ref_params=sft_params, reward_fn=fn, prompts_NxP=rl_prompts,
+                               ref_params=sft_params, prompts_NxP=rl_prompts,
                                oracle=getattr(task, "gold_fn", None))
     state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
     # committed like the chunk's outputs, so that its second call does not compile it again
     state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
-    chunk_fn = jax.jit(jax.vmap(lambda st: run_chunk(step, st, chunk)), donate_argnums=0)
+    chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
+    evaluate = _make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
     ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)
-    meta = {"method": method, "reward": describe(fn), "runs": [list(r) for r in runs],
-            "rl": dataclasses.asdict(rl), "base_fingerprint": sft_meta.get("base_fingerprint")}
+    meta = {"method": method, "reward": [describe(fns[s]) for s in seeds], "seeds": list(seeds),
+            "runs": [list(r) for r in runs], "rl": dataclasses.asdict(rl),
+            "base_fingerprint": sft_meta.get("base_fingerprint")}
     if ck.latest_step() is not None:
         target = abstract_with_shardings(jax.eval_shape(lambda: state),
                                          jax.tree.map(lambda x: x.sharding, state))
         state, _ = ck.restore(None, target)
     start = int(np.max(jax.device_get(state.step)))
-    with MetricsWriter(mdir, "train") as w:
+    with MetricsWriter(mdir, "train") as w, MetricsWriter(mdir, "eval", tensorboard=False) as we:
         w.rewind(start)
+        we.rewind(start)
+        last = None
+        if start == 0:
+            last = _write_eval(we, evaluate, state, fn_R, runs, 0, method)
         for s0 in progress(range(start, num_steps, chunk), desc=f"rl {rm_name}/{method}",
                            total=num_steps // chunk, initial=start // chunk):
-            state, metrics = chunk_fn(state)
+            state, metrics = chunk_fn(state, fn_R)
             metrics = jax.device_get(metrics)
             bad = [k for k in GUARDED if k in metrics and not np.isfinite(metrics[k]).all()]
             if bad:
@@ -209,13 +275,82 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
                     f"rl {rm_name}/{method}: non-finite {bad} in steps {s0 + 1}..{s0 + chunk}; "
                     f"last good checkpoint {ck.latest_step()} in {ck.directory} is kept")
             _log(w, metrics, runs, s0, log_every, method, task)
+            # evaluated before the checkpoint: a resume from it finds its evaluation written
+            last = _write_eval(we, evaluate, state, fn_R, runs, s0 + chunk, method)
             kill_point("rl.chunk")
             ck.save(s0 + chunk, state, meta)
             if preemption_requested() and s0 + chunk < num_steps:
                 raise Preempted(f"rl {rm_name}/{method}: stopped by SIGTERM after saving step "
                                 f"{s0 + chunk}; rerun the same command to resume")
-    _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, eval_prompts,
-                method, fn)
+        if last is None or last[0] != int(np.max(jax.device_get(state.step))):
+            last = _eval_rows(evaluate, state, fn_R, runs, method)
+    _write_final(mdir, task, last, runs, fns, method)
+
+
+def _make_eval(task, model_cfg, sampling, sft_params, n):
+    """One program for every run: sample each run's policy on the first `n` held-out prompts,
+    its KL to the SFT policy (sum over the response of log π − log π_SFT at the sampling
+    temperature), its chain seed's proxy reward and, with an oracle, the control reward."""
+    lm = LanguageModel(model_cfg)
+    prompts = jnp.asarray(task.prompts("eval")[:n])
+    sample = make_sampler(lm, sampling)
+    logp = lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature)  # noqa
+    oracle = getattr(task, "gold_fn", None)
+
+    def one(policy, fn, key):
+        out = sample(policy, prompts, jnp.ones_like(prompts), key)
+        kl = (logp(policy, out.tokens_BxN, out.mask_BxN) -
+              logp(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
+        res = {"kl_B": kl, "proxy_B": fn(prompts, jnp.ones_like(prompts), out.tokens_BxN,
+                                          out.mask_BxN),
+               "tokens_BxN": out.tokens_BxN, "mask_BxN": out.mask_BxN}
+        if oracle is not None:
+            res["gold_B"] = oracle(prompts, out.tokens_BxN, out.mask_BxN)
+        return res
+    run = jax.jit(jax.vmap(one))
+    return lambda policies, fn_R, keys: jax.device_get(run(policies, fn_R, keys)), prompts
+
+
+def _eval_rows(evaluate, state, fn_R, runs, method):
+    run, prompts = evaluate
+    step = int(np.max(jax.device_get(state.step)))
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(10_000 + s), step) for _, s in runs])
+    out = run(state.policy, fn_R, keys)
+    rows = []
+    for i, (alpha, s) in enumerate(runs):
+        row = {"method": method, "run_alpha": alpha, "seed": s, "kl": float(out["kl_B"][i].mean()),
+               "proxy_reward": float(out["proxy_B"][i].mean()),
+               "length": float(out["mask_BxN"][i].sum(-1).mean())}
+        if "gold_B" in out:
+            row["control_reward"] = float(out["gold_B"][i].mean())
+            # per prompt, so that paired claims and win rates need nothing but the JSONL
+            row["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
+        rows.append(row)
+    return step, rows, out, np.asarray(prompts)
+
+
+def _write_eval(we, evaluate, state, fn_R, runs, step, method):
+    last = _eval_rows(evaluate, state, fn_R, runs, method)
+    for row in last[1]:
+        we.write(step, row)
+    return last
+
+
+def _write_final(mdir, task, last, runs, fns, method):
+    """final.jsonl (the last held-out evaluation, with each run's reward normalisation) and the
+    final policies' responses (eval_samples.npz)."""
+    step, rows, out, prompts = last
+    toks, masks, final = {}, {}, []
+    for i, ((alpha, s), row) in enumerate(zip(runs, rows)):
+        final.append({"step": step, **row, "reward_shift": float(fns[s].shift),
+                      "reward_scale": float(fns[s].scale)})
+        toks[f"a{alpha}_s{s}"] = np.asarray(out["tokens_BxN"][i])
+        masks[f"a{alpha}_s{s}"] = np.asarray(out["mask_BxN"][i])
+    atomic_write(os.path.join(mdir, "eval_samples.npz"),
+                 lambda f: np.savez(f, prompts=prompts,
+                                    **{f"tokens/{k}": v for k, v in toks.items()},
+                                    **{f"mask/{k}": v for k, v in masks.items()}))
+    write_jsonl(os.path.join(mdir, "final.jsonl"), final)  # last: it marks the method done
 
 
 def _log(w, metrics, runs, s0, log_every, method, task):
@@ -231,35 +366,3 @@ def _log(w, metrics, runs, s0, log_every, method, task):
                        sample=task.decode(metrics["sample_tokens"][r, c, 0],
                                           metrics["sample_mask"][r, c, 0]))
             w.write(step, row)
-
-
-def _final_eval(mdir, task, model_cfg, state, runs, sft_params, sampling, n, method, fn):
-    """Held-out evaluation of each final policy: control reward, KL to SFT, samples for win rates."""
-    lm = LanguageModel(model_cfg)
-    prompts = jnp.asarray(task.prompts("eval")[:n])
-    sample = jax.jit(make_sampler(lm, sampling))
-    score = jax.jit(lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature))
-    toks, masks, rows = {}, {}, []
-    for i, (alpha, seed) in enumerate(runs):
-        params = jax.tree.map(lambda x: x[i], state.policy)
-        out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(10_000 + seed))
-        kl = (score(params, out.tokens_BxN, out.mask_BxN) -
-              score(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
-        row = {"method": method, "run_alpha": alpha, "seed": seed, "kl": float(kl.mean()),
-               "reward_shift": float(fn.shift), "reward_scale": float(fn.scale),
-               "proxy_reward": float(np.mean(_score(fn, prompts, out.tokens_BxN,
-                                                    out.mask_BxN))),
-               "length": float(out.mask_BxN.sum(-1).mean())}
-        if getattr(task, "has_oracle", False):
-            gold = task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN)
-            row["control_reward"] = float(np.mean(gold))
-            # per prompt, so that win rates need nothing but this file
-            row["gold_per_prompt"] = [round(float(g), 5) for g in gold]
-        rows.append({"step": int(state.step[i]), **row})
-        toks[f"a{alpha}_s{seed}"] = np.asarray(out.tokens_BxN)
-        masks[f"a{alpha}_s{seed}"] = np.asarray(out.mask_BxN)
-    atomic_write(os.path.join(mdir, "eval_samples.npz"),
-                 lambda f: np.savez(f, prompts=np.asarray(prompts),
-                                    **{f"tokens/{k}": v for k, v in toks.items()},
-                                    **{f"mask/{k}": v for k, v in masks.items()}))
-    write_jsonl(os.path.join(mdir, "final.jsonl"), rows)  # last: it marks the method done

@@ -8,6 +8,7 @@ Layout under `<workdir>/rm/<name>/` (paths from `warm_jax.layout.RunLayout`):
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Mapping, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 from warm_jax import sharding as shd
 from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_params
 from warm_jax.data.pipeline import batch_iterator
-from warm_jax.layout import RunLayout, kill_point, write_jsonl
+from warm_jax.layout import RunLayout, chain, chain_seed, check_seeds, kill_point, write_jsonl
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
@@ -79,102 +80,128 @@ def member_init(probe_params: dict, sft_dir: str, spec: RunSpec) -> dict:
 
 def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str = "rm",
                         mode: str = "population", population_impl: str = "vmap",
-                        members: Sequence[int] | None = None,
+                        members: Sequence[int] | None = None, seeds: Sequence[int] = (0,),
                         diversity: DiversityConfig = DiversityConfig(), num_steps: int = 300,
                         batch_size: int = 32, probe_steps: int = 100,
                         probe_learning_rate: float = 3e-3,
                         mesh_shape: Mapping[str, int] | None = None, seed: int = 0,
                         ckpt_every: int = 100, eval_batch_size: int = 256,
                         max_eval_pairs: int | None = None) -> str:
-    """Train the M members (all, or `members` only: one gin launch per member in separate mode).
+    """Train the M members of every chain seed (all members, or `members` only: one gin launch
+    per member in separate mode). Chain seed s (`rm/<name>/seed_<s>/`) has its own training-label
+    draw (`task.for_seed(s)`), linear probe, data orders and dropout keys; in population mode the
+    S x M members are ONE program over the member axis.
 
     `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`)."""
     if mode not in MODES:
         raise ValueError(f"train_reward_models.mode={mode!r}: allowed {MODES}")
+    seeds = check_seeds("train_reward_models", seeds)
     layout = RunLayout(workdir)
     rm_dir = layout.rm(name)
     sft_dir = layout.checkpoints(layout.sft)
     sft_ck = Checkpointer(sft_dir, read_only=True)
-    specs = expand(diversity, sft_ck.latest_step())
-    missing = sorted({s.init_step for s in specs} - set(sft_ck.all_steps()))
+    chains = {chain(name, s): (seeded_task(task, s),
+                               expand(dataclasses.replace(diversity,
+                                                          seed=chain_seed(diversity.seed, s)),
+                                      sft_ck.latest_step()), chain_seed(seed, s))
+              for s in seeds}
+    specs0 = next(iter(chains.values()))[1]
+    missing = sorted({s.init_step for s in specs0} - set(sft_ck.all_steps()))
     if missing:
         raise ValueError(f"DiversityConfig.baklava_steps {missing} are not SFT checkpoints "
                          f"(have {sft_ck.all_steps()})")
-    chosen = specs if members is None else [specs[i] for i in members]
-    groups = [chosen] if mode == "population" else [[s] for s in chosen]
-    runs = ["population"] if mode == "population" else [f"member_{s.member}" for s in chosen]
+    chosen = [(c, sp) for c, (_, specs, _) in chains.items() for sp in specs
+              if members is None or sp.member in members]
+    if mode == "population":
+        groups, runs = [chosen], [layout.rm_train(name, "population")]
+    else:
+        groups = [[item] for item in chosen]
+        runs = [layout.rm_train(c, f"member_{sp.member}") for c, sp in chosen]
     # how members are batched (mode, impl, which launch) does not change what they compute
     config = dict(task=task, model_cfg=model_cfg, diversity=diversity, num_steps=num_steps,
-                  batch_size=batch_size, probe_steps=probe_steps,
+                  batch_size=batch_size, probe_steps=probe_steps, seeds=seeds,
                   probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs)
-    outputs = [layout.member(name, s.member) for s in chosen] + \
-        [layout.rm_train(name, r) for r in runs]
+    outputs = [layout.member(c, sp.member) for c, sp in chosen] + runs
     with layout.stage(f"rm {name}", rm_dir, config, outputs=outputs):
-        if not all(layout.member_done(name, s.member) for s in chosen):
-            _train_and_export(layout, name, task, model_cfg, specs, groups, runs,
+        if not all(layout.member_done(c, sp.member) for c, sp in chosen):
+            _train_and_export(layout, task, model_cfg, chains, groups, runs,
                               population_impl=population_impl, num_steps=num_steps,
                               batch_size=batch_size, probe_steps=probe_steps,
                               probe_learning_rate=probe_learning_rate, mesh_shape=mesh_shape,
-                              seed=seed, ckpt_every=ckpt_every, eval_batch_size=eval_batch_size,
+                              ckpt_every=ckpt_every, eval_batch_size=eval_batch_size,
                               max_eval_pairs=max_eval_pairs)
-        with layout.lock(os.path.join(rm_dir, "eval.jsonl"), wait=True):
-            write_eval_table(layout, name, len(specs))
+        for c, (_, specs, _) in chains.items():
+            with layout.lock(os.path.join(layout.rm(c), "eval.jsonl"), wait=True):
+                write_eval_table(layout, c, len(specs))
     return rm_dir
 
 
-def _train_and_export(layout: RunLayout, name: str, task, model_cfg: ModelConfig, specs, groups,
-                      runs, *, population_impl, num_steps, batch_size, probe_steps,
-                      probe_learning_rate, mesh_shape, seed, ckpt_every, eval_batch_size,
-                      max_eval_pairs) -> None:
+def seeded_task(task, seed: int):
+    """The task as chain seed `seed` sees it (a task without seed-dependent labels: itself)."""
+    return task.for_seed(seed) if hasattr(task, "for_seed") else task
+
+
+def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, groups, runs, *,
+                      population_impl, num_steps, batch_size, probe_steps, probe_learning_rate,
+                      mesh_shape, ckpt_every, eval_batch_size, max_eval_pairs) -> None:
     sft_dir = layout.checkpoints(layout.sft)
     mesh = shd.make_mesh(**(mesh_shape or {"data": -1}))
-    # shared by side-by-side launches of single members: the second waits, then finds it done
-    with layout.lock(layout.linear_probe(name), wait=True):
-        probe_params, meta = linear_probe(probe_dir=layout.linear_probe(name), sft_dir=sft_dir,
-                                          task=task, model_cfg=model_cfg, num_steps=probe_steps,
-                                          learning_rate=probe_learning_rate,
-                                          batch_size=batch_size, seed=seed, mesh=mesh)
+    probes, metas, train_cols = {}, {}, {}
+    for c, (task_c, _, seed_c) in chains.items():
+        # shared by side-by-side launches of single members: the second waits, then finds it done
+        with layout.lock(layout.linear_probe(c), wait=True):
+            probes[c], metas[c] = linear_probe(
+                probe_dir=layout.linear_probe(c), sft_dir=sft_dir, task=task_c,
+                model_cfg=model_cfg, num_steps=probe_steps, learning_rate=probe_learning_rate,
+                batch_size=batch_size, seed=seed_c, mesh=mesh)
+        train_cols[c] = _columns(_pairs(task_c, "train"))
+    meta = next(iter(metas.values()))
     rm = RewardModel(model_cfg)
     loss = make_rm_loss(rm)
     tx = make_optimizer(OptimConfig(learning_rate=1.0))  # each member's lr is set in its state
     dummy = jnp.ones((1, 4), jnp.int32)
     _, sh1 = create_train_state(lambda r: rm.init(r, dummy, jnp.ones_like(dummy))["params"], tx,
                                 mesh, jax.random.PRNGKey(0))
-    train_cols = _columns(_pairs(task, "train"))
     step = make_member_step(loss, tx)
-    trained: dict[int, dict] = {}
-    for group, sub in zip(groups, runs):
-        if all(layout.member_done(name, s.member) for s in group):
+    trained: dict[str, dict[int, dict]] = {c: {} for c in chains}
+    for group, run_dir in zip(groups, runs):
+        if all(layout.member_done(c, s.member) for c, s in group):
             continue
         # the whole group, even if a kill came mid-export: its checkpoint holds every member
-        iters = [batch_iterator(train_cols, batch_size=batch_size, seed=s.data_seed) for s in group]
-        states = [member_state(member_init(probe_params, sft_dir, s), tx, s.learning_rate,
-                               s.rng_seed) for s in group]
-        if sub == "population":
+        iters = [batch_iterator(train_cols[c], batch_size=batch_size, seed=s.data_seed)
+                 for c, s in group]
+        states = [member_state(member_init(probes[c], sft_dir, s), tx, s.learning_rate,
+                               s.rng_seed) for c, s in group]
+        if len(runs) == 1 and run_dir.endswith("population"):
             sh = with_member_axis(sh1, mesh)
             state, data_iter, leading = shd.place(stack(states), sh), StackedIterator(iters), \
                 ("member", "batch")
-            train_step = population_step(step, [s.dropout for s in group], population_impl)
+            train_step = population_step(step, [s.dropout for _, s in group], population_impl)
+            stacked = True
         else:
             sh, leading = sh1, ("batch",)
             state, data_iter = shd.place(states[0], sh), iters[0]
-            train_step = single_run_step(step, group[0].dropout)
-        run_dir = layout.rm_train(name, sub)
+            train_step = single_run_step(step, group[0][1].dropout)
+            stacked = False
         with MetricsWriter(run_dir, "train") as w, shd.activate(mesh):
             state = fit(state=state, state_shardings=sh, train_step=train_step, mesh=mesh,
                         data_iter=data_iter, num_steps=num_steps,
                         checkpointer=Checkpointer(layout.checkpoints(run_dir)), writer=w,
-                        meta={"specs": [s.as_dict() for s in group], **meta},
-                        ckpt_every=ckpt_every, leading=leading, desc=f"rm {name} {sub}")
+                        meta={"specs": [dict(s.as_dict(), chain=c) for c, s in group], **meta},
+                        ckpt_every=ckpt_every, leading=leading,
+                        desc=f"rm {os.path.relpath(run_dir, layout.path('rm'))}")
         params = jax.device_get(state.params)
-        for i, s in enumerate(group):
-            if not layout.member_done(name, s.member):
-                trained[s.member] = unstack(params, i) if sub == "population" else params
-    rows = evaluate_members(rm, task, trained, eval_batch_size, max_eval_pairs)
-    for m in sorted(trained):
-        kill_point("rm.export")
-        export_member(layout.member(name, m), specs[m], trained[m],
-                      dict(meta, accuracy=rows[m], num_steps=num_steps))
+        for i, (c, s) in enumerate(group):
+            if not layout.member_done(c, s.member):
+                trained[c][s.member] = unstack(params, i) if stacked else params
+    for c, (task_c, specs, _) in chains.items():
+        if not trained[c]:
+            continue
+        rows = evaluate_members(rm, task_c, trained[c], eval_batch_size, max_eval_pairs)
+        for m in sorted(trained[c]):
+            kill_point("rm.export")
+            export_member(layout.member(c, m), specs[m], trained[c][m],
+                          dict(metas[c], accuracy=rows[m], num_steps=num_steps))
 
 
 def write_eval_table(layout: RunLayout, name: str, num_members: int) -> None:
