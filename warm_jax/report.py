@@ -249,8 +249,14 @@ def diagnostics(claims: list[dict]) -> list[str]:
             msg += f", evaluation noise within a seed {_fmt(v.get('se_within_seed'))}"
         if c["outcome"] == "inconclusive":
             need = c.get("seeds_needed")
-            msg += (f"; about {need} seeds would decide it at this effect and spread"
-                    if need else "; more seeds would not decide it at this effect")
+            if need and need <= c["n_seeds"]:
+                msg += ("; the seed-level t-interval alone already decides it, the bootstrap's "
+                        "does not (it carries the evaluation noise within a seed): more units "
+                        "per seed, or more seeds, would decide it")
+            elif need:
+                msg += f"; about {need} seeds would decide it at this effect and spread"
+            else:
+                msg += "; more seeds would not decide it at this effect"
         out.append(f"- **{c['claim']}** ({c['outcome']}) — {msg}.")
     if out:
         out = ["## Claims not reproduced: what their decisions measured", ""] + out + [""]

@@ -261,7 +261,7 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
     start = int(np.max(jax.device_get(state.step)))
     with MetricsWriter(mdir, "train") as w, MetricsWriter(mdir, "eval", tensorboard=False) as we:
         w.rewind(start)
-        we.rewind(start)
+        we.rewind(start if start else -1)   # a fresh start writes step 0's evaluation again
         last = None
         if start == 0:
             last = _write_eval(we, evaluate, state, fn_R, runs, 0, method)
