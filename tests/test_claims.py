@@ -62,14 +62,51 @@ def test_rl_claims_use_held_out_evaluations():
         d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, 2, 3], [0, 0.5, 1.2, 0.9],
                                            [0, 2.0, 0.6, 0.9])
     hack = _decide("rl_single_hacking", d)
+    # single's peak on the selection half is step 50 (1.0); judged half: 1.0 − final 0.5 − margin
     assert hack["per_seed"] == pytest.approx([1.0 - 0.5 - C.HACK_MARGIN] * 3)
-    assert hack["outcome"] == "reproduced" and hack["unit"] == "seed"   # no spread: a sure drop
+    assert hack["outcome"] == "reproduced" and hack["unit"] == "prompt"   # no spread: a sure drop
     front = _decide("rl_front_at_kl", d)
     # at KL 1: WARM 1.25 (mean of 0.5 and 2.0) vs single 1.0; at KL 2: 0.9 vs 0.8; KL 4 unreached
     assert front["per_seed"] == pytest.approx([np.mean([1.25 - 1.0, 0.9 - 0.8])] * 3)
+    assert front["extra"]["budgets"] == [1.0, 2.0]
     win = _decide("win_rate_warm_vs_single", d)
-    # reference = WARM at step 100 (selection half 1.2 > 0.9 > 0.5): judged half 0.6 vs single's
-    # final 0.5 -> WARM wins every judged prompt
-    assert win["per_seed"] == pytest.approx([0.5] * 3)
+    # WARM at its selection-half best (step 100: 1.2 > 0.9 > 0.5) judges 0.6; single at ITS
+    # selection-half best (step 50: 1.0) judges 1.0, so WARM loses every judged prompt. Against
+    # single's final step (0.5) it would have won them all: the best-vs-final bias is gone.
+    assert win["per_seed"] == pytest.approx([-0.5] * 3)
     final = _decide("larger_m_delays_collapse", d)
     assert final["per_seed"] == pytest.approx([np.mean([0.9 - 0.5] * 8)] * 3)
+
+
+def test_rl_front_judges_every_seed_on_the_budgets_all_runs_reach():
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "final": {},
+         "eval": {"single": [], "warm_M6": []}}
+    for s in range(3):
+        top = 3 if s < 2 else 1.5     # seed 2's runs never reach KL 2
+        d["eval"]["single"] += _eval_rows("single", s, [0, 1, top], [0, 1, 1], [0, 1, 1])
+        d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, top], [0, 2, 2], [0, 2, 2])
+    front = _decide("rl_front_at_kl", d)
+    # only KL 1 is reached by every run: all three seeds stay in, each judged at KL 1 alone
+    assert front["extra"]["budgets"] == [1.0] and front["n_seeds"] == 3
+    assert front["per_seed"] == pytest.approx([1.0] * 3)
+
+
+def test_lmc_claims_count_each_evaluation_pair_once():
+    rows = []
+    for pair, v in (("data_order", [1.0, 0.0]), ("baklava", [0.0, 0.0]), ("same_run", [5.0, 5.0])):
+        rows.append({"analysis": "lmc_units", "split": "validation", "pair": pair,
+                     "what": "wa_minus_ens", "values": v})
+    d = {"analysis": {"clean": {s: rows for s in range(3)}, "corrupt": {}}, "bon": [],
+         "train": {}, "eval": {}, "final": {}}
+    r = _decide("lmc_wa_approx_ens", d)
+    # two evaluation pairs per seed, each the mean over the diversity pairs; same_run left out
+    assert r["n_units"] == 6 and r["per_seed"] == pytest.approx([0.25] * 3)
+
+
+def test_bon_ens_claim_is_warm_m2_against_ens_m2():
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "train": {}, "eval": {}, "final": {}, "bon": []}
+    for s in range(3):
+        for m, v in (("warm_M2", 1.0), ("ens_M2", 0.5), ("warm_M6", 2.0), ("ens", 3.0)):
+            d["bon"].append({"seed": s, "method": m, "analysis": "auc", "values": [v] * 4})
+    assert _decide("bon_warm_beats_ens", d)["per_seed"] == pytest.approx([0.5] * 3)
+    assert _decide("bon_warm_beats_ens_all", d)["per_seed"] == pytest.approx([-1.0] * 3)

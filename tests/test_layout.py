@@ -113,11 +113,15 @@ def test_stage_config_mismatch_names_fields_and_how_to_start_afresh(tmp_path):
 
 
 def test_reward_spec_parses_and_prints():
-    for text in ("single", "warm_M2", "warm_M10", "greedy", "ens", "wco", "uwo"):
+    for text in ("single", "warm_M2", "warm_M10", "greedy", "ens", "wco", "uwo", "ens_M2",
+                 "uwo_M3"):
         assert str(L.RewardSpec.parse(text)) == text
     assert L.RewardSpec.parse("single").average == "warm_M1"
     assert L.RewardSpec.parse("warm_M6").m == 6 and L.RewardSpec.parse("ens").is_ensemble
-    for bad in ("warm_M0", "warm", "WARM_M2", "ens2", ""):
+    # an ensemble of k members reads the members WARM M=k averages; of all members, none
+    assert L.RewardSpec.parse("ens_M2").average == "warm_M2" and L.RewardSpec.parse("ens_M2").is_ensemble
+    assert L.RewardSpec.parse("ens").average is None
+    for bad in ("warm_M0", "warm", "WARM_M2", "ens2", "ens_M0", "greedy_M2", ""):
         with pytest.raises(ValueError, match=r"allowed single \| warm_M<k>"):
             L.RewardSpec.parse(bad)
 

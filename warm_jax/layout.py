@@ -290,24 +290,25 @@ def preemption_requested() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSpec:
-    """A reward function by name: `single | warm_M<k> | greedy | ens | wco | uwo`."""
+    """A reward function by name: `single | warm_M<k> | greedy | ens | wco | uwo`, where an
+    ensemble may name its size (`ens_M2`: the ensemble of the k members `warm_M<k>` averages)."""
     kind: str          # single, warm, greedy, ens, wco, uwo
     m: int | None = None
 
     ENSEMBLES = ("ens", "wco", "uwo")
-    ALLOWED = "single | warm_M<k> | greedy | ens | wco | uwo"
+    ALLOWED = "single | warm_M<k> | greedy | ens | wco | uwo | ens_M<k> | wco_M<k> | uwo_M<k>"
 
     @classmethod
     def parse(cls, text: str) -> "RewardSpec":
-        m = re.fullmatch(r"warm_M([1-9]\d*)", text)
+        m = re.fullmatch(r"(warm|ens|wco|uwo)_M([1-9]\d*)", text)
         if m:
-            return cls("warm", int(m.group(1)))
+            return cls(m.group(1), int(m.group(2)))
         if text in ("single", "greedy") + cls.ENSEMBLES:
             return cls(text)
         raise ValueError(f"reward {text!r}: allowed {cls.ALLOWED}")
 
     def __str__(self) -> str:
-        return f"warm_M{self.m}" if self.kind == "warm" else self.kind
+        return self.kind if self.m is None else f"{self.kind}_M{self.m}"
 
     @property
     def is_ensemble(self) -> bool:
@@ -315,8 +316,11 @@ class RewardSpec:
 
     @property
     def average(self) -> str | None:
-        """The averaged checkpoint it reads (`single` is the best member: the top-1 average)."""
-        return None if self.is_ensemble else ("warm_M1" if self.kind == "single" else str(self))
+        """The averaged checkpoint it reads (`single` is the best member: the top-1 average); an
+        ensemble of k members reads the members `warm_M<k>` averages."""
+        if self.is_ensemble:
+            return None if self.m is None else f"warm_M{self.m}"
+        return "warm_M1" if self.kind == "single" else str(self)
 
 
 # --- chain seeds ----------------------------------------------------------------------------------

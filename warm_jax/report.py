@@ -21,7 +21,7 @@ from warm_jax.layout import RunLayout, atomic_write, read_json, write_json  # no
 from warm_jax.layout import atomic_write as write_text  # noqa: E402
 
 COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "ens": "tab:orange",
-          "wco": "tab:brown", "uwo": "tab:purple", "greedy": "tab:green"}
+          "ens_M2": "tab:olive", "wco": "tab:brown", "uwo": "tab:purple", "greedy": "tab:green"}
 
 
 def _save(fig, path):
@@ -290,7 +290,8 @@ def _write_report(layout: RunLayout) -> dict:
                                                             "step"),
         "RL: held-out control reward against KL to the SFT policy": fig_rl(
             d["eval"], f"{figdir}/pareto.png", "kl"),
-        "Win rates (oracle judge)": fig_winrates(names, mat, f"{figdir}/winrates.png"),
+        "Win rates of the final policies (gold comparison, descriptive)": fig_winrates(
+            names, mat, f"{figdir}/winrates.png"),
     }
     timings = read_json(layout.timings, {})
     lines = [f"# WARM reproduction report — `{os.path.abspath(workdir)}`", ""]
@@ -315,11 +316,14 @@ def _write_report(layout: RunLayout) -> dict:
         if fig:
             lines += [f"## {title}", "", f"![{title}](figures/{fig})", ""]
     if mat:
-        lines += ["## Win-rate matrix (row vs column, 95% CI)", "",
+        lines += ["## Win-rate matrix (row vs column)", "",
+                  "Final policies, judged by gold comparison, every seed and α pooled. "
+                  "Descriptive: it has no seed variance and no step selection; the decided win "
+                  "rate is the claim `win_rate_warm_vs_single` (each policy at its best step, "
+                  "chosen on disjoint prompts).", "",
                   "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for a in names:
-            cells = [f"{mat[(a, b)]['win_rate']:.2f} [{mat[(a, b)]['ci_low']:.2f}, "
-                     f"{mat[(a, b)]['ci_high']:.2f}]" if (a, b) in mat else "" for b in names]
+            cells = [f"{mat[(a, b)]['win_rate']:.2f}" if (a, b) in mat else "" for b in names]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
     norms = {m: (rows[0].get("reward_shift"), rows[0].get("reward_scale"))

@@ -71,10 +71,18 @@ def _units(per_seed: dict, **extra) -> Units | None:
 
 # --- reward models (Figs. 3-5) ----------------------------------------------------------------
 
-def _unit_values(rows, analysis, split, what, pair=None):
+def _unit_values(rows, analysis, split, what):
     vals = [r["values"] for r in rows if r.get("analysis") == analysis and r["split"] == split
-            and r.get("what") == what and (pair is None or r.get("pair") == pair)]
+            and r.get("what") == what]
     return np.concatenate(vals) if vals else None
+
+
+def _lmc_units(rows, split, what):
+    """Per evaluation pair, the mean over the member pairs of increasing diversity (not the
+    'same_run' pair, which is a control): each evaluation pair is one unit, counted once."""
+    vals = [r["values"] for r in rows if r.get("analysis") == "lmc_units" and r["split"] == split
+            and r.get("what") == what and r.get("pair") != "same_run"]
+    return np.mean(vals, 0) if vals else None
 
 
 def _split_units(d, name, split, what="wa_minus_ens"):
@@ -86,12 +94,13 @@ def _split_units(d, name, split, what="wa_minus_ens"):
           finding="WA of two members sits above the diagonal between them (linear mode "
                   "connectivity)", figure="lmc",
           statistic="correctness of WA((1−λ)φa + λφb) − ((1−λ)·correct_a + λ·correct_b), mean "
-                    "over interior λ, per evaluation pair (ID and OOD), every member pair",
+                    "over interior λ and over the diversity member pairs, per evaluation pair "
+                    "(ID and OOD)",
           unit="pair", kind="directional", direction=+1)
 def lmc_above_diag(d):
     per_seed = {}
     for s, rows in d["analysis"]["clean"].items():
-        parts = [_unit_values(rows, "lmc_units", sp, "wa_minus_diag") for sp in ("validation", "test")]
+        parts = [_lmc_units(rows, sp, "wa_minus_diag") for sp in ("validation", "test")]
         parts = [p for p in parts if p is not None]
         per_seed[s] = np.concatenate(parts) if parts else None
     return _units(per_seed)
@@ -99,11 +108,11 @@ def lmc_above_diag(d):
 
 @register(registry=REGISTRY, id="lmc_wa_approx_ens", paper_ref="Fig. 3",
           finding="Along the path between two members, WA ≈ ENS in distribution",
-          figure="lmc", statistic="correctness of WA(λ) − ENS(λ), mean over interior λ, per "
-                                  "validation pair, every member pair",
+          figure="lmc", statistic="correctness of WA(λ) − ENS(λ), mean over interior λ and over "
+                                  "the diversity member pairs, per validation pair",
           unit="pair", kind="equivalence", delta=ID_DELTA)
 def lmc_wa_approx_ens(d):
-    return _units({s: _unit_values(rows, "lmc_units", "validation", "wa_minus_ens")
+    return _units({s: _lmc_units(rows, "validation", "wa_minus_ens")
                    for s, rows in d["analysis"]["clean"].items()})
 
 
@@ -180,16 +189,26 @@ def bon_warm_beats_single(d):
     return _bon_diff(d, w[0] if w else None, "single")
 
 
-@register(registry=REGISTRY, id="bon_warm_beats_ens", paper_ref="Fig. 7",
-          finding="Best-of-N: WARM (largest M) beats ENS of the same M members", figure="bon",
-          statistic=BON_STAT.format(a="WARM M", b="ENS"), unit="prompt", kind="directional",
-          direction=+1)
+@register(registry=REGISTRY, id="bon_warm_beats_ens", paper_ref="Figs. 6-7",
+          finding="Best-of-N: WARM M=2 beats ENS M=2 of the same two members (the paper's ENS "
+                  "baseline)", figure="bon",
+          statistic=BON_STAT.format(a="WARM M=2", b="ENS M=2"), unit="prompt",
+          kind="directional", direction=+1)
 def bon_warm_beats_ens(d):
+    w = _bon_methods(d)
+    return _bon_diff(d, w[0], "ens_" + w[0][len("warm_"):]) if w else None
+
+
+@register(registry=REGISTRY, id="bon_warm_beats_ens_all", paper_ref="extension",
+          finding="Best-of-N: WARM (largest M) beats ENS of all the members", figure="bon",
+          statistic=BON_STAT.format(a="WARM M", b="ENS of all members"), unit="prompt",
+          kind="directional", direction=+1)
+def bon_warm_beats_ens_all(d):
     w = _bon_methods(d)
     return _bon_diff(d, w[-1] if w else None, "ens")
 
 
-@register(registry=REGISTRY, id="bon_warm_beats_wco", paper_ref="Coste et al. 2023",
+@register(registry=REGISTRY, id="bon_warm_beats_wco", paper_ref="extension (Coste et al. 2023)",
           finding="Best-of-N: WARM beats WCO (worst case over standardised members) at 1/M of "
                   "its inference cost", figure="bon",
           statistic=BON_STAT.format(a="WARM M", b="WCO"), unit="prompt", kind="directional",
@@ -199,7 +218,7 @@ def bon_warm_beats_wco(d):
     return _bon_diff(d, w[-1] if w else None, "wco")
 
 
-@register(registry=REGISTRY, id="bon_warm_beats_uwo", paper_ref="Coste et al. 2023",
+@register(registry=REGISTRY, id="bon_warm_beats_uwo", paper_ref="extension (Coste et al. 2023)",
           finding="Best-of-N: WARM beats UWO (mean − λ·variance, λ = 0.5, standardised "
                   "members) at 1/M of its inference cost", figure="bon",
           statistic=BON_STAT.format(a="WARM M", b="UWO"), unit="prompt", kind="directional",
@@ -224,18 +243,33 @@ def _rl_pair(d):
     return (w[-1], "single") if w and "single" in d["eval"] else (None, None)
 
 
+def _halves(rows):
+    """(selection, judged) slices of the held-out prompts: a step picked on the first half is
+    judged on the second, so the pick's luck on its own prompts does not inflate what is judged."""
+    half = len(rows[0]["gold_per_prompt"]) // 2
+    return slice(0, half), slice(half, None)
+
+
+def _best_step(rows, select):
+    """The evaluation row of highest mean control reward on the selection prompts."""
+    return max(rows, key=lambda r: np.mean(r["gold_per_prompt"][select]))
+
+
 @register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
           finding="RL against a single RM over-optimises: held-out control reward rises, then "
                   "falls by more than the hacking margin", figure="rl_steps",
-          statistic=f"peak − final held-out control reward of the single-RM policy − "
-                    f"{HACK_MARGIN} (mean over α)", unit="seed", kind="directional", direction=+1)
+          statistic=f"per judged prompt, control reward at the peak step (chosen on the other "
+                    f"half of the held-out prompts) − at the final step − {HACK_MARGIN}, "
+                    f"single-RM policy, every α", unit="prompt", kind="directional",
+          direction=+1)
 def rl_single_hacking(d):
-    runs = _evals(d, "single")
     per_seed = collections.defaultdict(list)
-    for (a, s), rows in runs.items():
-        ctrl = [r["control_reward"] for r in rows]
-        per_seed[s].append(max(ctrl) - ctrl[-1] - HACK_MARGIN)
-    return _units({s: [np.mean(v)] for s, v in per_seed.items()})
+    for (a, s), rows in _evals(d, "single").items():
+        select, judged = _halves(rows)
+        peak = np.asarray(_best_step(rows, select)["gold_per_prompt"][judged])
+        final = np.asarray(rows[-1]["gold_per_prompt"][judged])
+        per_seed[s].append(peak - final - HACK_MARGIN)
+    return _units({s: np.concatenate(v) for s, v in per_seed.items()})
 
 
 @register(registry=REGISTRY, id="larger_m_delays_collapse", paper_ref="Fig. 8",
@@ -258,38 +292,43 @@ def larger_m_delays_collapse(d):
 @register(registry=REGISTRY, id="rl_front_at_kl", paper_ref="Fig. 8",
           finding="WARM pushes the KL–control-reward front up: more control reward at the same "
                   "KL to the SFT policy", figure="pareto",
-          statistic=f"held-out control reward at KL budgets {KL_BUDGETS} (interpolated between "
-                    "evaluations), WARM M − single, mean over the budgets both reached and α",
-          unit="seed", kind="directional", direction=+1)
+          statistic=f"held-out control reward at the KL budgets of {KL_BUDGETS} that every run of "
+                    "both methods reaches (interpolated between evaluations), WARM M − single, "
+                    "mean over those budgets and α", unit="seed", kind="directional",
+          direction=+1)
 def rl_front_at_kl(d):
     warm, single = _rl_pair(d)
     if warm is None:
         return None
     W, S = _evals(d, warm), _evals(d, single)
-    per_seed, reached = collections.defaultdict(list), {}
-    for k in sorted(set(W) & set(S)):
-        at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
-                                        [r["control_reward"] for r in rows], KL_BUDGETS)
-        diff = at(W[k]) - at(S[k])
-        reached[f"alpha={k[0]},seed={k[1]}"] = [b for b, x in zip(KL_BUDGETS, diff)
-                                                if np.isfinite(x)]
-        per_seed[k[1]] += [x for x in diff if np.isfinite(x)]
-    return _units({s: [np.mean(v)] for s, v in per_seed.items() if v}, a=warm, b=single,
-                  budgets_reached=reached)
+    keys = sorted(set(W) & set(S))
+    at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
+                                    [r["control_reward"] for r in rows], KL_BUDGETS)
+    diffs = {k: at(W[k]) - at(S[k]) for k in keys}
+    # a budget counts only where every run reached it: every seed is then judged on the same
+    # budgets (a seed that stopped short is not silently dropped from the interval)
+    common = [i for i in range(len(KL_BUDGETS)) if all(np.isfinite(x[i]) for x in diffs.values())]
+    if not common:
+        return None
+    per_seed = collections.defaultdict(list)
+    for k, x in diffs.items():
+        per_seed[k[1]] += [x[i] for i in common]
+    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, a=warm, b=single,
+                  budgets=[KL_BUDGETS[i] for i in common])
 
 
 def win_rate_units(d, method, reference, *, judge="gold"):
-    """Per prompt of the win-rate half of the held-out prompts: P(reference beats `method`'s final
-    policy) − 1/2. The reference is taken at its best evaluation step, chosen by mean control
-    reward on the other half (the selection prompts). judge 'gold': 1 / ½ / 0 by gold comparison;
-    'oracle': the Bradley–Terry preference probability at the labeller's temperature."""
+    """Per prompt of the win-rate half of the held-out prompts: P(reference beats `method`) − 1/2.
+    Both policies are taken at their best evaluation step, each chosen by mean control reward on
+    the other half (the selection prompts), so neither gains from a lucky pick. judge 'gold': 1 /
+    ½ / 0 by gold comparison; 'oracle': the Bradley–Terry preference probability at the
+    labeller's temperature."""
     R, X = _evals(d, reference), _evals(d, method)
     per_seed = collections.defaultdict(list)
     for k in sorted(set(R) & set(X)):
-        half = len(R[k][0]["gold_per_prompt"]) // 2
-        best = max(R[k], key=lambda r: np.mean(r["gold_per_prompt"][:half]))
-        g_ref = np.asarray(best["gold_per_prompt"][half:])
-        g_x = np.asarray(X[k][-1]["gold_per_prompt"][half:])
+        select, judged = _halves(R[k])
+        g_ref = np.asarray(_best_step(R[k], select)["gold_per_prompt"][judged])
+        g_x = np.asarray(_best_step(X[k], select)["gold_per_prompt"][judged])
         if judge == "gold":
             p = np.where(g_ref > g_x, 1.0, np.where(g_ref == g_x, 0.5, 0.0))
         else:
@@ -301,8 +340,8 @@ def win_rate_units(d, method, reference, *, judge="gold"):
 @register(registry=REGISTRY, id="win_rate_warm_vs_single", paper_ref="Fig. 9",
           finding="The WARM policy wins against the single-RM policy (paper: 79.4%)",
           figure="winrates",
-          statistic="per win-rate prompt, P(WARM M at its best step, chosen on disjoint prompts, "
-                    "beats the single-RM policy's final step by gold comparison) − 1/2",
+          statistic="per win-rate prompt, P(WARM M beats the single-RM policy by gold "
+                    "comparison) − 1/2, each at its best step chosen on disjoint prompts",
           unit="prompt", kind="directional", direction=+1)
 def win_rate_warm_vs_single(d):
     warm, single = _rl_pair(d)

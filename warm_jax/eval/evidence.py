@@ -17,6 +17,14 @@ Intervals, both at `level` (default 95 %):
 * seed-level Student t: mean ± t(S − 1 df) · sd(per-seed means) / √S. Each per-seed mean carries
   its own evaluation noise, so the spread of the S means estimates both sources of variance.
 
+What the intervals cover: training variance (label draw, RM population, best-of-N samples, RL
+runs: the seed) and the sampling of evaluation units. In the embedded pipeline every seed is
+evaluated on the same validation / test pairs and the same held-out prompts, so the seeds' unit
+noise is shared rather than independent: the spread of seed means then under-states the unit
+term, which only the within-seed resampling of the bootstrap carries (conditional on that one
+evaluation set, at 1,000 pairs or 64-128 prompts per seed). Drawing fresh evaluation units per
+seed would make the t-interval cover it too.
+
 Why both. Over few seeds the percentile bootstrap is too narrow: it sees at most C(2S − 1, S) seed
 multisets (10 at S = 3), its spread is the plug-in sd (√((S − 1)/S) short) and its quantiles are
 normal, not t. For normal seed means, its one-sided error P(T(S − 1) > 1.96 · √((S − 1)/S)) is

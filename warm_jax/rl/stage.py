@@ -1,7 +1,8 @@
 """Stages: best-of-N, and RL of the SFT policy against each reward function at several α and seeds.
 
 Reward functions are built from `<workdir>/rm/<rm_name>/`: `single` is the best member (top-1
-average), `warm_M<k>` the WARM averages, `ens` / `wco` / `uwo` the members' ensembles. Every
+average), `warm_M<k>` the WARM averages, `ens` / `wco` / `uwo` the members' ensembles (`ens_M<k>`: of the k
+members `warm_M<k>` averages). Every
 method's rewards are z-normalised on SFT samples unless `normalise=False`; the shift and scale are
 written with the run (reward scale sets the effective α).
 
@@ -46,7 +47,8 @@ def build_reward_function(layout: RunLayout, rm_name: str, method: str, model_cf
     (the policy's), its reward models must descend from the same base."""
     spec = RewardSpec.parse(method)
     if spec.is_ensemble:
-        loaded = [restore_params(d) for d in layout.member_dirs(rm_name)]
+        dirs = layout.member_dirs(rm_name)
+        loaded = [restore_params(dirs[i]) for i in ensemble_members(layout, rm_name, spec)]
         params, metas = [p for p, _ in loaded], [m for _, m in loaded]
     else:
         path = layout.average(rm_name, spec.average)
@@ -65,6 +67,19 @@ def build_reward_function(layout: RunLayout, rm_name: str, method: str, model_cf
             logging.warning("!!! %s — going on because allow_base_mismatch=True !!!", msg)
     return make_reward_function(model_cfg, params, "single" if not spec.is_ensemble else spec.kind,
                                 uwo_lambda=uwo_lambda, name=method, ensemble_impl=ensemble_impl)
+
+
+def ensemble_members(layout: RunLayout, rm_name: str, spec: RewardSpec) -> list[int]:
+    """The member indices an ensemble reads: all of them, or for `ens_M<k>` the k members of
+    `warm_M<k>` (its metadata's `member_indices`), so ENS M=k and WARM M=k share their members."""
+    n = len(layout.member_dirs(rm_name))
+    if spec.average is None:
+        return list(range(n))
+    path = layout.average(rm_name, spec.average)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"reward {spec}: no average at {path} to take its members from "
+                                f"(add {spec.m} to average_reward_models.m_values)")
+    return [int(i) for i in Checkpointer(path, read_only=True).restore_meta()["member_indices"]]
 
 
 def _sft(layout: RunLayout):
@@ -142,7 +157,7 @@ def _best_of_n(layout, task, model_cfg, rm_name, methods, n_prompts, N, sample_s
                                             ensemble_impl=ensemble_impl,
                                             base_fingerprint=sft_meta.get("base_fingerprint"))
                 members_MxB = _score_members(ens, prompt, resp, mask)
-            r_MxB = members_MxB
+            r_MxB = members_MxB[ensemble_members(layout, chain(rm_name, s), spec)]
             if standardise_members and spec.kind in ("wco", "uwo"):
                 r_MxB = (r_MxB - r_MxB.mean(1, keepdims=True)) / np.maximum(
                     r_MxB.std(1, keepdims=True), 1e-6)
