@@ -66,9 +66,10 @@ def test_rl_claims_use_held_out_evaluations():
     assert hack["per_seed"] == pytest.approx([1.0 - 0.5 - C.HACK_MARGIN] * 3)
     assert hack["outcome"] == "reproduced" and hack["unit"] == "prompt"   # no spread: a sure drop
     front = _decide("rl_front_at_kl", d)
-    # at KL 1: WARM 1.25 (mean of 0.5 and 2.0) vs single 1.0; at KL 2: 0.9 vs 0.8; KL 4 unreached
-    assert front["per_seed"] == pytest.approx([np.mean([1.25 - 1.0, 0.9 - 0.8])] * 3)
-    assert front["extra"]["budgets"] == [1.0, 2.0]
+    # WARM (mean of both halves) vs single, linear in KL from step 0 (KL 0, reward 0): at KL 0.25
+    # 0.3125 vs 0.25, at 0.5 0.625 vs 0.5, at 1 1.25 vs 1.0, at 2 0.9 vs 0.8; KL 4 unreached
+    assert front["per_seed"] == pytest.approx([np.mean([0.0625, 0.125, 0.25, 0.1])] * 3)
+    assert front["extra"]["budgets"] == [0.25, 0.5, 1.0, 2.0]
     win = _decide("win_rate_warm_vs_single", d)
     # WARM at its selection-half best (step 100: 1.2 > 0.9 > 0.5) judges 0.6; single at ITS
     # selection-half best (step 50: 1.0) judges 1.0, so WARM loses every judged prompt. Against
@@ -86,9 +87,9 @@ def test_rl_front_judges_every_seed_on_the_budgets_all_runs_reach():
         d["eval"]["single"] += _eval_rows("single", s, [0, 1, top], [0, 1, 1], [0, 1, 1])
         d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, top], [0, 2, 2], [0, 2, 2])
     front = _decide("rl_front_at_kl", d)
-    # only KL 1 is reached by every run: all three seeds stay in, each judged at KL 1 alone
-    assert front["extra"]["budgets"] == [1.0] and front["n_seeds"] == 3
-    assert front["per_seed"] == pytest.approx([1.0] * 3)
+    # KL 2 is not reached by every run: all three seeds stay in, each judged at KL 0.25, 0.5, 1
+    assert front["extra"]["budgets"] == [0.25, 0.5, 1.0] and front["n_seeds"] == 3
+    assert front["per_seed"] == pytest.approx([np.mean([0.25, 0.5, 1.0])] * 3)
 
 
 def test_lmc_claims_count_each_evaluation_pair_once():
@@ -110,3 +111,24 @@ def test_bon_ens_claim_is_warm_m2_against_ens_m2():
             d["bon"].append({"seed": s, "method": m, "analysis": "auc", "values": [v] * 4})
     assert _decide("bon_warm_beats_ens", d)["per_seed"] == pytest.approx([0.5] * 3)
     assert _decide("bon_warm_beats_ens_all", d)["per_seed"] == pytest.approx([-1.0] * 3)
+
+
+def test_trend_claim_is_the_slope_of_wa_minus_ens_away_from_the_train_data():
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "eval": {}, "final": {}}
+    for s, slope in ((0, 0.02), (1, 0.025), (2, 0.03)):
+        d["analysis"]["corrupt"][s] = sum((_units_rows(k, np.full(50, slope * i - 0.02))
+                                           for i, k in enumerate(C.TREND_SUBSETS)), [])
+    r = _decide("wa_vs_ens_grows_off_train", d)
+    assert r["unit"] == "seed" and r["per_seed"] == pytest.approx([0.02, 0.025, 0.03])
+    assert r["outcome"] == "reproduced"
+
+
+def test_win_rate_against_sft_uses_each_run_step_zero():
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "final": {},
+         "eval": {"single": [], "warm_M6": []}}
+    for s in range(3):
+        d["eval"]["single"] += _eval_rows("single", s, [0, 1, 2], [0.5, 1.0, 0.2], [0.5, 0.4, 0.7])
+        d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, 2], [0.5, 1.0, 0.2], [0.5, 0.6, 0.7])
+    # both pick step 1 on the selection half; judged: single 0.4 < SFT 0.5, WARM 0.6 > 0.5
+    assert _decide("win_rate_single_vs_sft", d)["per_seed"] == pytest.approx([-0.5] * 3)
+    assert _decide("win_rate_warm_vs_sft", d)["per_seed"] == pytest.approx([0.5] * 3)

@@ -27,7 +27,9 @@ from warm_jax.metrics import read_jsonl
 
 ID_DELTA = 0.02          # |WA − ENS| accuracy on the ID split that still counts as "WA ≈ ENS"
 HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking
-KL_BUDGETS = (1.0, 2.0, 4.0)   # where the RL fronts are compared (KL to the SFT policy)
+# where the RL fronts are compared (KL to the SFT policy); a claim uses those every run reaches
+KL_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)
+TREND_SUBSETS = ("train_corrupt", "train_clean", "validation", "test")   # nearest the train data first
 LABEL_TEMPERATURE = 0.8  # the preference oracle's Bradley–Terry temperature (the toy labeller's)
 REGISTRY: dict = {}
 
@@ -57,9 +59,15 @@ def load(workdir: str, rm_name: str = "clean") -> dict[str, Any]:
 
 
 def warm_names(methods) -> list[str]:
-    """The run's WARM rewards, smallest M first."""
-    return sorted((m for m in methods if re.fullmatch(r"warm_M\d+", m)),
+    """The run's WARM rewards of M >= 2, smallest M first (warm_M1 is the single RM)."""
+    return sorted((m for m in methods if re.fullmatch(r"warm_M\d+", m) and m != "warm_M1"),
                   key=lambda m: int(m[len("warm_M"):]))
+
+
+def _per_prompt(per_seed: dict) -> dict:
+    """One unit per prompt and seed: a seed's α runs share their prompts, so their per-prompt
+    values are averaged over α (not concatenated, which would count each prompt once per α)."""
+    return {s: np.mean(np.stack(v), 0) for s, v in per_seed.items()}
 
 
 def _units(per_seed: dict, **extra) -> Units | None:
@@ -147,6 +155,22 @@ def wa_beats_ens_ood(d):
           kind="directional", direction=+1)
 def wa_beats_ens_ood_corrupt(d):
     return _split_units(d, "corrupt", "test")
+
+
+@register(registry=REGISTRY, id="wa_vs_ens_grows_off_train", paper_ref="Fig. 5",
+          finding="The further from the training distribution, the better WA against ENS "
+                  "(25% flipped labels: train-corrupt, train-clean, validation, test)",
+          figure="corruption",
+          statistic="per seed, least-squares slope of mean(WA − ENS correctness) over the subsets "
+                    f"{TREND_SUBSETS} at positions 0, 1, 2, 3", unit="seed", kind="directional",
+          direction=+1)
+def wa_vs_ens_grows_off_train(d):
+    per_seed = {}
+    for s, rows in d["analysis"]["corrupt"].items():
+        means = [_unit_values(rows, "units", k, "wa_minus_ens") for k in TREND_SUBSETS]
+        if all(m is not None for m in means):
+            per_seed[s] = [float(np.polyfit(np.arange(len(means)), [m.mean() for m in means], 1)[0])]
+    return _units(per_seed, subsets=list(TREND_SUBSETS))
 
 
 # --- best-of-N (Figs. 6-7) --------------------------------------------------------------------
@@ -246,8 +270,11 @@ def _rl_pair(d):
 def _halves(rows):
     """(selection, judged) slices of the held-out prompts: a step picked on the first half is
     judged on the second, so the pick's luck on its own prompts does not inflate what is judged."""
-    half = len(rows[0]["gold_per_prompt"]) // 2
-    return slice(0, half), slice(half, None)
+    n = len(rows[0]["gold_per_prompt"])
+    if n < 2 or any(len(r["gold_per_prompt"]) != n for r in rows):
+        raise ValueError(f"held-out evaluations need >= 2 prompts, the same at every step; got "
+                         f"{sorted({len(r['gold_per_prompt']) for r in rows})}")
+    return slice(0, n // 2), slice(n // 2, None)
 
 
 def _best_step(rows, select):
@@ -258,25 +285,29 @@ def _best_step(rows, select):
 @register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
           finding="RL against a single RM over-optimises: held-out control reward rises, then "
                   "falls by more than the hacking margin", figure="rl_steps",
-          statistic=f"per judged prompt, control reward at the peak step (chosen on the other "
-                    f"half of the held-out prompts) − at the final step − {HACK_MARGIN}, "
-                    f"single-RM policy, every α", unit="prompt", kind="directional",
+          statistic=f"per judged prompt, control reward at the peak RL step (chosen on the "
+                    f"other half of the held-out prompts) − at the final step − {HACK_MARGIN}, "
+                    f"single-RM policy, mean over α (the rise from step 0 to the peak is in "
+                    f"extra)", unit="prompt", kind="directional",
           direction=+1)
 def rl_single_hacking(d):
-    per_seed = collections.defaultdict(list)
+    per_seed, rise = collections.defaultdict(list), {}
     for (a, s), rows in _evals(d, "single").items():
         select, judged = _halves(rows)
-        peak = np.asarray(_best_step(rows, select)["gold_per_prompt"][judged])
+        trained = [r for r in rows if r["step"] > 0] or rows   # the peak is an RL step
+        peak = np.asarray(_best_step(trained, select)["gold_per_prompt"][judged])
         final = np.asarray(rows[-1]["gold_per_prompt"][judged])
         per_seed[s].append(peak - final - HACK_MARGIN)
-    return _units({s: np.concatenate(v) for s, v in per_seed.items()})
+        rise[f"alpha={a},seed={s}"] = round(float(peak.mean() - np.mean(
+            rows[0]["gold_per_prompt"][judged])), 4)
+    return _units(_per_prompt(per_seed), rise_to_peak=rise)
 
 
 @register(registry=REGISTRY, id="larger_m_delays_collapse", paper_ref="Fig. 8",
           finding="After the same RL steps, the WARM policy keeps more control reward than the "
                   "single-RM policy", figure="rl_steps",
           statistic="final held-out control reward per prompt, WARM M − single (same α, seed "
-                    "and prompt)", unit="prompt", kind="directional", direction=+1)
+                    "and prompt), mean over α", unit="prompt", kind="directional", direction=+1)
 def larger_m_delays_collapse(d):
     warm, single = _rl_pair(d)
     if warm is None:
@@ -284,9 +315,12 @@ def larger_m_delays_collapse(d):
     W, S = _evals(d, warm), _evals(d, single)
     per_seed = collections.defaultdict(list)
     for k in sorted(set(W) & set(S)):
+        if W[k][-1]["step"] != S[k][-1]["step"]:
+            raise ValueError(f"{warm} and {single} at α={k[0]}, seed {k[1]} end at different "
+                             f"steps ({W[k][-1]['step']} vs {S[k][-1]['step']}): unfinished run?")
         per_seed[k[1]].append(np.subtract(W[k][-1]["gold_per_prompt"],
                                           S[k][-1]["gold_per_prompt"]))
-    return _units({s: np.concatenate(v) for s, v in per_seed.items()}, a=warm, b=single)
+    return _units(_per_prompt(per_seed), a=warm, b=single)
 
 
 @register(registry=REGISTRY, id="rl_front_at_kl", paper_ref="Fig. 8",
@@ -334,14 +368,14 @@ def win_rate_units(d, method, reference, *, judge="gold"):
         else:
             p = 1.0 / (1.0 + np.exp(-(g_ref - g_x) / LABEL_TEMPERATURE))
         per_seed[k[1]].append(p - 0.5)
-    return {s: np.concatenate(v) for s, v in per_seed.items()}
+    return _per_prompt(per_seed)
 
 
 @register(registry=REGISTRY, id="win_rate_warm_vs_single", paper_ref="Fig. 9",
           finding="The WARM policy wins against the single-RM policy (paper: 79.4%)",
           figure="winrates",
           statistic="per win-rate prompt, P(WARM M beats the single-RM policy by gold "
-                    "comparison) − 1/2, each at its best step chosen on disjoint prompts",
+                    "comparison) − 1/2, each at its best step chosen on disjoint prompts; mean over α",
           unit="prompt", kind="directional", direction=+1)
 def win_rate_warm_vs_single(d):
     warm, single = _rl_pair(d)
@@ -351,6 +385,40 @@ def win_rate_warm_vs_single(d):
     return _units(win_rate_units(d, single, warm), reference=warm, method=single,
                   oracle_judge_win_rate=(0.5 + float(np.mean([v.mean() for v in oracle.values()]))
                                          if oracle else None))
+
+
+def _against_sft(d, method):
+    """Per judged prompt, P(`method` at its best step beats the SFT policy) − 1/2, by gold
+    comparison. The SFT policy is the run's own step-0 evaluation (its parameters before RL)."""
+    per_seed = collections.defaultdict(list)
+    for (a, s), rows in _evals(d, method).items():
+        if rows[0]["step"] != 0:
+            continue
+        select, judged = _halves(rows)
+        g = np.asarray(_best_step(rows, select)["gold_per_prompt"][judged])
+        g0 = np.asarray(rows[0]["gold_per_prompt"][judged])
+        per_seed[s].append(np.where(g > g0, 1.0, np.where(g == g0, 0.5, 0.0)) - 0.5)
+    return _units(_per_prompt(per_seed), method=method)
+
+
+@register(registry=REGISTRY, id="win_rate_warm_vs_sft", paper_ref="slides (99.8%)",
+          finding="The WARM RL policy wins against the SFT policy", figure="winrates",
+          statistic="per judged prompt, P(WARM M at its best step, chosen on disjoint prompts, "
+                    "beats the SFT policy by gold comparison) − 1/2, mean over α", unit="prompt",
+          kind="directional", direction=+1)
+def win_rate_warm_vs_sft(d):
+    warm, _ = _rl_pair(d)
+    return _against_sft(d, warm) if warm else None
+
+
+@register(registry=REGISTRY, id="win_rate_single_vs_sft", paper_ref="slides (98.5%)",
+          finding="The single-RM RL policy wins against the SFT policy", figure="winrates",
+          statistic="per judged prompt, P(single-RM policy at its best step, chosen on disjoint "
+                    "prompts, beats the SFT policy by gold comparison) − 1/2, mean over α",
+          unit="prompt",
+          kind="directional", direction=+1)
+def win_rate_single_vs_sft(d):
+    return _against_sft(d, "single") if d["eval"].get("single") else None
 
 
 @register(registry=REGISTRY, id="gao_fit", paper_ref="Gao et al. 2023",
