@@ -1,10 +1,10 @@
 """Stages: best-of-N, and RL of the SFT policy against each reward function at several α and seeds.
 
 Reward functions are built from `<workdir>/rm/<rm_name>/`: `single` is the best member (top-1
-average), `warm_M<k>` the WARM averages, `ens` / `wco` / `uwo` the members' ensembles (`ens_M<k>`: of the k
-members `warm_M<k>` averages). Every
-method's rewards are z-normalised on SFT samples unless `normalise=False`; the shift and scale are
-written with the run (reward scale sets the effective α).
+average), `warm_M<k>` the WARM averages, `ens` / `wco` / `uwo` the members' ensembles (`ens_M<k>`:
+of the k members `warm_M<k>` averages). Every method's rewards are z-normalised on SFT samples
+unless `normalise=False`; the shift and scale are written with the run (reward scale sets the
+effective α).
 
 Writes `<workdir>/rl/<rm_name>/bon.jsonl` and, per method, `rl/<rm_name>/<method>/`:
   checkpoints/ (all runs of the method, stacked), train.jsonl (one row per run and logged step),
