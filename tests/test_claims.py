@@ -132,3 +132,16 @@ def test_win_rate_against_sft_uses_each_run_step_zero():
     # both pick step 1 on the selection half; judged: single 0.4 < SFT 0.5, WARM 0.6 > 0.5
     assert _decide("win_rate_single_vs_sft", d)["per_seed"] == pytest.approx([-0.5] * 3)
     assert _decide("win_rate_warm_vs_sft", d)["per_seed"] == pytest.approx([0.5] * 3)
+
+
+def test_ood_claims_read_the_sampled_split_where_the_run_has_it():
+    d = _data(lambda rng, s: np.zeros(10))
+    for s in range(3):
+        d["analysis"]["clean"][s] += (_units_rows("test", np.full(100, -0.1))
+                                      + _units_rows("ood", np.full(100, 0.1)))
+    r = _decide("wa_beats_ens_ood", d)
+    assert r["per_seed"] == pytest.approx([0.1] * 3) and r["extra"]["split"] == "ood"
+    for s in range(3):   # a run without the ood_pairs stage: the offline test split
+        d["analysis"]["clean"][s] = [x for x in d["analysis"]["clean"][s] if x["split"] != "ood"]
+    r = _decide("wa_beats_ens_ood", d)
+    assert r["per_seed"] == pytest.approx([-0.1] * 3) and r["extra"]["split"] == "test"

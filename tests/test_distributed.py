@@ -32,13 +32,13 @@ def test_two_cpu_processes_share_one_global_array():
                        for i in range(2)], outs
 
 
-STAGES = ("{'pretrain': @warm_jax.pretrain, 'sft': @warm_jax.sft, "
+STAGES = ("{'pretrain': @warm_jax.pretrain, 'sft': @warm_jax.sft, 'ood_pairs': @warm_jax.ood_pairs, "
           "'rm_clean': @clean/warm_jax.train_reward_models, "
           "'average_clean': @clean/warm_jax.average_reward_models}")
 
 
 def test_two_processes_write_one_workdir_once_and_resume_on_one(tmp_path):
-    """pretrain -> population RM -> averaging under jax.distributed (2 CPU processes x 2 devices):
+    """pretrain -> OOD pairs -> population RM -> averaging under jax.distributed (2 CPU processes x 2 devices):
     a third launch onto the locked outputs fails at once; process 0 is SIGKILLed mid-export (its
     peer is then killed too, as a scheduler would); the run resumes on ONE process; every log
     row appears once and every checkpoint names its base."""

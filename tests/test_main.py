@@ -46,7 +46,7 @@ def test_demo_writes_every_output(tiny_demo):
     assert "pretrain/OptimConfig.learning_rate = 0.003" in open(
         os.path.join(wd, "operative_config.gin")).read()
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
-        "pretrain", "sft", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
+        "pretrain", "sft", "ood_pairs", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
         "best_of_n", "rl", "report"}
 
 

@@ -3,6 +3,7 @@ written into it.
 
 One `RunLayout(workdir)` names every output (stages meet only through these files):
   pretrain/  sft/                       checkpoints + train.jsonl (sft also eval.jsonl)
+  ood/pairs.npz  ood/summary.jsonl      the sampled OOD preference split (warm_jax.ood)
   rm/<name>/train/population/           the S x M members of every chain seed, one program
   rm/<name>/seed_<s>/linear_probe/  train/member_<i>/  members/member_<i>/  averages/<method>/
   rm/<name>/seed_<s>/eval.jsonl  analysis.jsonl          (chain seed s: `chain(name, s)`)
@@ -370,6 +371,10 @@ class RunLayout:
     pretrain = property(lambda self: self.path("pretrain"))
     sft = property(lambda self: self.path("sft"))
     imported = property(lambda self: self.path("import"))
+    # the sampled OOD preference split (warm_jax.ood)
+    ood = property(lambda self: self.path("ood"))
+    ood_pairs = property(lambda self: self.path("ood", "pairs.npz"))
+    ood_summary = property(lambda self: self.path("ood", "summary.jsonl"))
 
     @staticmethod
     def checkpoints(stage_dir: str) -> str:

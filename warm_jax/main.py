@@ -38,6 +38,7 @@ from warm_jax.rm.stage import train_reward_models
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base
 from warm_jax.models.sampling import SamplingConfig
+from warm_jax.ood import ood_pairs
 from warm_jax.sharding import make_mesh
 from warm_jax.train import OptimConfig
 
@@ -71,6 +72,7 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (PreferenceFileConfig, "PreferenceFileConfig"), (LoadPolicy, "LoadPolicy"),
                     (default_hh_path, "default_hh_path"), (DiversityConfig, "DiversityConfig"),
                     (make_mesh, "make_mesh"), (sft.pretrain, "pretrain"), (sft.sft, "sft"),
+                    (ood_pairs, "ood_pairs"),
                     (train_reward_models, "train_reward_models"),
                     (average_reward_models, "average_reward_models"), (RLConfig, "RLConfig"),
                     (best_of_n, "best_of_n"), (train_policies, "train_policies"),

@@ -18,7 +18,8 @@ from warm_jax.average.soup import average_checkpoints
 from warm_jax.checkpoint import Checkpointer, restore_params
 from warm_jax.layout import RunLayout, chain, check_seeds, kill_point, write_jsonl
 from warm_jax.models import ModelConfig, RewardModel
-from warm_jax.rm.loss import PAIR_KEYS, SPLITS, make_pair_scorer
+from warm_jax.ood import splits_of, with_ood
+from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
 from warm_jax.rm.stage import seeded_task
 
 DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
@@ -62,19 +63,22 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                           n_lambdas: int = 11, random_orders: int = 2, pair_analysis: bool = True,
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
                           eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
-                          seed: int = 0) -> str:
+                          seed: int = 0, ood_pairs: bool = False) -> str:
     """Average the members of every chain seed of `<workdir>/rm/<name>` (top-M and greedy soups)
     and run the analyses on each. The analyses score at most `max_eval_pairs` pairs per split (a
     seeded random subset, the same for every chain seed) to keep their weight averages cheap;
     the members' own accuracies in eval.jsonl use every pair. `random_orders` (acc_vs_m) and
-    `pair_analysis` (WA vs ENS for every pair of members) are descriptive extras."""
+    `pair_analysis` (WA vs ENS for every pair of members) are descriptive extras. `ood_pairs`:
+    the analyses cover the sampled OOD split too (`warm_jax.ood`)."""
     seeds = check_seeds("average_reward_models", seeds)
     layout = RunLayout(workdir)
+    if ood_pairs:
+        task = with_ood(task, layout.ood_pairs)
     rm_dir = layout.rm(name)
     config = dict(task=task, model_cfg=model_cfg, m_values=m_values, rank_by=rank_by,
                   greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
                   max_eval_pairs=max_eval_pairs, seed=seed, seeds=seeds, n_lambdas=n_lambdas,
-                  random_orders=random_orders, pair_analysis=pair_analysis)
+                  random_orders=random_orders, pair_analysis=pair_analysis, ood_pairs=ood_pairs)
     chains = [chain(name, s) for s in seeds]
     outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
                                            os.path.join(layout.rm(c), "analysis.jsonl"))]
@@ -107,7 +111,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     rm = RewardModel(model_cfg)
     splits = {s: _subsample({k: v for k, v in task.preference_split(s).items()
                              if k in PAIR_KEYS + ("flipped",)}, max_eval_pairs, seed)
-              for s in SPLITS}
+              for s in splits_of(task)}
     subsets = A.split_masks(splits)
     if rank_by not in subsets:
         raise ValueError(f"average_reward_models.rank_by={rank_by!r}: allowed {sorted(subsets)}")

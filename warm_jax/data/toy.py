@@ -195,7 +195,9 @@ class ToyTask:
                                      jnp.asarray(mask_BxR)))
 
     def prompts(self, split: str) -> np.ndarray:
-        n = {"rl": self.cfg.n_rl_prompts, "eval": self.cfg.n_eval_prompts}
+        # "ood": the prompts of the sampled OOD preference split (warm_jax.ood), as many as test
+        n = {"rl": self.cfg.n_rl_prompts, "eval": self.cfg.n_eval_prompts,
+             "ood": self.cfg.n_rm_test}
         if split not in n:
             raise ValueError(f"prompt split {split!r} unknown: allowed {sorted(n)}")
         return self._docs(n[split], self._rng("prompts/" + split))[0]

@@ -29,7 +29,10 @@ ID_DELTA = 0.02          # |WA − ENS| accuracy on the ID split that still coun
 HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking
 # where the RL fronts are compared (KL to the SFT policy); a claim uses those every run reaches
 KL_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)
-TREND_SUBSETS = ("train_corrupt", "train_clean", "validation", "test")   # nearest the train data first
+# nearest the training data first; "ood" is the run's OOD split (`ood_split`)
+TREND_SUBSETS = ("train_corrupt", "train_clean", "validation", "ood")
+OOD_NOTE = ("the sampled `ood` split: response pairs of the pretrained and SFT policies; in runs "
+            "without it, the offline `test` split")
 LABEL_TEMPERATURE = 0.8  # the preference oracle's Bradley–Terry temperature (the toy labeller's)
 REGISTRY: dict = {}
 
@@ -79,6 +82,12 @@ def _units(per_seed: dict, **extra) -> Units | None:
 
 # --- reward models (Figs. 3-5) ----------------------------------------------------------------
 
+def ood_split(rows) -> str:
+    """The run's OOD split: the sampled `ood` pairs (`warm_jax.ood`) where the analyses have them,
+    else the offline `test` pairs of the shifted response policy (runs without that stage)."""
+    return "ood" if any(r.get("split") == "ood" for r in rows) else "test"
+
+
 def _unit_values(rows, analysis, split, what):
     vals = [r["values"] for r in rows if r.get("analysis") == analysis and r["split"] == split
             and r.get("what") == what]
@@ -94,8 +103,13 @@ def _lmc_units(rows, split, what):
 
 
 def _split_units(d, name, split, what="wa_minus_ens"):
-    return _units({s: _unit_values(rows, "units", split, what)
-                   for s, rows in d["analysis"][name].items()}, labels=name, split=split)
+    """`split` "ood" is each seed's `ood_split`."""
+    per_seed, used = {}, set()
+    for s, rows in d["analysis"][name].items():
+        sp = ood_split(rows) if split == "ood" else split
+        used.add(sp)
+        per_seed[s] = _unit_values(rows, "units", sp, what)
+    return _units(per_seed, labels=name, split="/".join(sorted(used)) or split)
 
 
 @register(registry=REGISTRY, id="lmc_above_diag", paper_ref="Fig. 3",
@@ -103,12 +117,12 @@ def _split_units(d, name, split, what="wa_minus_ens"):
                   "connectivity)", figure="lmc",
           statistic="correctness of WA((1−λ)φa + λφb) − ((1−λ)·correct_a + λ·correct_b), mean "
                     "over interior λ and over the diversity member pairs, per evaluation pair "
-                    "(ID and OOD)",
+                    "(validation and OOD)",
           unit="pair", kind="directional", direction=+1)
 def lmc_above_diag(d):
     per_seed = {}
     for s, rows in d["analysis"]["clean"].items():
-        parts = [_lmc_units(rows, sp, "wa_minus_diag") for sp in ("validation", "test")]
+        parts = [_lmc_units(rows, sp, "wa_minus_diag") for sp in ("validation", ood_split(rows))]
         parts = [p for p in parts if p is not None]
         per_seed[s] = np.concatenate(parts) if parts else None
     return _units(per_seed)
@@ -143,23 +157,23 @@ def wa_memorises_less(d):
 
 @register(registry=REGISTRY, id="wa_beats_ens_ood", paper_ref="Fig. 5",
           finding="Out of distribution WA beats ENS (clean labels)", figure="corruption",
-          statistic="correctness of WA − ENS per OOD test pair", unit="pair",
+          statistic=f"correctness of WA − ENS per OOD pair ({OOD_NOTE})", unit="pair",
           kind="directional", direction=+1)
 def wa_beats_ens_ood(d):
-    return _split_units(d, "clean", "test")
+    return _split_units(d, "clean", "ood")
 
 
 @register(registry=REGISTRY, id="wa_beats_ens_ood_corrupt", paper_ref="Fig. 5",
           finding="Out of distribution WA beats ENS (25% flipped labels)", figure="corruption",
-          statistic="correctness of WA − ENS per OOD test pair", unit="pair",
+          statistic=f"correctness of WA − ENS per OOD pair ({OOD_NOTE})", unit="pair",
           kind="directional", direction=+1)
 def wa_beats_ens_ood_corrupt(d):
-    return _split_units(d, "corrupt", "test")
+    return _split_units(d, "corrupt", "ood")
 
 
 @register(registry=REGISTRY, id="wa_vs_ens_grows_off_train", paper_ref="Fig. 5",
           finding="The further from the training distribution, the better WA against ENS "
-                  "(25% flipped labels: train-corrupt, train-clean, validation, test)",
+                  "(25% flipped labels: train-corrupt, train-clean, validation, OOD)",
           figure="corruption",
           statistic="per seed, least-squares slope of mean(WA − ENS correctness) over the subsets "
                     f"{TREND_SUBSETS} at positions 0, 1, 2, 3", unit="seed", kind="directional",
@@ -167,7 +181,8 @@ def wa_beats_ens_ood_corrupt(d):
 def wa_vs_ens_grows_off_train(d):
     per_seed = {}
     for s, rows in d["analysis"]["corrupt"].items():
-        means = [_unit_values(rows, "units", k, "wa_minus_ens") for k in TREND_SUBSETS]
+        means = [_unit_values(rows, "units", ood_split(rows) if k == "ood" else k, "wa_minus_ens")
+                 for k in TREND_SUBSETS]
         if all(m is not None for m in means):
             per_seed[s] = [float(np.polyfit(np.arange(len(means)), [m.mean() for m in means], 1)[0])]
     return _units(per_seed, subsets=list(TREND_SUBSETS))

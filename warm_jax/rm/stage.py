@@ -22,8 +22,9 @@ from warm_jax.data.pipeline import batch_iterator
 from warm_jax.layout import RunLayout, chain, chain_seed, check_seeds, kill_point, write_jsonl
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel
+from warm_jax.ood import splits_of, with_ood
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
-from warm_jax.rm.loss import PAIR_KEYS, SPLITS, make_pair_scorer, make_rm_loss, split_accuracies
+from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies
 from warm_jax.rm.population import (StackedIterator, make_member_step, member_state,
                                     population_step, single_run_step, stack, unstack,
                                     with_member_axis)
@@ -86,17 +87,20 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
                         probe_learning_rate: float = 3e-3,
                         mesh_shape: Mapping[str, int] | None = None, seed: int = 0,
                         ckpt_every: int = 100, eval_batch_size: int = 256,
-                        max_eval_pairs: int | None = None) -> str:
+                        max_eval_pairs: int | None = None, ood_pairs: bool = False) -> str:
     """Train the M members of every chain seed (all members, or `members` only: one gin launch
     per member in separate mode). Chain seed s (`rm/<name>/seed_<s>/`) has its own training-label
     draw (`task.for_seed(s)`), linear probe, data orders and dropout keys; in population mode the
     S x M members are ONE program over the member axis.
 
-    `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`)."""
+    `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`).
+    `ood_pairs`: also evaluate the members on the sampled OOD split (`warm_jax.ood`)."""
     if mode not in MODES:
         raise ValueError(f"train_reward_models.mode={mode!r}: allowed {MODES}")
     seeds = check_seeds("train_reward_models", seeds)
     layout = RunLayout(workdir)
+    if ood_pairs:
+        task = with_ood(task, layout.ood_pairs)
     rm_dir = layout.rm(name)
     sft_dir = layout.checkpoints(layout.sft)
     sft_ck = Checkpointer(sft_dir, read_only=True)
@@ -120,7 +124,8 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
     # how members are batched (mode, impl, which launch) does not change what they compute
     config = dict(task=task, model_cfg=model_cfg, diversity=diversity, num_steps=num_steps,
                   batch_size=batch_size, probe_steps=probe_steps, seeds=seeds,
-                  probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs)
+                  probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs,
+                  ood_pairs=ood_pairs)
     outputs = [layout.member(c, sp.member) for c, sp in chosen] + runs
     with layout.stage(f"rm {name}", rm_dir, config, outputs=outputs):
         if not all(layout.member_done(c, sp.member) for c, sp in chosen):
@@ -224,7 +229,8 @@ def evaluate_members(rm: RewardModel, task, params_by_member: Mapping[int, dict]
                      batch_size: int = 256, max_pairs: int | None = None) -> dict[int, dict]:
     """Per-member accuracy on every split (the first `max_pairs` pairs of each, if set)."""
     score = make_pair_scorer(rm, batch_size)
-    splits = {s: {k: v[:max_pairs] for k, v in _pairs(task, s).items()} for s in SPLITS}
+    splits = {s: {k: v[:max_pairs] for k, v in _pairs(task, s).items()}
+              for s in splits_of(task)}
     out = {}
     for m, params in params_by_member.items():
         acc = {}
