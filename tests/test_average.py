@@ -164,9 +164,16 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
                      "greedy_soup", "eval_sizes"}
     acc = {(r["model"][:2], r["split"]): r["acc"] for r in rows if r["analysis"] == "corruption"
            and r["model"] in ("wa_M4", "ens_M4")}
-    for r in (r for r in rows if r["analysis"] == "units"):  # the paired units a claim decides on
-        assert np.mean(r["values"]) == pytest.approx(acc[("wa", r["split"])] - acc[("en", r["split"])],
-                                                     abs=1e-6)
+    units = {(r["what"], r["split"]): r["values"] for r in rows if r["analysis"] == "units"}
+    for (what, split), v in units.items():  # the paired units a claim decides on
+        want = {"wa_minus_ens": acc[("wa", split)] - acc[("en", split)],
+                "wa_correct": acc[("wa", split)]}.get(what)
+        if want is not None:
+            assert np.mean(v) == pytest.approx(want, abs=1e-6), (what, split)
+    # disagreement of 4 members: n_right * (4 - n_right) of the 6 member pairs differ
+    for split in ("validation", "test"):
+        d = np.asarray(units[("disagreement", split)])
+        assert set(np.round(d * 6, 2)) <= {0, 3, 4} and d.mean() > 0  # values rounded to 1e-4
     diag = [r for r in rows if r["analysis"] == "lmc_units" and r["what"] == "wa_minus_diag"
             and r["pair"] == "baklava" and r["split"] == "test"]
     lmc = [r for r in rows if r["analysis"] == "lmc" and r["pair"] == "baklava"
@@ -180,3 +187,10 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
         assert r["wa"] == pytest.approx(r["diag"]) and r["ens"] == pytest.approx(r["diag"])
     m1 = [r for r in rows if r["analysis"] == "acc_vs_m" and r["m"] == 1]
     assert all(r["wa"] == pytest.approx(r["ens"]) for r in m1), "M = 1: WA and ENS coincide"
+
+
+def test_disagreement_counts_member_pairs_that_rank_a_pair_differently():
+    from warm_jax.average.analysis import disagreement
+    correct_3members_x3pairs = [np.array([1, 1, 0]), np.array([1, 0, 0]), np.array([0, 0, 0])]
+    np.testing.assert_allclose(disagreement(correct_3members_x3pairs), [2 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(disagreement([np.array([1, 0])]), [0, 0])

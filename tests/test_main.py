@@ -12,6 +12,7 @@ from conftest import REPO, run_demo
 from launch.local import run_local
 from launch.sweep import SWEEPS, product_sweep
 from launch.xm_launch import job_specs
+from warm_jax.checkpoint import Checkpointer
 from warm_jax.data.real import default_hh_path
 from warm_jax.eval.claims import REGISTRY
 from warm_jax.main import rewrite_gin_args
@@ -48,6 +49,31 @@ def test_demo_writes_every_output(tiny_demo):
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
         "pretrain", "sft", "ood_pairs", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
         "best_of_n", "rl", "report"}
+
+
+def test_full_demo_ablations_tiny(tmp_path):
+    """FULL=1's ablation stages (tiny): no linear probe, members from their own fresh heads; every
+    member from one SFT checkpoint; the claims decided on them."""
+    stages = ("{'pretrain': @warm_jax.pretrain, 'sft': @warm_jax.sft, "
+              "'ood_pairs': @warm_jax.ood_pairs, 'rm_clean': @clean/warm_jax.train_reward_models, "
+              "'average_clean': @clean/warm_jax.average_reward_models, "
+              "'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
+              "'average_noprobe': @noprobe/warm_jax.average_reward_models, "
+              "'rm_onesft': @onesft/warm_jax.train_reward_models, "
+              "'average_onesft': @onesft/warm_jax.average_reward_models, "
+              "'report': @warm_jax.report}")
+    wd = str(tmp_path / "abl")
+    r = _run(wd, f"--gin.warm_jax.run.stages={stages}", experiment="demo_full")
+    assert r.returncode == 0, r.stderr[-3000:]
+    noprobe = os.path.join(wd, "rm", "clean_noprobe", "seed_1")
+    assert not os.path.exists(os.path.join(noprobe, "linear_probe"))
+    assert Checkpointer(os.path.join(noprobe, "members", "member_0")).restore_meta()["probe"] is False
+    onesft = read_jsonl(os.path.join(wd, "rm", "clean_onesft", "seed_0", "eval.jsonl"))
+    assert {r["init_step"] for r in onesft} == {12} and all("ood" in r for r in onesft)
+    claims = {c["claim"]: c for c in json.load(open(os.path.join(wd, "claims.json")))}
+    for c in ("probe_helps_wa_vs_ens", "baklava_more_diverse", "baklava_helps_wa"):
+        assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
+    assert "## Ablations" in open(os.path.join(wd, "report.md")).read()
 
 
 def test_report_regenerates_from_jsonl_alone(tiny_demo, tmp_path):

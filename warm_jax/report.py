@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from warm_jax.eval.claims import compute_claims, load
+from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
 from warm_jax.eval.figures import (fig_acc_vs_m, fig_bon, fig_corruption, fig_gao,  # noqa: F401
                                    fig_lmc, fig_rl, fig_winrates, winrate_matrix)
 from warm_jax.layout import RunLayout, atomic_write, read_json, write_json
@@ -120,6 +120,41 @@ def ood_section(layout: RunLayout, analysis: dict) -> list[str]:
     return lines + [""]
 
 
+ABLATIONS = (("clean", "shared linear probe, Baklava (the main population)"),
+             (PROBE_ABLATION, "a fresh head per member (no linear probe)"),
+             (BAKLAVA_ABLATION, "every member from the last SFT checkpoint (no Baklava)"))
+
+
+def ablation_section(analysis: dict) -> list[str]:
+    """WA, ENS, WA − ENS and the members' disagreement on each seed's OOD split, for the main
+    clean-label population and each ablation the run has (mean ± sd over chain seeds)."""
+    have = [(n, t) for n, t in ABLATIONS if analysis.get(n) and n != "clean"]
+    if not have:
+        return []
+    lines = ["## Ablations: the linear probe and Baklava (clean labels, OOD split)", "",
+             "Each population differs from the main one in one thing; the claims "
+             "`probe_helps_wa_vs_ens`, `baklava_more_diverse` and `baklava_helps_wa` are decided "
+             "on the same OOD pairs, paired.", "",
+             "| members | WA accuracy | ENS accuracy | WA − ENS | disagreement |",
+             "|---|---|---|---|---|"]
+    for name, title in [ABLATIONS[0]] + have:
+        cols = collections.defaultdict(list)
+        for rows in analysis[name].values():
+            sp = ood_split(rows)
+            acc = {r["model"][:3]: r["acc"] for r in rows if r.get("analysis") == "corruption"
+                   and r["split"] == sp and r["model"][:3] in ("wa_", "ens")}
+            if len(acc) == 2:
+                cols["wa"].append(acc["wa_"])
+                cols["ens"].append(acc["ens"])
+                cols["diff"].append(acc["wa_"] - acc["ens"])
+            dis = [np.mean(r["values"]) for r in rows if r.get("analysis") == "units"
+                   and r["split"] == sp and r.get("what") == "disagreement"]
+            cols["dis"] += dis
+        lines.append(f"| {title} | " + " | ".join(_mean_sd(cols[k]) for k in
+                                                  ("wa", "ens", "diff", "dis")) + " |")
+    return lines + [""]
+
+
 def write_report(workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
     layout = RunLayout(workdir)
@@ -170,6 +205,7 @@ def _write_report(layout: RunLayout) -> dict:
     lines += ["", "Every statistic, interval and per-seed value is in `claims.json`.", ""]
     lines += diagnostics(claims)
     lines += ood_section(layout, d["analysis"]["clean"])
+    lines += ablation_section(d["analysis"])
     for title, fig in figs.items():
         if fig:
             lines += [f"## {title}", "", f"![{title}](figures/{fig})", ""]

@@ -2,8 +2,9 @@
 
 * lmc         — accuracy of (1−λ)φ_a + λφ_b, of the ENS of the two weighted (1−λ, λ), and the
                 straight "diag" line, for 11 λ and pairs of increasing diversity (Fig. 3);
-* corruption  — per split, every member, WA and ENS of all members, and per pair of members the
-                WA − ENS accuracy difference (Fig. 4–5);
+* corruption  — per split, every member, WA and ENS of all members, per evaluation pair WA − ENS
+                correctness, WA's correctness and the members' disagreement (`units` rows), and
+                per pair of members the WA − ENS accuracy difference (Fig. 4–5);
 * acc_vs_m    — WA and ENS of the best-M members (ranked on a held-out split) and of random orders.
 
 Member rewards are computed once per split; an ensemble's accuracy is then free, a weight
@@ -117,6 +118,10 @@ def corruption(params: Sequence[Any], scores: Sequence[Scores], score_fn, subset
             rows.append({"analysis": "corruption", "model": f"{label}_M{M}", "split": k, "acc": v})
     c_wa, c_ens = correct(wa_scores, subsets), correct(ens_scores, subsets)
     rows += [units_row("units", k, c_wa[k] - c_ens[k], what="wa_minus_ens", m=M) for k in subsets]
+    rows += [units_row("units", k, c_wa[k], what="wa_correct", m=M) for k in subsets]
+    c_members = [correct(s, subsets) for s in scores]
+    rows += [units_row("units", k, disagreement([c[k] for c in c_members]), what="disagreement",
+                       m=M) for k in subsets]
     for i, j in (itertools.combinations(range(M), 2) if pairs else ()):
         wa = accuracies(score_fn(mix([params[i], params[j]], [0.5, 0.5])), subsets)
         ens = accuracies(ensemble_scores([scores[i], scores[j]], [0.5, 0.5]), subsets)
@@ -124,6 +129,16 @@ def corruption(params: Sequence[Any], scores: Sequence[Scores], score_fn, subset
             rows.append({"analysis": "corruption_pair", "pair": [i, j], "split": k, "wa": wa[k],
                          "ens": ens[k], "wa_minus_ens": wa[k] - ens[k]})
     return rows
+
+
+def disagreement(correct_members: Sequence[np.ndarray]) -> np.ndarray:
+    """Per evaluation pair, the share of member pairs that rank it differently (diversity)."""
+    c = np.stack([np.asarray(x) for x in correct_members])
+    M = len(c)
+    if M < 2:
+        return np.zeros(c.shape[1])
+    n_right = c.sum(0)
+    return n_right * (M - n_right) / (M * (M - 1) / 2)
 
 
 def rank(scores: Sequence[Scores], subsets, by: str) -> list[int]:

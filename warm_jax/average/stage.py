@@ -63,13 +63,14 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                           n_lambdas: int = 11, random_orders: int = 2, pair_analysis: bool = True,
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
                           eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
-                          seed: int = 0, ood_pairs: bool = False) -> str:
+                          seed: int = 0, ood_pairs: bool = False, m_curve: bool = True) -> str:
     """Average the members of every chain seed of `<workdir>/rm/<name>` (top-M and greedy soups)
     and run the analyses on each. The analyses score at most `max_eval_pairs` pairs per split (a
     seeded random subset, the same for every chain seed) to keep their weight averages cheap;
     the members' own accuracies in eval.jsonl use every pair. `random_orders` (acc_vs_m) and
     `pair_analysis` (WA vs ENS for every pair of members) are descriptive extras. `ood_pairs`:
-    the analyses cover the sampled OOD split too (`warm_jax.ood`)."""
+    the analyses cover the sampled OOD split too (`warm_jax.ood`). `m_curve=False` skips the
+    accuracy-against-M analysis (an ablation's population needs only its WA and ENS at M)."""
     seeds = check_seeds("average_reward_models", seeds)
     layout = RunLayout(workdir)
     if ood_pairs:
@@ -78,7 +79,8 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
     config = dict(task=task, model_cfg=model_cfg, m_values=m_values, rank_by=rank_by,
                   greedy=greedy, lmc_pairs=lmc_pairs, same_run_step=same_run_step,
                   max_eval_pairs=max_eval_pairs, seed=seed, seeds=seeds, n_lambdas=n_lambdas,
-                  random_orders=random_orders, pair_analysis=pair_analysis, ood_pairs=ood_pairs)
+                  random_orders=random_orders, pair_analysis=pair_analysis, ood_pairs=ood_pairs,
+                  m_curve=m_curve)
     chains = [chain(name, s) for s in seeds]
     outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
                                            os.path.join(layout.rm(c), "analysis.jsonl"))]
@@ -91,14 +93,14 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                                  pair_analysis=pair_analysis, same_run_step=same_run_step,
                                  allow_base_mismatch=allow_base_mismatch,
                                  eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
-                                 seed=seed, population_of=name)
+                                 seed=seed, population_of=name, m_curve=m_curve)
     return rm_dir
 
 
 def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig, *, m_values,
                          rank_by, greedy, lmc_pairs, n_lambdas, random_orders, pair_analysis,
                          same_run_step, allow_base_mismatch, eval_batch_size, max_eval_pairs,
-                         seed, population_of) -> None:
+                         seed, population_of, m_curve) -> None:
     rm_dir = layout.rm(name)
     out_path = os.path.join(rm_dir, "analysis.jsonl")
     if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
@@ -153,6 +155,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
         rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run",
                       n_lambdas)
     rows += A.corruption(params, scores, score_fn, subsets, pairs=pair_analysis)
-    rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by,
-                       random_orders=random_orders)
+    if m_curve:
+        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by,
+                           random_orders=random_orders)
     write_jsonl(out_path, [{"step": 0, **r} for r in rows])

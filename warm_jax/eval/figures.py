@@ -81,7 +81,8 @@ def fig_corruption(by_seed, path):
     ax.legend(fontsize=7)
     for i, sp in enumerate(splits):   # the paired statistic the claims are decided on
         d = [np.mean(r["values"]) for s in seeds for r in by_seed[s]
-             if r["analysis"] == "units" and r["split"] == sp]
+             if r["analysis"] == "units" and r["split"] == sp
+             and r.get("what") == "wa_minus_ens"]
         ax2.plot([i] * len(d), d, "o", ms=4, color="tab:blue")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xticks(x, splits, rotation=20, fontsize=8)

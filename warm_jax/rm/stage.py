@@ -1,4 +1,5 @@
-"""The reward-model stage: shared linear probe, then M diverse Bradley–Terry fine-tunings.
+"""The reward-model stage: shared linear probe, then M diverse Bradley–Terry fine-tunings (or, for
+the paper's ablation, `probe=False`: each member from a fresh random head of its own).
 
 Layout under `<workdir>/rm/<name>/` (paths from `warm_jax.layout.RunLayout`):
   linear_probe/            head trained on the frozen final-SFT body (computed once, shared)
@@ -21,7 +22,7 @@ from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_para
 from warm_jax.data.pipeline import batch_iterator
 from warm_jax.layout import RunLayout, chain, chain_seed, check_seeds, kill_point, write_jsonl
 from warm_jax.metrics import MetricsWriter
-from warm_jax.models import ModelConfig, RewardModel
+from warm_jax.models import ModelConfig, RewardModel, unbox
 from warm_jax.ood import splits_of, with_ood
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
 from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies
@@ -42,6 +43,15 @@ def _columns(split: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: split[k] for k in PAIR_KEYS}
 
 
+def sft_meta(sft_dir: str) -> dict:
+    """What every member records of its SFT base."""
+    meta = Checkpointer(sft_dir, read_only=True).restore_meta()
+    if meta.get("base_fingerprint") is None:
+        raise ValueError(f"{sft_dir} records no base fingerprint: reward models from it could not "
+                         "be checked for a shared initialisation")
+    return {"base_fingerprint": meta["base_fingerprint"], "sft_step": meta.get("step")}
+
+
 def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, num_steps: int,
                  learning_rate: float, batch_size: int, seed: int, mesh) -> tuple[dict, dict]:
     """Train only the reward head (freeze pattern `body/.*`) on the final SFT body."""
@@ -51,15 +61,11 @@ def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, 
     state, sh = create_train_state(lambda r: rm.init(r, dummy, jnp.ones_like(dummy))["params"], tx,
                                    mesh, jax.random.PRNGKey(seed))
     ck = Checkpointer(probe_dir, max_to_keep=1)
-    sft_params, sft_meta = restore_params(sft_dir)
-    if sft_meta.get("base_fingerprint") is None:
-        raise ValueError(f"{sft_dir} records no base fingerprint: reward models from it could not "
-                         "be checked for a shared initialisation")
+    meta = sft_meta(sft_dir)
     if ck.latest_step() is None:
-        params, fresh = assign_with_fallback(sft_params, state.params)
+        params, fresh = assign_with_fallback(restore_params(sft_dir)[0], state.params)
         assert all(f.startswith("reward_head/") for f in fresh), fresh
         state = state_from_params(params, tx, sh, state.rng)
-    meta = {"base_fingerprint": sft_meta.get("base_fingerprint"), "sft_step": sft_meta.get("step")}
     with MetricsWriter(probe_dir, "train") as w, shd.activate(mesh):
         loss = make_rm_loss(rm)
         state = fit(state=state, state_shardings=sh, mesh=mesh,
@@ -71,8 +77,18 @@ def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, 
     return jax.device_get(state.params), meta
 
 
+def fresh_head_params(model_cfg: ModelConfig, rng_seed: int) -> dict:
+    """A whole RewardModel init whose reward head is drawn from the member's own key (the probe
+    ablation's init; `member_init` then puts the SFT body on it)."""
+    dummy = jnp.ones((1, 4), jnp.int32)
+    key = jax.random.fold_in(jax.random.PRNGKey(rng_seed), 0x4EAD)
+    return jax.device_get(unbox(RewardModel(model_cfg).init(key, dummy,
+                                                            jnp.ones_like(dummy))["params"]))
+
+
 def member_init(probe_params: dict, sft_dir: str, spec: RunSpec) -> dict:
-    """Body from the member's SFT checkpoint (Baklava), head from the shared linear probe."""
+    """Body from the member's SFT checkpoint (Baklava), head from `probe_params` (the shared linear
+    probe, or the member's own fresh head)."""
     body, _ = restore_params(sft_dir, spec.init_step)
     params, fresh = assign_with_fallback(body, probe_params)
     assert fresh == ["reward_head/kernel"], fresh
@@ -87,14 +103,17 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
                         probe_learning_rate: float = 3e-3,
                         mesh_shape: Mapping[str, int] | None = None, seed: int = 0,
                         ckpt_every: int = 100, eval_batch_size: int = 256,
-                        max_eval_pairs: int | None = None, ood_pairs: bool = False) -> str:
+                        max_eval_pairs: int | None = None, ood_pairs: bool = False,
+                        probe: bool = True) -> str:
     """Train the M members of every chain seed (all members, or `members` only: one gin launch
     per member in separate mode). Chain seed s (`rm/<name>/seed_<s>/`) has its own training-label
     draw (`task.for_seed(s)`), linear probe, data orders and dropout keys; in population mode the
     S x M members are ONE program over the member axis.
 
     `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`).
-    `ood_pairs`: also evaluate the members on the sampled OOD split (`warm_jax.ood`)."""
+    `ood_pairs`: also evaluate the members on the sampled OOD split (`warm_jax.ood`).
+    `probe=False` (the paper's ablation): no linear probe; each member starts from a fresh random
+    head of its own (drawn from its `rng_seed`) on its SFT body."""
     if mode not in MODES:
         raise ValueError(f"train_reward_models.mode={mode!r}: allowed {MODES}")
     seeds = check_seeds("train_reward_models", seeds)
@@ -125,7 +144,7 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
     config = dict(task=task, model_cfg=model_cfg, diversity=diversity, num_steps=num_steps,
                   batch_size=batch_size, probe_steps=probe_steps, seeds=seeds,
                   probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs,
-                  ood_pairs=ood_pairs)
+                  ood_pairs=ood_pairs, probe=probe)
     outputs = [layout.member(c, sp.member) for c, sp in chosen] + runs
     with layout.stage(f"rm {name}", rm_dir, config, outputs=outputs):
         if not all(layout.member_done(c, sp.member) for c, sp in chosen):
@@ -134,7 +153,7 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
                               batch_size=batch_size, probe_steps=probe_steps,
                               probe_learning_rate=probe_learning_rate, mesh_shape=mesh_shape,
                               ckpt_every=ckpt_every, eval_batch_size=eval_batch_size,
-                              max_eval_pairs=max_eval_pairs)
+                              max_eval_pairs=max_eval_pairs, probe=probe)
         for c, (_, specs, _) in chains.items():
             with layout.lock(os.path.join(layout.rm(c), "eval.jsonl"), wait=True):
                 write_eval_table(layout, c, len(specs))
@@ -148,18 +167,21 @@ def seeded_task(task, seed: int):
 
 def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, groups, runs, *,
                       population_impl, num_steps, batch_size, probe_steps, probe_learning_rate,
-                      mesh_shape, ckpt_every, eval_batch_size, max_eval_pairs) -> None:
+                      mesh_shape, ckpt_every, eval_batch_size, max_eval_pairs, probe) -> None:
     sft_dir = layout.checkpoints(layout.sft)
     mesh = shd.make_mesh(**(mesh_shape or {"data": -1}))
     probes, metas, train_cols = {}, {}, {}
     for c, (task_c, _, seed_c) in chains.items():
+        train_cols[c] = _columns(_pairs(task_c, "train"))
+        if not probe:
+            metas[c] = sft_meta(sft_dir)
+            continue
         # shared by side-by-side launches of single members: the second waits, then finds it done
         with layout.lock(layout.linear_probe(c), wait=True):
             probes[c], metas[c] = linear_probe(
                 probe_dir=layout.linear_probe(c), sft_dir=sft_dir, task=task_c,
                 model_cfg=model_cfg, num_steps=probe_steps, learning_rate=probe_learning_rate,
                 batch_size=batch_size, seed=seed_c, mesh=mesh)
-        train_cols[c] = _columns(_pairs(task_c, "train"))
     meta = next(iter(metas.values()))
     rm = RewardModel(model_cfg)
     loss = make_rm_loss(rm)
@@ -175,8 +197,10 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
         # the whole group, even if a kill came mid-export: its checkpoint holds every member
         iters = [batch_iterator(train_cols[c], batch_size=batch_size, seed=s.data_seed)
                  for c, s in group]
-        states = [member_state(member_init(probes[c], sft_dir, s), tx, s.learning_rate,
-                               s.rng_seed) for c, s in group]
+        heads = [probes[c] if probe else fresh_head_params(model_cfg, s.rng_seed)
+                 for c, s in group]
+        states = [member_state(member_init(h, sft_dir, s), tx, s.learning_rate, s.rng_seed)
+                  for h, (c, s) in zip(heads, group)]
         if len(runs) == 1 and run_dir.endswith("population"):
             sh = with_member_axis(sh1, mesh)
             state, data_iter, leading = shd.place(stack(states), sh), StackedIterator(iters), \
@@ -206,7 +230,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
         for m in sorted(trained[c]):
             kill_point("rm.export")
             export_member(layout.member(c, m), specs[m], trained[c][m],
-                          dict(metas[c], accuracy=rows[m], num_steps=num_steps))
+                          dict(metas[c], accuracy=rows[m], num_steps=num_steps, probe=probe))
 
 
 def write_eval_table(layout: RunLayout, name: str, num_members: int) -> None:
