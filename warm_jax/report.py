@@ -12,9 +12,10 @@ import sys
 import numpy as np
 
 from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
-from warm_jax.eval.figures import (fig_acc_vs_m, fig_bon, fig_corruption, fig_gao,  # noqa: F401
-                                   fig_lmc, fig_rl, fig_winrates, winrate_matrix)
-from warm_jax.layout import RunLayout, atomic_write, read_json, write_json
+from warm_jax.eval.figures import (corruption_accuracy, fig_acc_vs_m, fig_bon,  # noqa: F401
+                                   fig_corruption, fig_gao, fig_lmc, fig_rl, fig_winrates,
+                                   winrate_matrix)
+from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
 
@@ -76,7 +77,7 @@ OOD_SPLITS = (("validation", "validation (ID)"), ("test", "test (shifted offline
 
 
 def _mean_sd(values) -> str:
-    v = np.asarray([x for x in values if x is not None], float)
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
     if not v.size:
         return ""
     return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if v.size > 1 else "")
@@ -90,7 +91,7 @@ def ood_section(layout: RunLayout, analysis: dict) -> list[str]:
     rows = read_jsonl(layout.ood_summary)
     whole = {r["split"]: r for r in rows if "source" not in r}
     evals = {s: read_jsonl(p) for s in analysis
-             if os.path.exists(p := os.path.join(layout.rm(f"clean/seed_{s}"), "eval.jsonl"))}
+             if os.path.exists(p := os.path.join(layout.rm(chain("clean", s)), "eval.jsonl"))}
     member = {sp: [np.mean([r[sp] for r in ev if sp in r]) if any(sp in r for r in ev) else None
                    for ev in evals.values()] for sp, _ in OOD_SPLITS}
     gap = {sp: f"{whole[sp]['oracle_accuracy'] - np.mean([m for m in v if m is not None]):.3f}"
@@ -109,9 +110,8 @@ def ood_section(layout: RunLayout, analysis: dict) -> list[str]:
              + " |",
              "| gap to the ceiling | " + " | ".join(gap.get(sp, "") for sp, _ in OOD_SPLITS) + " |"]
     for label in ("wa", "ens"):
-        accs = {sp: [next((r["acc"] for r in rows_s if r.get("analysis") == "corruption"
-                           and r["model"].startswith(label + "_M") and r["split"] == sp), None)
-                     for rows_s in analysis.values()] for sp, _ in OOD_SPLITS}
+        accs = {sp: [corruption_accuracy(rows_s, label + "_M", sp) for rows_s in analysis.values()]
+                for sp, _ in OOD_SPLITS}
         lines.append(f"| {label.upper()} of all members | "
                      + " | ".join(_mean_sd(accs[sp]) for sp, _ in OOD_SPLITS) + " |")
     lines += ["", "| OOD source | pairs | oracle accuracy | tied pairs |", "|---|---|---|---|"]
@@ -141,12 +141,10 @@ def ablation_section(analysis: dict) -> list[str]:
         cols = collections.defaultdict(list)
         for rows in analysis[name].values():
             sp = ood_split(rows)
-            acc = {r["model"][:3]: r["acc"] for r in rows if r.get("analysis") == "corruption"
-                   and r["split"] == sp and r["model"][:3] in ("wa_", "ens")}
-            if len(acc) == 2:
-                cols["wa"].append(acc["wa_"])
-                cols["ens"].append(acc["ens"])
-                cols["diff"].append(acc["wa_"] - acc["ens"])
+            wa, ens = (corruption_accuracy(rows, p, sp) for p in ("wa_M", "ens_M"))
+            cols["wa"].append(wa)
+            cols["ens"].append(ens)
+            cols["diff"].append(wa - ens)
             dis = [np.mean(r["values"]) for r in rows if r.get("analysis") == "units"
                    and r["split"] == sp and r.get("what") == "disagreement"]
             cols["dis"] += dis

@@ -56,7 +56,9 @@ def fig_lmc(by_seed, path):
     return _save(fig, path)
 
 
-def _acc(rows, prefix, split):
+def corruption_accuracy(rows, prefix, split):
+    """The `corruption` row's accuracy of the model named `prefix`… (wa_M, ens_M, member_) on
+    `split`; NaN if the run has none."""
     return next((r["acc"] for r in rows if r["analysis"] == "corruption"
                  and r["model"].startswith(prefix) and r["split"] == split), np.nan)
 
@@ -70,7 +72,8 @@ def fig_corruption(by_seed, path):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     x = np.arange(len(splits))
     for off, prefix, c in ((-0.2, "wa_M", "tab:blue"), (0.2, "ens_M", "tab:orange")):
-        acc = np.array([[_acc(by_seed[s], prefix, sp) for sp in splits] for s in seeds])
+        acc = np.array([[corruption_accuracy(by_seed[s], prefix, sp) for sp in splits]
+                        for s in seeds])
         ax.bar(x + off, acc.mean(0), 0.4, color=c, alpha=0.6,
                label=prefix.rstrip("_M").upper() + " (mean; dots: seeds)")
         for row in acc:
