@@ -42,11 +42,11 @@ def test_pair_claims_decide_reproduced_tie_and_reversed():
     assert _decide("larger_m_delays_collapse", less)["outcome"] is None
 
 
-def _eval_rows(method, seed, kl, ctrl_first_half, ctrl_second_half):
+def _eval_rows(method, seed, kl, ctrl_first_half, ctrl_second_half, alpha=0.001):
     rows = []
     for step, (k, a, b) in enumerate(zip(kl, ctrl_first_half, ctrl_second_half)):
         gold = [a] * 4 + [b] * 4
-        rows.append({"step": 50 * step, "method": method, "run_alpha": 0.001, "seed": seed,
+        rows.append({"step": 50 * step, "method": method, "run_alpha": alpha, "seed": seed,
                      "kl": k, "control_reward": float(np.mean(gold)), "gold_per_prompt": gold})
     return rows
 
@@ -69,7 +69,7 @@ def test_rl_claims_use_held_out_evaluations():
     # WARM (mean of both halves) vs single, linear in KL from step 0 (KL 0, reward 0): at KL 0.25
     # 0.3125 vs 0.25, at 0.5 0.625 vs 0.5, at 1 1.25 vs 1.0, at 2 0.9 vs 0.8; KL 4 unreached
     assert front["per_seed"] == pytest.approx([np.mean([0.0625, 0.125, 0.25, 0.1])] * 3)
-    assert front["extra"]["budgets"] == [0.25, 0.5, 1.0, 2.0]
+    assert front["extra"]["budgets"] == {"0.001": [0.25, 0.5, 1.0, 2.0]}
     win = _decide("win_rate_warm_vs_single", d)
     # WARM at its selection-half best (step 100: 1.2 > 0.9 > 0.5) judges 0.6; single at ITS
     # selection-half best (step 50: 1.0) judges 1.0, so WARM loses every judged prompt. Against
@@ -88,8 +88,67 @@ def test_rl_front_judges_every_seed_on_the_budgets_all_runs_reach():
         d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, top], [0, 2, 2], [0, 2, 2])
     front = _decide("rl_front_at_kl", d)
     # KL 2 is not reached by every run: all three seeds stay in, each judged at KL 0.25, 0.5, 1
-    assert front["extra"]["budgets"] == [0.25, 0.5, 1.0] and front["n_seeds"] == 3
+    assert front["extra"]["budgets"] == {"0.001": [0.25, 0.5, 1.0]} and front["n_seeds"] == 3
     assert front["per_seed"] == pytest.approx([np.mean([0.25, 0.5, 1.0])] * 3)
+
+
+def _policy(single, warm):
+    return {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "final": {},
+            "eval": {"single": single, "warm_M6": warm}}
+
+
+def test_alpha_sweep_claims():
+    alphas = (0.0003, 0.001, 0.003)
+    # fronts: KL 0 → 1 → 3, single's control reward 0 → 1 → 1, WARM's 0 → 1 + g → 1 + g
+    single, warm = [], []
+    for s in range(3):
+        for a, g in zip(alphas, (0.3, 0.1, 0.2)):
+            single += _eval_rows("single", s, [0, 1, 3], [0, 1, 1], [0, 1, 1], alpha=a)
+            warm += _eval_rows("warm_M6", s, [0, 1, 3], [0, 1 + g, 1 + g],
+                               [0, 1 + g, 1 + g], alpha=a)
+    front = _decide("rl_front_every_alpha", _policy(single, warm))
+    # budgets 0.05 … 2 reached (KL 4 not): gap k·g below KL 1, g at KL 2; the smallest g is 0.1
+    per_budget = np.mean([0.05, 0.1, 0.25, 0.5, 1.0, 1.0])
+    assert front["per_seed"] == pytest.approx([0.1 * per_budget] * 3)
+    assert front["outcome"] == "reproduced"
+    assert front["extra"]["gap_per_alpha"]["0.0003"] == pytest.approx(0.3 * per_budget, abs=1e-4)
+    # one α where WARM's front lies below: dominance "at every α" is contradicted
+    worse = [dict(r, gold_per_prompt=[x - 0.3 * (r["step"] > 0) for x in r["gold_per_prompt"]],
+                  control_reward=r["control_reward"] - 0.3 * (r["step"] > 0))
+             if r["run_alpha"] == 0.001 else r for r in warm]
+    assert _decide("rl_front_every_alpha", _policy(single, worse))["outcome"] == "contradicted"
+    # two α only: no sweep, no inputs
+    two = _policy([r for r in single if r["run_alpha"] != 0.003],
+                  [r for r in warm if r["run_alpha"] != 0.003])
+    assert _decide("rl_front_every_alpha", two)["outcome"] is None
+    # best α by the final control reward: the single RM's is the largest (index 2), WARM's the
+    # smallest (index 0) on seeds 0 and 1 and the middle one on seed 2
+    final_s = dict(zip(alphas, (0.2, 0.5, 0.8)))
+    final_w = {0: dict(zip(alphas, (1.0, 0.9, 0.7))), 1: dict(zip(alphas, (1.0, 0.9, 0.7))),
+               2: dict(zip(alphas, (0.8, 0.9, 0.7)))}
+    single = [r for s in range(3) for a in alphas
+              for r in _eval_rows("single", s, [0, 1], [0, final_s[a]], [0, final_s[a]], alpha=a)]
+    warm = [r for s in range(3) for a in alphas for r in _eval_rows(
+        "warm_M6", s, [0, 1], [0, final_w[s][a]], [0, final_w[s][a]], alpha=a)]
+    best = _decide("warm_lower_best_alpha", _policy(single, warm))
+    assert best["per_seed"] == [2.0, 2.0, 1.0]
+    assert best["extra"]["best_alpha"]["warm_M6"] == {"0": 0.0003, "1": 0.0003, "2": 0.001}
+    assert best["outcome"] == "reproduced"
+
+
+def test_corrupt_label_policy_claims_read_the_corrupt_runs_only():
+    single, warm = [], []
+    for s in range(3):
+        single += _eval_rows("single", s, [0, 1, 2, 3], [0, 1.0, 0.8, 0.5], [0, 1.0, 0.8, 0.5])
+        warm += _eval_rows("warm_M6", s, [0, 1, 2, 3], [0, 0.5, 1.2, 0.9], [0, 2.0, 0.6, 0.9])
+    clean_only = _policy(single, warm)
+    assert _decide("rl_front_at_kl_corrupt", clean_only)["outcome"] is None
+    corrupt_only = dict(_policy([], []), corrupt_policy=_policy(single, warm))
+    assert _decide("rl_front_at_kl", corrupt_only)["outcome"] is None
+    for cid in ("rl_front_at_kl", "win_rate_warm_vs_single", "rl_single_hacking"):
+        mirrored = _decide(cid + "_corrupt", corrupt_only)
+        assert mirrored["per_seed"] == _decide(cid, clean_only)["per_seed"], cid
+        assert mirrored["figure"] == C.REGISTRY[cid].figure + "_corrupt"
 
 
 def test_lmc_claims_count_each_evaluation_pair_once():

@@ -51,29 +51,47 @@ def test_demo_writes_every_output(tiny_demo):
         "best_of_n", "rl", "report"}
 
 
-def test_full_demo_ablations_tiny(tmp_path):
-    """FULL=1's ablation stages (tiny): no linear probe, members from their own fresh heads; every
-    member from one SFT checkpoint; the claims decided on them."""
-    stages = ("{'pretrain': @warm_jax.pretrain, 'sft': @warm_jax.sft, "
-              "'ood_pairs': @warm_jax.ood_pairs, 'rm_clean': @clean/warm_jax.train_reward_models, "
-              "'average_clean': @clean/warm_jax.average_reward_models, "
-              "'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
+def test_full_demo_stages_tiny(tiny_demo, tmp_path):
+    """FULL=1's own stages (tiny), on a copy of the tiny demo's shared init and reward models: the
+    probe and Baklava ablations (no linear probe, members from their own fresh heads; every member
+    from one SFT checkpoint), the α sweep, best-of-N and RL against the corrupt-label RMs, and the
+    claims decided on them."""
+    wd = str(tmp_path / "full")
+    shutil.copytree(tiny_demo, wd, ignore=shutil.ignore_patterns("rl", "report.md", "claims.json",
+                                                                 "figures"))
+    stages = ("{'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
               "'average_noprobe': @noprobe/warm_jax.average_reward_models, "
               "'rm_onesft': @onesft/warm_jax.train_reward_models, "
               "'average_onesft': @onesft/warm_jax.average_reward_models, "
+              "'best_of_n_corrupt': @corrupt/warm_jax.best_of_n, "
+              "'rl': @warm_jax.train_policies, 'rl_corrupt': @corrupt/warm_jax.train_policies, "
               "'report': @warm_jax.report}")
-    wd = str(tmp_path / "abl")
-    r = _run(wd, f"--gin.warm_jax.run.stages={stages}", experiment="demo_full")
+    r = _run(wd, f"--gin.warm_jax.run.stages={stages}",
+             "--gin.warm_jax.train_policies.sweep_alphas=(0.001, 0.01, 0.1)",
+             experiment="demo_full")
     assert r.returncode == 0, r.stderr[-3000:]
     noprobe = os.path.join(wd, "rm", "clean_noprobe", "seed_1")
     assert not os.path.exists(os.path.join(noprobe, "linear_probe"))
     assert Checkpointer(os.path.join(noprobe, "members", "member_0")).restore_meta()["probe"] is False
     onesft = read_jsonl(os.path.join(wd, "rm", "clean_onesft", "seed_0", "eval.jsonl"))
     assert {r["init_step"] for r in onesft} == {12} and all("ood" in r for r in onesft)
+    # the sweep: RL_SWEEP_METHODS at every sweep α; corrupt-label RL at ALPHAS only
+    for rm, alphas in (("clean", {0.001, 0.01, 0.1}), ("corrupt", {0.001})):
+        for m in ("single", "warm_M2"):
+            final = read_jsonl(os.path.join(wd, "rl", rm, m, "final.jsonl"))
+            assert {r["run_alpha"] for r in final} == alphas and len(final) == 2 * len(alphas)
+    assert {r["method"] for r in read_jsonl(os.path.join(wd, "rl", "corrupt", "bon.jsonl"))} == {
+        "single", "warm_M2", "ens_M2", "ens"}
     claims = {c["claim"]: c for c in json.load(open(os.path.join(wd, "claims.json")))}
-    for c in ("probe_helps_wa_vs_ens", "baklava_more_diverse", "baklava_helps_wa"):
+    for c in ("probe_helps_wa_vs_ens", "baklava_more_diverse", "baklava_helps_wa",
+              "warm_lower_best_alpha", "bon_warm_beats_single_corrupt",
+              "larger_m_delays_collapse_corrupt", "win_rate_warm_vs_sft_corrupt"):
         assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
-    assert "## Ablations" in open(os.path.join(wd, "report.md")).read()
+    assert claims["warm_lower_best_alpha"]["extra"]["alphas"] == [0.001, 0.01, 0.1]
+    report = open(os.path.join(wd, "report.md")).read()
+    assert "## Ablations" in report and "flipped labels" in report
+    for f in ("alpha.png", "bon_corrupt.png", "pareto_corrupt.png", "winrates_corrupt.png"):
+        assert os.path.getsize(os.path.join(wd, "figures", f)) > 1000, f
 
 
 def test_report_regenerates_from_jsonl_alone(tiny_demo, tmp_path):

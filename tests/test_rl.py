@@ -174,3 +174,17 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     assert curve[0]["gold_gain"] == pytest.approx(0.0, abs=1e-5)
     auc = [r for r in rows if r.get("analysis") == "auc"]
     assert [(r["seed"], len(r["values"])) for r in auc] == [(0, 16), (1, 16)]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(sweep_methods=("warm_M6",), sweep_alphas=(0.001, 0.01)), "not in methods"),
+    (dict(sweep_methods=("single",)), "without sweep_alphas"),
+    (dict(sweep_methods=("single",), sweep_alphas=(0.001, float("nan"))), "sweep_alphas must be"),
+    (dict(alphas=(0.01, 0.01)), "alphas must be distinct"),
+    (dict(alphas=()), "alphas is empty")])
+def test_alpha_sweep_arguments_are_checked_before_any_work(tmp_path, kw, msg):
+    from warm_jax.rl.stage import train_policies
+    with pytest.raises(ValueError, match=msg):
+        train_policies(workdir=str(tmp_path), task=None, model_cfg=None,
+                       methods=("single", "warm_M2"), **kw)
+    assert not os.path.exists(os.path.join(tmp_path, "rl"))

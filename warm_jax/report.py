@@ -12,9 +12,9 @@ import sys
 import numpy as np
 
 from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
-from warm_jax.eval.figures import (corruption_accuracy, fig_acc_vs_m, fig_bon,  # noqa: F401
-                                   fig_corruption, fig_gao, fig_lmc, fig_rl, fig_winrates,
-                                   winrate_matrix)
+from warm_jax.eval.figures import (  # noqa: F401
+    corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_rl,
+    fig_winrates, winrate_matrix)
 from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
@@ -182,7 +182,20 @@ def _write_report(layout: RunLayout) -> dict:
             d["eval"], f"{figdir}/pareto.png", "kl"),
         "Win rates of the final policies (gold comparison, descriptive)": fig_winrates(
             names, mat, f"{figdir}/winrates.png"),
+        "RL: the α sweep (final held-out control reward)": fig_alpha(d["eval"],
+                                                                      f"{figdir}/alpha.png"),
     }
+    corrupt = d["corrupt_policy"]   # FULL=1: best-of-N and RL against the corrupt-label RMs
+    figs.update({
+        "Best-of-N (reward models of 25% flipped labels)": fig_bon(corrupt["bon"],
+                                                                   f"{figdir}/bon_corrupt.png"),
+        "RL against reward models of 25% flipped labels: control reward against steps": fig_rl(
+            corrupt["eval"], f"{figdir}/rl_steps_corrupt.png", "step"),
+        "RL against reward models of 25% flipped labels: control reward against KL": fig_rl(
+            corrupt["eval"], f"{figdir}/pareto_corrupt.png", "kl"),
+        "Win rates of the final policies, reward models of 25% flipped labels": fig_winrates(
+            *winrate_matrix(corrupt["final"]), f"{figdir}/winrates_corrupt.png"),
+    })
     timings = read_json(layout.timings, {})
     lines = [f"# WARM reproduction report — `{os.path.abspath(workdir)}`", ""]
     info = read_json(layout.run_info)

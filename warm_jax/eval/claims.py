@@ -53,13 +53,20 @@ def load(workdir: str, rm_name: str = "clean") -> dict[str, Any]:
     for name in names:
         chains = sorted(glob.glob(os.path.join(layout.rm(name), "seed_*")), key=_seed_of)
         analysis[name] = {_seed_of(c): _rows(os.path.join(c, "analysis.jsonl")) for c in chains}
+    # the best-of-N and RL of the other labels' reward models (FULL=1: "corrupt"), if run
+    other = "corrupt" if rm_name == "clean" else "clean"
+    return {"analysis": analysis, **policy_rows(layout, rm_name),
+            f"{other}_policy": policy_rows(layout, other)}
+
+
+def policy_rows(layout: RunLayout, rm_name: str) -> dict[str, Any]:
+    """Best-of-N rows and, per RL method, its train / eval / final rows over `rm/<rm_name>`."""
     rl_dir = layout.rl(rm_name)
     methods = sorted(os.path.basename(os.path.dirname(p))
                      for p in glob.glob(os.path.join(rl_dir, "*", "train.jsonl")))
     per_method = lambda f: {m: _rows(os.path.join(rl_dir, m, f)) for m in methods}  # noqa: E731
-    return {"analysis": analysis, "bon": _rows(layout.bon(rm_name)),
-            "train": per_method("train.jsonl"), "eval": per_method("eval.jsonl"),
-            "final": per_method("final.jsonl")}
+    return {"bon": _rows(layout.bon(rm_name)), "train": per_method("train.jsonl"),
+            "eval": per_method("eval.jsonl"), "final": per_method("final.jsonl")}
 
 
 def warm_names(methods) -> list[str]:

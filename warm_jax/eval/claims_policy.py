@@ -163,32 +163,103 @@ def larger_m_delays_collapse(d):
     return _units(_per_prompt(per_seed), a=warm, b=single)
 
 
+def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
+    """Per α: {seed: held-out control reward of WARM − single, interpolated at the KL budgets that
+    every run of both methods at that α reaches, mean over those budgets}, and those budgets per α.
+    An α where no budget is reached by every run is left out (each α's seeds share one set of
+    budgets, so no seed that stopped short is silently judged on fewer)."""
+    W, S = _evals(d, warm), _evals(d, single)
+    at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
+                                    [r["control_reward"] for r in rows], budgets)
+    gaps, used = {}, {}
+    for a in sorted({k[0] for k in set(W) & set(S)}):
+        diffs = {s: at(W[(a, s)]) - at(S[(a, s)]) for (b, s) in sorted(set(W) & set(S)) if b == a}
+        common = [i for i in range(len(budgets)) if all(np.isfinite(x[i]) for x in diffs.values())]
+        if common:
+            gaps[a] = {s: float(np.mean(x[common])) for s, x in diffs.items()}
+            used[a] = [budgets[i] for i in common]
+    return gaps, used
+
+
 @register(registry=REGISTRY, id="rl_front_at_kl", paper_ref="Fig. 8",
           finding="WARM pushes the KL–control-reward front up: more control reward at the same "
                   "KL to the SFT policy", figure="pareto",
           statistic=f"held-out control reward at the KL budgets of {KL_BUDGETS} that every run of "
-                    "both methods reaches (interpolated between evaluations), WARM M − single, "
-                    "mean over those budgets and α", unit="seed", kind="directional",
-          direction=+1)
+                    "both methods at an α reaches (interpolated between evaluations), WARM M − "
+                    "single, mean over those budgets, then over α", unit="seed",
+          kind="directional", direction=+1)
 def rl_front_at_kl(d):
     warm, single = _rl_pair(d)
     if warm is None:
         return None
-    W, S = _evals(d, warm), _evals(d, single)
-    keys = sorted(set(W) & set(S))
-    at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
-                                    [r["control_reward"] for r in rows], KL_BUDGETS)
-    diffs = {k: at(W[k]) - at(S[k]) for k in keys}
-    # a budget counts only where every run reached it: every seed is then judged on the same
-    # budgets (a seed that stopped short is not silently dropped from the interval)
-    common = [i for i in range(len(KL_BUDGETS)) if all(np.isfinite(x[i]) for x in diffs.values())]
-    if not common:
+    gaps, used = front_gaps(d, warm, single)
+    if not gaps:
         return None
-    per_seed = collections.defaultdict(list)
-    for k, x in diffs.items():
-        per_seed[k[1]] += [x[i] for i in common]
-    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, a=warm, b=single,
-                  budgets=[KL_BUDGETS[i] for i in common])
+    seeds = sorted(set.intersection(*(set(g) for g in gaps.values())))
+    return _units({s: [np.mean([g[s] for g in gaps.values()])] for s in seeds}, a=warm, b=single,
+                  budgets={str(a): b for a, b in used.items()})
+
+
+# --- the α sweep (WARM.md, Fig. 8: α = 0.01, 0.003, 0.001) ------------------------------------
+SWEEP_KL_BUDGETS = (0.05, 0.1) + KL_BUDGETS   # a large α keeps KL small: lower budgets too
+MIN_SWEEP_ALPHAS = 3
+
+
+def _sweep(d):
+    """(WARM, single, the α values both ran at) when the run swept >= MIN_SWEEP_ALPHAS of them."""
+    warm, single = _rl_pair(d)
+    if warm is None:
+        return None
+    alphas = sorted({k[0] for k in _evals(d, warm)} & {k[0] for k in _evals(d, single)})
+    return (warm, single, alphas) if len(alphas) >= MIN_SWEEP_ALPHAS else None
+
+
+@register(registry=REGISTRY, id="rl_front_every_alpha", paper_ref="Fig. 8 (α sweep)",
+          finding="WARM's KL–control-reward front lies above the single RM's at every α of the "
+                  "sweep", figure="pareto",
+          statistic=f"per seed, the smallest over α of (held-out control reward of WARM M − "
+                    f"single at the KL budgets of {SWEEP_KL_BUDGETS} that every run at that α "
+                    f"reaches, mean over those budgets); needs >= {MIN_SWEEP_ALPHAS} α, each "
+                    "with a budget reached", unit="seed", kind="directional", direction=+1)
+def rl_front_every_alpha(d):
+    sweep = _sweep(d)
+    if sweep is None:
+        return None
+    warm, single, alphas = sweep
+    gaps, used = front_gaps(d, warm, single, SWEEP_KL_BUDGETS)
+    if sorted(gaps) != alphas:   # an α whose front cannot be compared: "every α" is undecidable
+        return None
+    seeds = sorted(set.intersection(*(set(g) for g in gaps.values())))
+    return _units({s: [min(gaps[a][s] for a in alphas)] for s in seeds}, a=warm, b=single,
+                  alphas=alphas, gap_per_alpha={str(a): round(float(np.mean(list(g.values()))), 4)
+                                                for a, g in gaps.items()},
+                  budgets={str(a): b for a, b in used.items()})
+
+
+def best_alpha_index(d, method) -> dict[int, int]:
+    """Per seed, the position in the sorted α grid of the α whose policy ends with the highest
+    held-out control reward (mean over every held-out prompt, at the final step)."""
+    by_seed = collections.defaultdict(dict)
+    for (a, s), rows in _evals(d, method).items():
+        by_seed[s][a] = rows[-1]["control_reward"]
+    return {s: sorted(v).index(max(v, key=v.get)) for s, v in by_seed.items()}
+
+
+@register(registry=REGISTRY, id="warm_lower_best_alpha", paper_ref="Fig. 8 (α sweep)",
+          finding="The best KL penalty α is lower for WARM than for the single RM (a more robust "
+                  "reward needs less regularisation)", figure="alpha",
+          statistic="per seed, position in the sorted α grid of the α with the highest final "
+                    "held-out control reward: single − WARM M (> 0: WARM's best α is lower)",
+          unit="seed", kind="directional", direction=+1)
+def warm_lower_best_alpha(d):
+    sweep = _sweep(d)
+    if sweep is None:
+        return None
+    warm, single, alphas = sweep
+    W, S = best_alpha_index(d, warm), best_alpha_index(d, single)
+    return _units({s: [S[s] - W[s]] for s in sorted(set(W) & set(S))}, a=warm, b=single,
+                  alphas=alphas, best_alpha={m: {str(s): alphas[i] for s, i in x.items()}
+                                             for m, x in ((warm, W), (single, S))})
 
 
 def win_rate_units(d, method, reference, *, judge="gold"):
@@ -278,3 +349,21 @@ def gao_fits(d):
         if np.isfinite(fit["r2"]):
             per_seed[s].append(fit["r2"])
     return _units({s: [np.mean(v)] for s, v in per_seed.items()}, fits=fits)
+
+
+# --- the same best-of-N and RL claims with the reward models of 25% flipped labels (Figs. 6-8b) --
+CORRUPT_MIRRORED = ("bon_warm_beats_smaller_m", "bon_warm_beats_single", "bon_warm_beats_ens",
+                    "rl_single_hacking", "larger_m_delays_collapse", "rl_front_at_kl",
+                    "win_rate_warm_vs_single", "win_rate_warm_vs_sft")
+
+
+def _on_corrupt(compute):
+    return lambda d: compute(d["corrupt_policy"]) if d.get("corrupt_policy") else None
+
+
+for _id in CORRUPT_MIRRORED:
+    _c = REGISTRY[_id]
+    register(registry=REGISTRY, id=f"{_id}_corrupt", paper_ref=f"{_c.paper_ref} (corrupt labels)",
+             finding=f"{_c.finding} — reward models trained on 25% flipped labels",
+             figure=f"{_c.figure}_corrupt", statistic=_c.statistic, unit=_c.unit, kind=_c.kind,
+             direction=_c.direction, delta=_c.delta)(_on_corrupt(_c.compute))

@@ -159,6 +159,35 @@ def fig_rl(evals, path, x_key):
     return _save(fig, path)
 
 
+def fig_alpha(evals, path):
+    """The α sweep: final held-out control reward against α, one thin line per seed and method
+    (only methods run at two or more α)."""
+    fig, ax, drawn = None, None, False
+    for m, rows in evals.items():
+        last = {}
+        for r in rows:   # the latest evaluation of each (α, seed)
+            k = (r["run_alpha"], r["seed"])
+            if k not in last or r["step"] > last[k]["step"]:
+                last[k] = r
+        alphas = sorted({a for a, _ in last})
+        if len(alphas) < 2 or any(a <= 0 for a in alphas):
+            continue
+        if fig is None:
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for i, s in enumerate(sorted({s for _, s in last})):
+            pts = [(a, last[(a, s)]["control_reward"]) for a in alphas if (a, s) in last]
+            ax.plot(*zip(*pts), "-o", ms=3, lw=0.9, alpha=0.8, color=COLORS.get(m),
+                    label=m if i == 0 else None)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("KL penalty α")
+    ax.set_ylabel("final held-out control reward")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def winrate_matrix(final):
     golds = {}
     for m, rows in final.items():

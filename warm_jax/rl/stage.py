@@ -191,18 +191,32 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                    chunk: int = 50, log_every: int = 10, normalise: bool = True,
                    uwo_lambda: float = 0.1, standardise_members: bool = True,
                    max_new_tokens: int | None = None, eval_prompts: int = 256,
-                   ensemble_impl: str = "auto", allow_base_mismatch: bool = False) -> str:
+                   ensemble_impl: str = "auto", allow_base_mismatch: bool = False,
+                   sweep_methods: Sequence[str] = (), sweep_alphas: Sequence[float] = ()) -> str:
     """RL from the SFT policy, one vmapped program per method over (α × chain seeds): run (α, s)
     optimises the reward models of chain seed s. Every `chunk` steps (and at step 0) each run is
-    evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy)."""
+    evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy).
+    An α sweep: the `sweep_methods` run at every α of `sweep_alphas`, the others at `alphas`."""
     seeds = check_seeds("train_policies", seeds)
     layout = RunLayout(workdir)
     for method in methods:
         RewardSpec.parse(method)  # a bad name fails before any work
+    unknown = sorted(set(sweep_methods) - set(methods))
+    if unknown:
+        raise ValueError(f"train_policies.sweep_methods: {unknown} not in methods {list(methods)}")
+    if sweep_methods and not sweep_alphas:
+        raise ValueError("train_policies: sweep_methods given without sweep_alphas")
+    for name, a in (("alphas", alphas), ("sweep_alphas", sweep_alphas)):
+        if any(not 0 <= float(x) < float("inf") for x in a) or len(set(a)) != len(a):
+            raise ValueError(f"train_policies.{name} must be distinct, finite and >= 0; got "
+                             f"{tuple(a)}")
+    if not alphas:
+        raise ValueError("train_policies.alphas is empty")
     shared: dict = {}
     for method in methods:
         mdir = layout.rl_method(rm_name, method)
-        config = dict(task=task, model_cfg=model_cfg, method=method, alphas=alphas, seeds=seeds,
+        m_alphas = tuple(sweep_alphas if method in sweep_methods else alphas)
+        config = dict(task=task, model_cfg=model_cfg, method=method, alphas=m_alphas, seeds=seeds,
                       rl=rl, num_steps=num_steps, chunk=chunk, log_every=log_every,
                       normalise=normalise, uwo_lambda=uwo_lambda, max_new_tokens=max_new_tokens,
                       eval_prompts=eval_prompts, standardise_members=standardise_members)
@@ -211,7 +225,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                 continue
             if not shared:
                 shared.update(_shared_inputs(layout, task, model_cfg, rl, max_new_tokens))
-            _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=alphas,
+            _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=m_alphas,
                           seeds=seeds, num_steps=num_steps, chunk=chunk, log_every=log_every,
                           normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
                           standardise_members=standardise_members,
