@@ -21,7 +21,7 @@ demo: venv
 # two pytest-xdist workers (tests sharing a pipeline-run fixture share a worker: conftest.py)
 TEST_WORKERS ?= 2
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup tests
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 # CPU smoke of WARM from SmolLM2 on HH-RLHF (~5 min, mostly compiling a 30-layer model)
 test-slow: venv

@@ -1,9 +1,10 @@
-"""Record a finished demo: its wall time in bench/results.json as `demo_wall_s` (the default demo
-only) and its claims as bench/claims/<name>.json, from which `python -m bench.table --readme
-README.md` generates the README's claims and base-seed blocks.
+"""Record a finished demo: its wall time in bench/results.json as `demo_wall_s` (`demo_full_wall_s`
+for a FULL=1 run) and its claims as bench/claims/<name>.json, from which `python -m bench.table
+--readme README.md` generates the README's claims, base-seed and FULL=1 claims blocks.
 
     python -m bench.record_demo runs/demo                       # -> demo_wall_s, claims/demo.json
     python -m bench.record_demo runs/demo_seed1 --name demo_seed1 --no-wall
+    python -m bench.record_demo runs/demo_full --name demo_full  # -> demo_full_wall_s
 It refuses a run that resumed earlier work (its wall time would not be the whole pipeline's)."""
 import argparse
 import json
@@ -34,10 +35,11 @@ def main(argv=None) -> int:
         json.dump(run_record(RunLayout(args.workdir)), f, indent=1)
     if not args.no_wall:
         results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
-        results["demo_wall_s"] = info["wall_s"]
+        key = "demo_full_wall_s" if str(info.get("mode")).startswith("FULL=1") else "demo_wall_s"
+        results[key] = info["wall_s"]
         with open(RESULTS, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
-        print(f"demo_wall_s = {info['wall_s']} ({info['mode']})")
+        print(f"{key} = {info['wall_s']} ({info['mode']})")
     print(f"wrote bench/claims/{args.name}.json")
     return 0
 

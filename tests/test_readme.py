@@ -41,10 +41,14 @@ def test_readme_claims_blocks_are_generated_from_recorded_runs():
 
 def test_base_seed_check_names_a_flip():
     from warm_jax.report import base_seed_block
-    c = lambda o, e: {"claim": "x", "outcome": o, "effect": e}  # noqa: E731
+    c = lambda o, e, i="x": {"claim": i, "outcome": o, "effect": e}  # noqa: E731
     ok = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
                           {"base_seed": 1, "claims": [c("inconclusive", 0.02)]}])
     assert "none goes from reproduced to contradicted" in ok and "0 of 1 claims" in ok
+    # a claim without inputs on one base seed is not counted as "the same outcome"
+    two = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1), c(None, None, "y")]},
+                           {"base_seed": 1, "claims": [c("reproduced", 0.2), c(None, None, "y")]}])
+    assert "1 of 1 claims decided on every base seed" in two
     bad = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
                            {"base_seed": 1, "claims": [c("contradicted", -0.1)]}])
     assert "**x go from reproduced to contradicted**" in bad

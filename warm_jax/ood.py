@@ -28,7 +28,7 @@ import numpy as np
 
 from warm_jax.checkpoint import restore_params
 from warm_jax.layout import RunLayout, atomic_write, write_jsonl
-from warm_jax.models import LanguageModel, ModelConfig, SamplingConfig, make_sampler
+from warm_jax.models import ModelConfig, SamplingConfig, jitted_sampler
 from warm_jax.rm.loss import SPLITS
 
 SOURCES = (("pretrain", 1.0), ("sft", 1.5), ("sft", 1.0))
@@ -47,7 +47,7 @@ def sample_pairs(task, model_cfg: ModelConfig, params_by_source: Sequence, tempe
     """Two responses per prompt from source `i % len(sources)`; one compiled sampler for all."""
     sampling = SamplingConfig(max_new_tokens=task.max_response_len, eos_id=task.eos_id,
                               pad_id=task.pad_id)
-    sample = jax.jit(make_sampler(LanguageModel(model_cfg), sampling))
+    sample = jitted_sampler(model_cfg, sampling)
     N = len(prompts_NxP)
     source_N = np.arange(N) % len(params_by_source)
     twice_2NxP = jnp.asarray(np.concatenate([prompts_NxP, prompts_NxP]))

@@ -6,6 +6,7 @@ real token for every row and every row writes the same cache slot at each step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax
 import jax
@@ -121,3 +122,10 @@ def make_sampler(model: LanguageModel, cfg: SamplingConfig):
         return Samples(toks_NxB.T, logp_NxB.T, mask_NxB.T)
 
     return sample
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_sampler(model_cfg, cfg: SamplingConfig):
+    """`make_sampler` jitted once per (model config, sampling config) in a process: every stage and
+    chain seed that samples with them reuses one compiled program."""
+    return jax.jit(make_sampler(LanguageModel(model_cfg), cfg))

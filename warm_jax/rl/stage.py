@@ -13,10 +13,9 @@ Writes `<workdir>/rl/<rm_name>/bon.jsonl` and, per method, `rl/<rm_name>/<method
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +30,8 @@ from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, cha
                              check_seeds, kill_point, preemption_requested, write_jsonl)
 from warm_jax.losses import response_logprobs
 from warm_jax.metrics import MetricsWriter, progress
-from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler,
-                             unbox)
+from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig,
+                             jitted_sampler, make_sampler, unbox)
 from warm_jax.rl.bon import kl_bon
 from warm_jax.rl.reinforce import RLConfig, make_rl, run_chunk
 from warm_jax.rm.population import stack
@@ -86,17 +85,10 @@ def _sft(layout: RunLayout):
     return restore_params(layout.checkpoints(layout.sft))
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_sampler(model_cfg: ModelConfig, sampling: SamplingConfig):
-    """One compiled sampler per (model, sampling) for the process: every chain seed reuses it."""
-    return jax.jit(make_sampler(LanguageModel(model_cfg), sampling))
-
-
 def sft_samples(task, model_cfg, sft_params, prompts, n_per_prompt, temperature, seed):
-    lm = LanguageModel(model_cfg)
     sampling = SamplingConfig(max_new_tokens=task.max_response_len, temperature=temperature,
                               eos_id=task.eos_id, pad_id=task.pad_id)
-    sample = _jitted_sampler(model_cfg, sampling)
+    sample = jitted_sampler(model_cfg, sampling)
     prompt = jnp.repeat(jnp.asarray(prompts), n_per_prompt, axis=0)
     outs = [sample(sft_params, prompt[i:i + 1024], jnp.ones_like(prompt[i:i + 1024]),
                    jax.random.PRNGKey(seed + i)) for i in range(0, len(prompt), 1024)]
