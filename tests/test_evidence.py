@@ -221,6 +221,8 @@ def test_register_adds_one_entry_and_rejects_duplicates():
     (dict(kind="equivalence", direction=None, delta=0.0), r"margin delta > 0"),
     (dict(kind="equivalence", direction=None, delta=float("inf")), r"margin delta > 0"),
     (dict(kind="equivalence", direction=1, delta=0.1), r"direction is for directional claims"),
+    (dict(kind="equivalence", direction=None, delta=0.1, can_contradict=False),
+     r"can_contradict=False is for"),
     (dict(finding=""), r"finding must be a non-empty string"),
     (dict(compute="not a function"), r"compute must be callable"),
 ])

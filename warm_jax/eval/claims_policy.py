@@ -167,7 +167,8 @@ def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
     """Per α: {seed: held-out control reward of WARM − single, interpolated at the KL budgets that
     every run of both methods at that α reaches, mean over those budgets}, and those budgets per α.
     An α where no budget is reached by every run is left out (each α's seeds share one set of
-    budgets, so no seed that stopped short is silently judged on fewer)."""
+    budgets, so no seed that stopped short is silently judged on fewer). A budget below a run's
+    first RL evaluation is interpolated from step 0, where both methods are the SFT policy."""
     W, S = _evals(d, warm), _evals(d, single)
     at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
                                     [r["control_reward"] for r in rows], budgets)
@@ -181,12 +182,22 @@ def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
     return gaps, used
 
 
+def _alphas_and_seeds(d, warm, single, gaps):
+    """(α judged, seeds judged at every one of them, what was left out) for the front claims."""
+    keys = set(_evals(d, warm)) & set(_evals(d, single))
+    all_alphas, all_seeds = sorted({a for a, _ in keys}), sorted({s for _, s in keys})
+    seeds = sorted(set.intersection(*(set(g) for g in gaps.values()))) if gaps else []
+    return seeds, {"alphas_without_budget": [a for a in all_alphas if a not in gaps],
+                   "seeds_left_out": [s for s in all_seeds if s not in seeds]}
+
+
 @register(registry=REGISTRY, id="rl_front_at_kl", paper_ref="Fig. 8",
           finding="WARM pushes the KL–control-reward front up: more control reward at the same "
                   "KL to the SFT policy", figure="pareto",
           statistic=f"held-out control reward at the KL budgets of {KL_BUDGETS} that every run of "
                     "both methods at an α reaches (interpolated between evaluations), WARM M − "
-                    "single, mean over those budgets, then over α", unit="seed",
+                    "single, mean over those budgets, then over the α with such a budget "
+                    "(`extra` lists any α or seed left out)", unit="seed",
           kind="directional", direction=+1)
 def rl_front_at_kl(d):
     warm, single = _rl_pair(d)
@@ -195,13 +206,12 @@ def rl_front_at_kl(d):
     gaps, used = front_gaps(d, warm, single)
     if not gaps:
         return None
-    seeds = sorted(set.intersection(*(set(g) for g in gaps.values())))
+    seeds, left_out = _alphas_and_seeds(d, warm, single, gaps)
     return _units({s: [np.mean([g[s] for g in gaps.values()])] for s in seeds}, a=warm, b=single,
-                  budgets={str(a): b for a, b in used.items()})
+                  budgets={str(a): b for a, b in used.items()}, **left_out)
 
 
 # --- the α sweep (WARM.md, Fig. 8: α = 0.01, 0.003, 0.001) ------------------------------------
-SWEEP_KL_BUDGETS = (0.05, 0.1) + KL_BUDGETS   # a large α keeps KL small: lower budgets too
 MIN_SWEEP_ALPHAS = 3
 
 
@@ -218,48 +228,63 @@ def _sweep(d):
           finding="WARM's KL–control-reward front lies above the single RM's at every α of the "
                   "sweep", figure="pareto",
           statistic=f"per seed, the smallest over α of (held-out control reward of WARM M − "
-                    f"single at the KL budgets of {SWEEP_KL_BUDGETS} that every run at that α "
-                    f"reaches, mean over those budgets); needs >= {MIN_SWEEP_ALPHAS} α, each "
-                    "with a budget reached", unit="seed", kind="directional", direction=+1)
+                    f"single at the KL budgets of {KL_BUDGETS} that every run at that α reaches, "
+                    f"mean over those budgets); needs >= {MIN_SWEEP_ALPHAS} α, each with a budget "
+                    "reached. A minimum of noisy gaps is biased low, so it can reproduce (every α "
+                    "above) but never contradict", unit="seed", kind="directional", direction=+1,
+          can_contradict=False)
 def rl_front_every_alpha(d):
     sweep = _sweep(d)
     if sweep is None:
         return None
     warm, single, alphas = sweep
-    gaps, used = front_gaps(d, warm, single, SWEEP_KL_BUDGETS)
+    gaps, used = front_gaps(d, warm, single)
     if sorted(gaps) != alphas:   # an α whose front cannot be compared: "every α" is undecidable
         return None
-    seeds = sorted(set.intersection(*(set(g) for g in gaps.values())))
+    seeds, left_out = _alphas_and_seeds(d, warm, single, gaps)
     return _units({s: [min(gaps[a][s] for a in alphas)] for s in seeds}, a=warm, b=single,
                   alphas=alphas, gap_per_alpha={str(a): round(float(np.mean(list(g.values()))), 4)
                                                 for a, g in gaps.items()},
-                  budgets={str(a): b for a, b in used.items()})
+                  budgets={str(a): b for a, b in used.items()}, **left_out)
 
 
-def best_alpha_index(d, method) -> dict[int, int]:
-    """Per seed, the position in the sorted α grid of the α whose policy ends with the highest
-    held-out control reward (mean over every held-out prompt, at the final step)."""
+def final_by_alpha(d, method, alphas) -> dict[int, np.ndarray]:
+    """Per seed with a run at every α: the final held-out control reward at each α (grid order)."""
     by_seed = collections.defaultdict(dict)
     for (a, s), rows in _evals(d, method).items():
-        by_seed[s][a] = rows[-1]["control_reward"]
-    return {s: sorted(v).index(max(v, key=v.get)) for s, v in by_seed.items()}
+        by_seed[s][a] = rows[-1]
+    return {s: v for s, v in by_seed.items() if set(v) >= set(alphas)}
 
 
 @register(registry=REGISTRY, id="warm_lower_best_alpha", paper_ref="Fig. 8 (α sweep)",
           finding="The best KL penalty α is lower for WARM than for the single RM (a more robust "
                   "reward needs less regularisation)", figure="alpha",
-          statistic="per seed, position in the sorted α grid of the α with the highest final "
-                    "held-out control reward: single − WARM M (> 0: WARM's best α is lower)",
+          statistic="per seed, least-squares slope of the final held-out control reward over "
+                    "log10 α (the sweep's grid), single − WARM M (> 0: WARM's reward favours "
+                    "lower α relative to the single RM's; each method's argmax α is in extra)",
           unit="seed", kind="directional", direction=+1)
 def warm_lower_best_alpha(d):
     sweep = _sweep(d)
     if sweep is None:
         return None
     warm, single, alphas = sweep
-    W, S = best_alpha_index(d, warm), best_alpha_index(d, single)
-    return _units({s: [S[s] - W[s]] for s in sorted(set(W) & set(S))}, a=warm, b=single,
-                  alphas=alphas, best_alpha={m: {str(s): alphas[i] for s, i in x.items()}
-                                             for m, x in ((warm, W), (single, S))})
+    if min(alphas) <= 0:
+        return None   # log10 α: a sweep that includes α = 0 has no such slope
+    W, S = final_by_alpha(d, warm, alphas), final_by_alpha(d, single, alphas)
+    x = np.log10(alphas)
+    per_seed, best = {}, {warm: {}, single: {}}
+    for s in sorted(set(W) & set(S)):
+        steps = {W[s][a]["step"] for a in alphas} | {S[s][a]["step"] for a in alphas}
+        if len(steps) != 1:
+            raise ValueError(f"{warm} and {single} seed {s} end at different steps {sorted(steps)}:"
+                             " unfinished run?")
+        slope = {}
+        for m, runs in ((warm, W[s]), (single, S[s])):
+            y = [runs[a]["control_reward"] for a in alphas]
+            slope[m] = float(np.polyfit(x, y, 1)[0])
+            best[m][str(s)] = alphas[int(np.argmax(y))]
+        per_seed[s] = [slope[single] - slope[warm]]
+    return _units(per_seed, a=warm, b=single, alphas=alphas, best_alpha=best)
 
 
 def win_rate_units(d, method, reference, *, judge="gold"):

@@ -102,6 +102,9 @@ class Claim:
     compute: Callable[[Any], Units | None]   # loaded data -> Units, or None when inputs are missing
     direction: int | None = None   # directional only: +1 (paper: effect > 0) or -1
     delta: float | None = None     # equivalence only: the margin δ > 0
+    # directional only: False for a statistic biased against the paper's side (a minimum over
+    # conditions), whose interval beyond 0 on the other side is not evidence against the paper
+    can_contradict: bool = True
 
     def __post_init__(self):
         where = f"Claim {self.id!r}"
@@ -128,6 +131,8 @@ class Claim:
         elif self.delta is not None:
             raise ValueError(f"{where}: delta is for equivalence claims only; this one is "
                              f"{self.kind!r}, so leave delta None (got {self.delta!r})")
+        if not self.can_contradict and self.kind != "directional":
+            raise ValueError(f"{where}: can_contradict=False is for directional claims only")
         if not callable(self.compute):
             raise ValueError(f"{where}: compute must be callable (data -> Units | None), "
                              f"got {self.compute!r}")
@@ -227,6 +232,9 @@ def _outcome(claim: Claim, lo: float, hi: float, n_seeds: int) -> tuple[str | No
         agree, disagree = (lo > 0, hi < 0) if claim.direction > 0 else (hi < 0, lo > 0)
         if agree:
             return "reproduced", "the interval lies on the paper's side of 0"
+        if disagree and not claim.can_contradict:
+            return "inconclusive", ("the interval lies on the other side of 0, but this statistic "
+                                    "is biased against the paper's side, so it cannot contradict")
         if disagree:
             return "contradicted", "the interval lies on the other side of 0 from the paper"
         return "inconclusive", "the interval contains 0"
@@ -242,7 +250,9 @@ def _rule(claim: Claim, n_seeds: int, n_boot: int, level: float, union: bool) ->
     if claim.kind == "directional":
         side, other = ("above", "below") if claim.direction > 0 else ("below", "above")
         test = (f"reproduced iff the {pct} interval lies wholly {side} 0 (the paper's sign), "
-                f"contradicted iff wholly {other} 0, else inconclusive (a tie is inconclusive)")
+                + (f"contradicted iff wholly {other} 0, " if claim.can_contradict else
+                   "never contradicted (the statistic is biased against the paper's side), ")
+                + "else inconclusive (a tie is inconclusive)")
     elif claim.kind == "equivalence":
         d = f"{claim.delta:g}"
         test = (f"reproduced iff the {pct} interval lies inside (-{d}, +{d}), contradicted iff "
