@@ -27,12 +27,16 @@ def test_readme_benchmark_table_is_generated_from_bench_results(tmp_path):
 
 
 def test_readme_claims_blocks_are_generated_from_recorded_runs():
-    """The claims table and the base-seed check come from bench/claims/*.json, which
-    bench.record_demo copies from fresh runs' claims.json."""
+    """The claims table, the base-seed check and the FULL=1 claims table come from
+    bench/claims/*.json, which bench.record_demo copies from fresh runs' claims.json."""
+    from warm_jax import report
     from bench import table
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     blocks = table.claims_blocks()
-    assert blocks and len(blocks) == 2, "record both base seeds: python -m bench.record_demo"
+    assert blocks and (report.BASE_BEGIN, report.BASE_END) in blocks, (
+        "record both base seeds: python -m bench.record_demo")
+    assert (report.FULL_BEGIN, report.FULL_END) in blocks, (
+        "record a FULL=1 run: python -m bench.record_demo runs/demo_full --name demo_full")
     for (begin, end), want in blocks.items():
         assert _block(readme, begin, end) == want, (
             "README's claims blocks disagree with bench/claims/: run "
