@@ -78,3 +78,43 @@ def test_liti_endpoints_and_merge_policies():
                                atol=1e-6)
     with pytest.raises(ValueError, match="allowed 'slerp', 'lerp'"):
         warp.merge_policies([p1], init, how="mean")
+
+
+def _tiny_rl(warp_rl: bool):
+    from warm_jax.models import LanguageModel, RewardModel, SamplingConfig, preset, unbox
+    from warm_jax.rl.reinforce import RLConfig, make_rl
+    cfg = preset("tiny")
+    dummy = jnp.ones((1, 4), jnp.int32)
+    policy = unbox(LanguageModel(cfg).init(jax.random.PRNGKey(0), dummy, dummy)["params"])
+    value = unbox(RewardModel(cfg).init(jax.random.PRNGKey(1), dummy, dummy)["params"])
+    prompts = jax.random.randint(jax.random.PRNGKey(2), (16, 4), 2, cfg.vocab_size)
+    reward = lambda p, pm, r, rm: (r * rm).sum(-1) / jnp.maximum(rm.sum(-1), 1) / 10  # noqa: E731
+    kw = dict(model_cfg=cfg, cfg=RLConfig(batch_size=8, learning_rate=1e-2, baseline="batch_mean"),
+              sampling=SamplingConfig(max_new_tokens=6), ref_params=policy, prompts_NxP=prompts,
+              reward_fn=reward)
+    init, step = warp.make_warp_rl(**kw) if warp_rl else make_rl(**kw)
+    return (lambda **k: init(policy, value, 0, 0.1, **k)), jax.jit(step), policy
+
+
+def test_warp_rl_with_mu_0_is_plain_rl_and_mu_1_anchors_to_the_current_policy():
+    plain_init, plain_step, init = _tiny_rl(warp_rl=False)
+    warp_init, warp_step, _ = _tiny_rl(warp_rl=True)   # one program for every μ (μ is state)
+    plain, frozen = plain_init(), warp_init(mu=0.0)  # μ = 0: the EMA stays the init = SFT anchor
+    for _ in range(2):
+        plain, m_plain = plain_step(plain)
+        frozen, m_frozen = warp_step(frozen)
+    for a, b in zip(jax.tree.leaves(plain.policy), jax.tree.leaves(frozen.rl.policy)):
+        np.testing.assert_array_equal(a, b)
+    assert float(m_plain["kl"]) == float(m_frozen["kl"]) != 0.0
+    for a, b in zip(jax.tree.leaves(frozen.ema), jax.tree.leaves(init)):
+        np.testing.assert_array_equal(a, b)
+    # μ = 1/2: after one step the EMA is halfway between the init and the updated policy
+    half, _ = warp_step(warp_init(mu=0.5))
+    for e, p, i in zip(*(jax.tree.leaves(t) for t in (half.ema, half.rl.policy, init))):
+        np.testing.assert_allclose(e, 0.5 * i + 0.5 * p, rtol=1e-6, atol=1e-7)
+    # μ = 1: the anchor is the policy that samples, so the next step's KL estimate is ~0
+    tracking, _ = warp_step(warp_init(mu=1.0))
+    _, m = warp_step(tracking)
+    assert abs(float(m["kl"])) < 1e-4
+    with pytest.raises(ValueError, match="mu=1.5 out of range"):
+        warp_init(mu=1.5)

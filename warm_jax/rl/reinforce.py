@@ -95,8 +95,9 @@ def baseline_values(returns_B: jax.Array, kind: str, samples_per_prompt: int) ->
 def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
             ref_params: Any, prompts_NxP: jax.Array, reward_fn: Any = None,
             oracle: Callable | None = None):
-    """Returns (init_state(policy, value, seed, alpha), step(state[, reward_fn]) -> (state,
-    metrics)); `step` scores with its `reward_fn` argument, else with `make_rl`'s."""
+    """Returns (init_state(policy, value, seed, alpha), step(state[, reward_fn[, anchor]]) ->
+    (state, metrics)); `step` scores with its `reward_fn` argument, else with `make_rl`'s, and
+    takes its KL to `anchor` where given, else to `ref_params`."""
     lm, vm = LanguageModel(model_cfg), RewardModel(model_cfg)
     sampler = make_sampler(lm, dataclasses.replace(sampling, temperature=cfg.temperature))
     tx_pi = make_optimizer(OptimConfig(learning_rate=cfg.learning_rate))
@@ -118,15 +119,17 @@ def make_rl(*, model_cfg: ModelConfig, cfg: RLConfig, sampling: SamplingConfig,
         entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
         return logp, entropy
 
-    def step(state: RLState, step_reward_fn: Any = None):
+    def step(state: RLState, step_reward_fn: Any = None, anchor: Any = None):
+        """One RL step; `anchor` (WARP's EMA of the policy) replaces `ref_params` in the KL."""
         score = step_reward_fn if step_reward_fn is not None else reward_fn
+        ref = ref_params if anchor is None else anchor
         rng, k_idx, k_sample = jax.random.split(state.rng, 3)
         idx = jax.random.randint(k_idx, (P_prompts,), 0, prompts_NxP.shape[0])
         prompt = jnp.repeat(prompts_NxP[idx], cfg.samples_per_prompt, axis=0)
         pmask = jnp.ones_like(prompt)
         out = sampler(state.policy, prompt, pmask, k_sample)
         resp, rmask = out.tokens_BxN, out.mask_BxN
-        ref_logp, _ = logprobs_and_entropy(ref_params, prompt, resp, rmask)
+        ref_logp, _ = logprobs_and_entropy(ref, prompt, resp, rmask)
         kl_B = (kl_per_token(out.logprobs_BxN, ref_logp, cfg.kl_estimator) * rmask).sum(-1)
         proxy_B = score(prompt, pmask, resp, rmask)
         returns_B = proxy_B - state.alpha * kl_B

@@ -10,14 +10,18 @@ functions over parameter pytrees:
   KL–reward front, and η = 0.3 gives the next iteration's init.
 
 Every function maps over leaves with `jax.tree.map`, so it runs under `jit` and on sharded arrays
-as they are. The RL loop with an EMA anchor and the `warp` stage build on these (issue 14).
+as they are. `make_warp_rl` is the project's REINFORCE with the EMA anchor; the `warp` stage, its
+claims and the 2×2 with WARM build on these (issue 14).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
+
+from warm_jax.rl.reinforce import RLState, make_rl
 
 # below this sin Ω (or norm) two task vectors count as collinear (or zero): SLERP's weights
 # sin((1−λ)Ω)/sin Ω and sin(λΩ)/sin Ω are 0/0 there, and linear interpolation is their limit
@@ -85,3 +89,35 @@ def merge_policies(policies: Sequence[Any], init: Any, *, how: str = "slerp") ->
     else:
         merged = jax.tree.map(lambda *d: sum(d) / len(d), *deltas)
     return jax.tree.map(lambda i, d: (i + d).astype(i.dtype), init, merged)
+
+
+@flax.struct.dataclass
+class WarpState:
+    rl: RLState
+    ema: Any       # the anchor: an EMA of the policy, from the policy's init
+    mu: jax.Array  # the EMA rate, in the state like α: runs of several μ share one program
+
+
+def make_warp_rl(*, mu: float = 0.01, **make_rl_kw):
+    """`make_rl` with WARP's EMA anchor: each step's KL is taken to the EMA of the policy's own
+    weights (so the logged `kl` is KL to the EMA), which then moves μ of the way to the updated
+    policy. Returns (init_state(policy, value, seed, alpha[, mu]), step(state[, reward_fn])), so
+    `run_chunk` and vmap over seeds, α and μ work as for plain RL. `make_rl_kw["ref_params"]` is
+    not used by the steps (the EMA replaces it); pass the init."""
+    _check_mu(mu)
+    init_rl, step_rl = make_rl(**make_rl_kw)
+
+    def init_state(policy, value, seed, alpha, mu: float = mu) -> WarpState:
+        _check_mu(mu)
+        return WarpState(rl=init_rl(policy, value, seed, alpha), ema=policy, mu=jnp.float32(mu))
+
+    def step(state: WarpState, reward_fn: Any = None):
+        rl, metrics = step_rl(state.rl, reward_fn, anchor=state.ema)
+        return WarpState(rl=rl, ema=ema_update(state.ema, rl.policy, state.mu), mu=state.mu), metrics
+
+    return init_state, step
+
+
+def _check_mu(mu) -> None:
+    if not 0.0 <= float(mu) <= 1.0:
+        raise ValueError(f"WARP's EMA rate mu={mu} out of range [0, 1]")
