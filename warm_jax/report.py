@@ -165,7 +165,7 @@ def _write_report(layout: RunLayout) -> dict:
     figdir = layout.figures
     os.makedirs(figdir, exist_ok=True)
     d = load(workdir)
-    claims = compute_claims(workdir)
+    claims = compute_claims(workdir, d)
     write_json(layout.claims, claims)
     names, mat = winrate_matrix(d["final"])
     figs = {

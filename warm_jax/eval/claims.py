@@ -251,8 +251,9 @@ def baklava_helps_wa(d):
     return _ablation_units(d, BAKLAVA_ABLATION, "wa_correct")
 
 
-def compute_claims(workdir: str, **decide_kw) -> list[dict]:
-    return E.evaluate(load(workdir), registry=REGISTRY, **decide_kw)
+def compute_claims(workdir: str, data: dict | None = None, **decide_kw) -> list[dict]:
+    """Every claim decided on `workdir`'s rows (`data`: what `load(workdir)` already returned)."""
+    return E.evaluate(load(workdir) if data is None else data, registry=REGISTRY, **decide_kw)
 
 
 # the best-of-N and RL claims, registered after those above (the registry's order is the report's)
