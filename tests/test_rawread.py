@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from warm_jax.average import rawread, soup
+from warm_jax.average import hostsum, rawread, soup
 from warm_jax.average.__main__ import main as average_main
 from warm_jax.checkpoint import Checkpointer, flatten, restore_params
 
@@ -74,7 +74,7 @@ def test_mapped_and_tensorstore_reads_give_bit_identical_averages(tmp_path, monk
     dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
     w = [0.1, 0.2, 0.3, 0.4]
     fast, _ = soup.stream_average(dirs, w, chunk_bytes=256)
-    monkeypatch.setattr(soup, "_BLOCK", 7)  # blocks and windows that split arrays unevenly
+    monkeypatch.setattr(hostsum, "_BLOCK", 7)  # blocks and windows that split arrays unevenly
     members = soup._open(dirs)
     _, leaves = soup._check(members)
     small = soup._host_sum(members, leaves, soup.normalise_weights(w, 4), 300, window_bytes=44)
@@ -125,32 +125,61 @@ def test_average_command_line_writes_the_weighted_average_and_refuses_bad_input(
     assert not os.path.exists(tmp_path / "avg2") or not os.listdir(tmp_path / "avg2")
 
 
-def test_read_ahead_follows_the_sums_order_and_the_command_runs_as_a_process(tmp_path):
+def _cli(*args, env=None):
     import subprocess
     import sys
+    return subprocess.run([sys.executable, "-m", "warm_jax.average", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
 
-    from warm_jax.average import __main__ as cli
+
+def test_the_command_sums_early_in_a_forked_process_and_gets_the_checked_sums_bits(tmp_path):
+    trees = [_tree(i) for i in range(3)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    w = ["1", "2", "5"]
+    out, late = str(tmp_path / "avg"), str(tmp_path / "late")
+    run = _cli("-v", out, *dirs, "--weights", *w)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == out and "used the early sum of 3 members" in run.stderr
+    run = _cli("-v", "--no-early-sum", late, *dirs, "--weights", *w)
+    assert run.returncode == 0 and "early sum" not in run.stderr, run.stderr
+    (got, meta), (ref, _) = restore_params(out), restore_params(late)
+    for k in trees[0]:  # bit for bit the sum made after the checks, in this process
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(ref[k]))
+    ws = soup.normalise_weights([1, 2, 5], 3)
+    expect = sum((np.float32(wi) * t["w"] for wi, t in zip(ws[1:], trees[1:])),
+                 np.float32(ws[0]) * trees[0]["w"])
+    np.testing.assert_array_equal(np.asarray(got["w"]), expect)
+    assert got["h"].dtype == jnp.bfloat16 and meta["weights"] == ws
+    bad = _cli(str(tmp_path / "b"), dirs[0], str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "is missing or unreadable" in bad.stderr
+    assert not os.path.exists(tmp_path / "b")
+
+
+def test_an_early_sum_of_other_weights_or_of_unplannable_members_is_not_used(tmp_path):
+    import subprocess
+    import sys
     trees = [_tree(i) for i in range(2)]
     dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
-    order = cli._extents_in_read_order(dirs)
-    plans = [_plan(d)[0] for d in dirs]
-    # array by array, each across members (inline arrays need no read)
-    expect = [pl[k] for k in sorted(plans[0]) for pl in plans if pl[k].inline is None]
-    assert order == expect and len(order) == 4
-    for t in cli.prefetch(dirs + [str(tmp_path / "missing")]):
-        t.join(timeout=30)
-        assert not t.is_alive()
-    out = str(tmp_path / "avg")
-    run = subprocess.run([sys.executable, "-m", "warm_jax.average", "-v", out, *dirs],
+    # started for weights 1:1, asked for 1:3 (as if a member had changed in between): unused
+    script = ("import sys, logging; from warm_jax.average.presum import PreSum\n"
+              "p = PreSum.start(sys.argv[2:], [1, 1])\n"
+              "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+              "from warm_jax.average import soup\n"
+              "soup.average_checkpoints(sys.argv[2:], sys.argv[1], [1, 3], presum=p)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "avg"), *dirs],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == out and "read and sum" in run.stderr
-    got, _ = restore_params(out)
-    np.testing.assert_array_equal(
-        np.asarray(got["w"]), np.float32(0.5) * trees[0]["w"] + np.float32(0.5) * trees[1]["w"])
-    bad = subprocess.run([sys.executable, "-m", "warm_jax.average", str(tmp_path / "b"), dirs[0],
-                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "is missing or unreadable" in bad.stderr
+    assert "early sum read other members, extents or weights: unused" in run.stderr
+    got, _ = restore_params(str(tmp_path / "avg"))
+    np.testing.assert_array_equal(np.asarray(got["w"]), np.float32(0.25) * trees[0]["w"] +
+                                  np.float32(0.75) * trees[1]["w"])
+    # a member the child cannot read raw (truncated data file): its error, no early sum, no output
+    plan, _ = _plan(dirs[1])
+    with open(plan["params/w"].path, "r+b") as f:
+        f.truncate(plan["params/w"].offset + 10)
+    run = _cli("-v", str(tmp_path / "t"), *dirs)
+    assert run.returncode == 2 and "truncated" in run.stderr and "no early sum" in run.stderr
+    assert not os.path.exists(tmp_path / "t")
 
 
 def test_one_writer_per_average_and_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):

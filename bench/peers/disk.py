@@ -113,16 +113,22 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _anon_kb(pids: list[int]) -> int:
-    """Resident anonymous memory (heap, not file pages a tool maps) of these processes, in KiB."""
-    total = 0
+def _memory_kb(pids: list[int]) -> tuple[int, int]:
+    """(anonymous, total) resident memory of these processes together, in KiB, counting shared
+    memory (RssShmem: the early sum's memfd, which the averaging command's two processes both map)
+    once: anonymous = Σ RssAnon + max RssShmem (heap, not file pages a tool maps);
+    total = Σ (VmRSS − RssShmem) + max RssShmem."""
+    anon = total = shmem = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/status") as f:
-                total += int(re.search(r"RssAnon:\s*(\d+)", f.read()).group(1))
+                st = f.read()
+            get = lambda k: int(re.search(k + r":\s*(\d+)", st).group(1))  # noqa: E731
+            a, rss, sh = get("RssAnon"), get("VmRSS"), get("RssShmem")
         except (OSError, AttributeError):
-            pass
-    return total
+            continue
+        anon, total, shmem = anon + a, total + rss - sh, max(shmem, sh)
+    return anon + shmem, total + shmem
 
 
 def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
@@ -132,9 +138,10 @@ def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -
     t0 = time.perf_counter()
     proc = subprocess.Popen(["/usr/bin/time", "-v"] + argv, env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_anon = 0
+    peak_anon = peak_total = 0
     while proc.poll() is None:
-        peak_anon = max(peak_anon, _anon_kb(_descendants(proc.pid)))
+        anon, total = _memory_kb(_descendants(proc.pid))
+        peak_anon, peak_total = max(peak_anon, anon), max(peak_total, total)
         time.sleep(0.01)
     stdout, stderr = proc.communicate()
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -148,7 +155,9 @@ def gnu_time(argv: list[str], env: dict | None = None, cwd: str | None = None) -
     h_m_s = [float(x) for x in field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")]
     gnu_wall = sum(v * 60 ** i for i, v in enumerate(reversed(h_m_s)))
     return {"wall_s": round(gnu_wall, 3), "outer_wall_s": round(wall, 3),
-            "max_rss_mb": int(field("Maximum resident set size (kbytes)")) / 1024,
+            # GNU time's figure is one process's peak; a tool that forks (the averaging command's
+            # early sum) is charged its whole process tree, sampled, where that is larger
+            "max_rss_mb": max(int(field("Maximum resident set size (kbytes)")), peak_total) / 1024,
             "max_anon_mb": peak_anon / 1024,
             "user_s": float(field("User time (seconds)")),
             "sys_s": float(field("System time (seconds)"))}

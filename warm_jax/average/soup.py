@@ -6,14 +6,14 @@ window by window (8 MiB of each member's array at a time, every member's window 
 in cache) straight from the files orbax wrote (`rawread`: mapped, no decode, no copy), or through
 tensorstore for compressed checkpoints, with `chunk_bytes` of windows read ahead on threads: peak
 memory is one float32 model (the sum; twice the checkpoint for bfloat16 members) plus the windows
-in flight, whatever M is, and a 2-core CPU averages at about the disk's speed. Sharded (or multi-process) averages restore `chunk_bytes` of leaves at a time
-through orbax into shardings, so a sharded model is summed shard by shard and never gathered onto
-one host. The result is committed atomically by orbax and records its members and weights.
+in flight, whatever M is, and a 2-core CPU averages at about the disk's speed (`hostsum` holds
+this numpy side; the command line can run it early, in a forked process: `presum`). Sharded (or
+multi-process) averages restore `chunk_bytes` of leaves at a time through orbax into shardings,
+so a sharded model is summed shard by shard and never gathered onto one host. The result is
+committed atomically by orbax and records its members and weights.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import functools
 import logging
 import os
@@ -25,15 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from warm_jax.average import rawread
+from warm_jax.average import hostsum, rawread
+from warm_jax.average.hostsum import AverageError, normalise_weights  # noqa: F401 - re-exported
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, flatten, nonfinite_leaves, path_str
 from warm_jax.layout import LockedError, output_lock
 
 log = logging.getLogger(__name__)
-
-
-class AverageError(ValueError):
-    pass
 
 
 def _open(member_dirs: Sequence[str]) -> list[tuple[Checkpointer, int, dict]]:
@@ -114,18 +111,6 @@ def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch
     return template, ref
 
 
-def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if weights is None:
-        return [1.0 / n] * n
-    if len(weights) != n:
-        raise AverageError(f"{len(weights)} weights for {n} members")
-    w = np.asarray(weights, np.float64)
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise AverageError(f"weights must be finite and non-negative with a positive sum, got "
-                           f"{list(weights)}")
-    return (w / w.sum()).tolist()
-
-
 def _chunks(leaves: dict[str, jax.ShapeDtypeStruct], chunk_bytes: int) -> list[list[str]]:
     chunks, cur, size = [], [], 0
     for k, x in leaves.items():
@@ -176,80 +161,10 @@ def _direct_stores(ck: Checkpointer, step: int, leaves: dict[str, jax.ShapeDtype
         return None
 
 
-def _aligned(shape, dtype=np.float32) -> np.ndarray:
-    """An uninitialised array on a 64-byte boundary: `jax.device_put` then wraps it on the CPU
-    without a copy (a misaligned one is copied)."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(n + 64, np.uint8)
-    off = (-raw.ctypes.data) % 64
-    return raw[off:off + n].view(dtype).reshape(shape)
-
-
-def _size_and_row(shape) -> tuple[int, int]:
-    """(elements, elements per index of the first axis) of an array shape (row 1 for scalars)."""
-    n = int(np.prod(shape, dtype=np.int64))
-    return n, max(1, int(np.prod(shape[1:], dtype=np.int64))) if len(shape) else 1
-
-
-_BLOCK = 1 << 16  # elements per block of the weighted sum (256 KiB of float32): stays in cache
-
-
-def _weighted_sum(out: np.ndarray, xs: Sequence[np.ndarray], w: Sequence[float],
-                  tmp: np.ndarray) -> None:
-    """out = Σ_i float32(w_i) * float32(x_i), summed in member order, block by block: each block
-    of `out` stays in cache while every member's block is added, so memory traffic is one read of
-    each member and one write of the sum (x_i may be read-only views of another float dtype)."""
-    for s in range(0, out.size, _BLOCK):
-        e = min(out.size, s + _BLOCK)
-        o, t = out[s:e], tmp[:e - s]
-        np.multiply(xs[0][s:e], np.float32(w[0]), out=o, dtype=np.float32, casting="unsafe")
-        for x, wi in zip(xs[1:], w[1:]):
-            np.multiply(x[s:e], np.float32(wi), out=t, dtype=np.float32, casting="unsafe")
-            np.add(o, t, out=o)
-
-
-def _stream(fetch: Callable[[str, int, int, int], Any], leaves: dict[str, jax.ShapeDtypeStruct],
-            w: Sequence[float], inflight_bytes: int, window_bytes: int | None = None,
-            release: Callable[[Any], None] = lambda r: None) -> dict[str, np.ndarray]:
-    """Σ_i w_i φ_i with numpy into 64-byte-aligned float32 arrays, window by window: a window is
-    elements [lo, hi) of one leaf's flat array (`window_bytes` of it; None: the whole leaf), and
-    `fetch(path, member, lo, hi)` returns a future of it (an array, or an object with `.array`,
-    handed to `release` once summed). Windows of every member are kept in flight, up to
-    `inflight_bytes` of them (at least one window), so reader threads read ahead while this
-    thread sums."""
-    jobs = []
-    for p, x in leaves.items():
-        n, row = _size_and_row(x.shape)
-        step = n if window_bytes is None else max(
-            row, window_bytes // x.dtype.itemsize // row * row)  # whole rows of the first axis
-        jobs += [(p, lo, min(n, lo + step)) for lo in range(0, n, max(step, 1))] or [(p, 0, 0)]
-    acc = {p: _aligned(x.shape) for p, x in leaves.items()}
-    tmp = np.empty(_BLOCK, np.float32)
-    pending: collections.deque = collections.deque()
-    inflight, nxt = 0, 0
-    nbytes = lambda job: (job[2] - job[1]) * leaves[job[0]].dtype.itemsize * len(w)  # noqa: E731
-    while nxt < len(jobs) or pending:
-        while nxt < len(jobs) and (not pending or inflight + nbytes(jobs[nxt]) <= inflight_bytes):
-            p, lo, hi = jobs[nxt]
-            pending.append((jobs[nxt], [fetch(p, i, lo, hi) for i in range(len(w))]))
-            inflight += nbytes(jobs[nxt])
-            nxt += 1
-        (p, lo, hi), futs = pending.popleft()
-        got = [f.result() for f in futs]
-        xs = [np.asarray(getattr(g, "array", g)).reshape(-1) for g in got]
-        _weighted_sum(acc[p].reshape(-1)[lo:hi], xs, w, tmp)
-        inflight -= nbytes((p, lo, hi))
-        del xs
-        for g in got:
-            release(g)
-        del got, futs
-    return acc
-
-
 def _host_sum(members, leaves: dict[str, jax.ShapeDtypeStruct], w: Sequence[float],
               inflight_bytes: int, read_threads: int = 4, window_bytes: int = 8 << 20,
-              indexes: Sequence[dict | None] | None = None) -> dict[str, np.ndarray] | None:
+              indexes: Sequence[dict | None] | None = None, presum=None
+              ) -> dict[str, np.ndarray] | None:
     """The weighted sum on the host: windows mapped straight from the files where every member is
     stored raw (`rawread`; reader threads bring them into the page cache ahead of the sum), else
     tensorstore reads of the members' whole arrays; None if neither applies."""
@@ -257,14 +172,14 @@ def _host_sum(members, leaves: dict[str, jax.ShapeDtypeStruct], w: Sequence[floa
     plans = [rawread.plan(ck.item_dir(step, "state"), leaves, index)
              for (ck, step, _), index in zip(members, indexes)]
     if all(pl is not None for pl in plans):
-        with concurrent.futures.ThreadPoolExecutor(read_threads) as pool:
-            def fetch(p, i, lo, hi):
-                return pool.submit(rawread.mapped, plans[i][p], leaves[p].dtype, lo, hi)
-            try:
-                return _stream(fetch, leaves, w, inflight_bytes, window_bytes,
-                               lambda m: m.close())
-            except OSError as e:  # a file shorter than its manifest says, unreadable, ...
-                raise AverageError(f"reading the members failed: {e}") from None
+        if presum is not None:  # the command line's early sum of these very extents, if any
+            acc = presum.result(plans, leaves, w)
+            if acc is not None:
+                return acc
+        try:
+            return hostsum.raw_sum(plans, leaves, w, inflight_bytes, read_threads, window_bytes)
+        except OSError as e:  # a file shorter than its manifest says, unreadable, ...
+            raise AverageError(f"reading the members failed: {e}") from None
     import tensorstore as ts
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     stores = [_direct_stores(ck, step, leaves, context) for ck, step, _ in members]
@@ -272,15 +187,15 @@ def _host_sum(members, leaves: dict[str, jax.ShapeDtypeStruct], w: Sequence[floa
         def fetch(p, i, lo, hi):  # windows are whole rows: a slice of the first axis
             if not leaves[p].shape:
                 return stores[i][p].read()
-            row = _size_and_row(leaves[p].shape)[1]
+            row = hostsum.size_and_row(leaves[p].shape)[1]
             return stores[i][p][lo // row:hi // row].read()
-        return _stream(fetch, leaves, w, inflight_bytes, window_bytes)
+        return hostsum.stream(fetch, leaves, w, inflight_bytes, window_bytes)
     return None
 
 
 def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None = None, *,
                    shardings: Callable[[str], Any] | None = None, chunk_bytes: int = 128 << 20,
-                   allow_base_mismatch: bool = False) -> tuple[Any, dict]:
+                   allow_base_mismatch: bool = False, presum=None) -> tuple[Any, dict]:
     """Σ_i w_i φ_i over member checkpoints, read in slices. Returns (state tree, meta).
 
     `shardings(path)` gives the sharding for a leaf (default: the first device). On one process
@@ -290,7 +205,8 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
     buffers that become the result's arrays without a copy: reads and summing overlap, and nothing
     but the sum and the reads in flight is held. Otherwise (or if a member's layout is not the
     expected one) orbax restores `chunk_bytes` of leaves per member at a time into a running sum
-    updated in place on the leaves' devices."""
+    updated in place on the leaves' devices. `presum`: a `presum.PreSum` started on these members
+    (the command line's early sum), used where it summed exactly the extents planned here."""
     if not member_dirs:
         raise AverageError("no members to average")
     members = _open(member_dirs)
@@ -304,7 +220,7 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
             "base_fingerprint": members[0][2].get("base_fingerprint")}
 
     if shardings is None and jax.process_count() == 1:
-        acc = _host_sum(members, leaves, w, chunk_bytes, indexes=indexes)
+        acc = _host_sum(members, leaves, w, chunk_bytes, indexes=indexes, presum=presum)
         if acc is not None:
             device = jax.local_devices()[0]
             out = [jax.device_put(acc.pop(p) if leaves[p].dtype == np.float32 else
