@@ -165,11 +165,14 @@ def test_an_early_sum_of_other_weights_or_of_unplannable_members_is_not_used(tmp
               "p = PreSum.start(sys.argv[2:], [1, 1])\n"
               "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
               "from warm_jax.average import soup\n"
-              "soup.average_checkpoints(sys.argv[2:], sys.argv[1], [1, 3], presum=p)\n")
+              "soup.average_checkpoints(sys.argv[2:], sys.argv[1], [1, 3], presum=p)\n"
+              "import glob, os; fds = [os.path.realpath(f) for f in glob.glob('/proc/self/fd/*')]\n"
+              "print('memfds open:', sum(f.startswith('/memfd:') for f in fds))\n")
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "avg"), *dirs],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "early sum read other members, extents or weights: unused" in run.stderr
+    assert "memfds open: 0" in run.stdout  # the unused sum's memory is freed, not kept beside
     got, _ = restore_params(str(tmp_path / "avg"))
     np.testing.assert_array_equal(np.asarray(got["w"]), np.float32(0.25) * trees[0]["w"] +
                                   np.float32(0.75) * trees[1]["w"])

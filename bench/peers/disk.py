@@ -113,21 +113,45 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _memfd_kb(pids: list[int]) -> int:
+    """KiB allocated to the memory files (memfd) these processes hold open, each counted once:
+    pages of a memfd that no process maps at the moment appear in no RssShmem."""
+    seen = {}
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{p}/fd/{fd}").startswith("/memfd:"):
+                    st = os.stat(f"/proc/{p}/fd/{fd}")
+                    seen[st.st_ino] = st.st_blocks // 2
+            except OSError:
+                continue
+    return sum(seen.values())
+
+
 def _memory_kb(pids: list[int]) -> tuple[int, int]:
     """(anonymous, total) resident memory of these processes together, in KiB, counting shared
-    memory (RssShmem: the early sum's memfd, which the averaging command's two processes both map)
-    once: anonymous = Σ RssAnon + max RssShmem (heap, not file pages a tool maps);
-    total = Σ (VmRSS − RssShmem) + max RssShmem."""
+    memory once (the early sum's memfd, which the averaging command's two processes both map):
+    shared = the larger of max RssShmem and the memfds' allocated pages (`_memfd_kb`);
+    anonymous = Σ RssAnon + shared (heap, not file pages a tool maps);
+    total = Σ (VmRSS − RssShmem) + shared. A kernel without RssShmem (< 4.5) counts 0 there."""
     anon = total = shmem = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/status") as f:
                 st = f.read()
-            get = lambda k: int(re.search(k + r":\s*(\d+)", st).group(1))  # noqa: E731
-            a, rss, sh = get("RssAnon"), get("VmRSS"), get("RssShmem")
-        except (OSError, AttributeError):
+        except OSError:
             continue
+
+        def get(key):
+            m = re.search(key + r":\s*(\d+)", st)
+            return int(m.group(1)) if m else 0
+        a, rss, sh = get("RssAnon"), get("VmRSS"), get("RssShmem")
         anon, total, shmem = anon + a, total + rss - sh, max(shmem, sh)
+    shmem = max(shmem, _memfd_kb(pids))
     return anon + shmem, total + shmem
 
 

@@ -60,12 +60,14 @@ class PreSum:
             return None
         memfd = os.memfd_create("warm_jax-average")
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the caller's code
             code = 1
             try:
                 os.close(read_fd)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _die_with(parent)
                 _child(list(member_dirs), weights, memfd, write_fd)
                 code = 0
             finally:
@@ -95,8 +97,8 @@ class PreSum:
             return None
         got = self._wait()
         if got is None or got.get("error"):
-            log.info("averaging: no early sum (%s)", got and got["error"])
-            return None
+            log.info("averaging: no early sum (%s)", got["error"] if got else "its process failed")
+            return self._drop()
         names = {p: p.replace("/", ".") for p in leaves}
         same = (got["weights"] == list(weights) and len(got["plans"]) == len(plans)
                 and set(got["layout"]) == set(names.values())
@@ -105,10 +107,14 @@ class PreSum:
                 and all(tuple(got["layout"][names[p]][1]) == tuple(x.shape) and
                         np.dtype(got["layout"][names[p]][2]) == np.dtype(x.dtype)
                         for p, x in leaves.items()))
+        if same and _stats(got["plans"]) != got["stats"]:
+            log.info("averaging: a member's data file changed while the early sum read it")
+            return self._drop()
         if not same:
             log.info("averaging: the early sum read other members, extents or weights: unused")
-            return None
+            return self._drop()
         buf = mmap.mmap(self._memfd, got["total"])
+        self._drop()  # the mapping keeps the sum
         out = {}
         for p, x in leaves.items():
             off = got["layout"][names[p]][0]
@@ -117,8 +123,15 @@ class PreSum:
         log.info("averaging: used the early sum of %d members", len(plans))
         return out
 
+    def _drop(self) -> None:
+        """Close the memory file: an unused sum must not hold a model's worth of memory."""
+        if self._memfd is not None:
+            os.close(self._memfd)
+            self._memfd = None
+
     def cancel(self) -> None:
-        """Stop the child if it still runs (a failed check, an existing average)."""
+        """Stop the child if it still runs (a failed check, an existing average) and free its
+        sum unless `result` handed it out."""
         if self._pid is not None:
             try:
                 os.kill(self._pid, signal.SIGKILL)
@@ -129,6 +142,38 @@ class PreSum:
         if self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None
+        self._drop()
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this child when the parent dies (SIGKILL included), so a killed
+    average leaves no process summing on; detach from the caller's stdin and stdout."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def _stats(plans: list[dict]) -> dict:
+    """{data file: (inode, size, mtime, ctime)} of every file the plans read: the parent uses the
+    sum only if none changed between the child's reads and its own plan."""
+    out = {}
+    for pl in plans:
+        for e in pl.values():
+            if e.path is not None and e.path not in out:
+                try:
+                    st = os.stat(e.path)
+                    out[e.path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                except OSError:
+                    out[e.path] = None
+    return out
 
 
 def _child(member_dirs: list[str], weights, memfd: int, write_fd: int) -> None:
@@ -160,6 +205,7 @@ def _child(member_dirs: list[str], weights, memfd: int, write_fd: int) -> None:
             total += int(np.prod(x.shape, dtype=np.int64)) * 4
         if total == 0:
             raise ValueError("nothing to sum")
+        stats = _stats(plans)
         os.ftruncate(memfd, total)
         buf = mmap.mmap(memfd, total)
 
@@ -168,7 +214,9 @@ def _child(member_dirs: list[str], weights, memfd: int, write_fd: int) -> None:
             return np.frombuffer(buf, np.float32, count=int(np.prod(shape, dtype=np.int64)),
                                  offset=off).reshape(shape)
         hostsum.raw_sum(plans, leaves, w, INFLIGHT_BYTES, alloc=alloc)
-        msg = {"weights": w, "total": total,
+        if _stats(plans) != stats:
+            raise ValueError("a member's data file changed while it was read")
+        msg = {"weights": w, "total": total, "stats": stats,
                "layout": {p.replace("/", "."): v for p, v in layout.items()},
                "plans": [{p.replace("/", "."): e for p, e in pl.items()} for pl in plans]}
     except Exception as e:  # noqa: BLE001 - the parent then sums itself and reports any error
