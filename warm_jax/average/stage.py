@@ -63,14 +63,18 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                           n_lambdas: int = 11, random_orders: int = 2, pair_analysis: bool = True,
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
                           eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
-                          seed: int = 0, ood_pairs: bool = False, m_curve: bool = True) -> str:
+                          seed: int = 0, ood_pairs: bool = False, m_curve: bool = True,
+                          analysis_members: int | None = None) -> str:
     """Average the members of every chain seed of `<workdir>/rm/<name>` (top-M and greedy soups)
     and run the analyses on each. The analyses score at most `max_eval_pairs` pairs per split (a
     seeded random subset, the same for every chain seed) to keep their weight averages cheap;
     the members' own accuracies in eval.jsonl use every pair. `random_orders` (acc_vs_m) and
     `pair_analysis` (WA vs ENS for every pair of members) are descriptive extras. `ood_pairs`:
     the analyses cover the sampled OOD split too (`warm_jax.ood`). `m_curve=False` skips the
-    accuracy-against-M analysis (an ablation's population needs only its WA and ENS at M)."""
+    accuracy-against-M analysis (an ablation's population needs only its WA and ENS at M).
+    `analysis_members`: WA and ENS "of all members" (the `corruption` and `units` rows) take the
+    first k members only, so a population extended past another's size (FULL=1's ten clean
+    members) is compared with it at one M; the averages and the M curve use every member."""
     seeds = check_seeds("average_reward_models", seeds)
     layout = RunLayout(workdir)
     if ood_pairs:
@@ -81,6 +85,8 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                   max_eval_pairs=max_eval_pairs, seed=seed, seeds=seeds, n_lambdas=n_lambdas,
                   random_orders=random_orders, pair_analysis=pair_analysis, ood_pairs=ood_pairs,
                   m_curve=m_curve)
+    if analysis_members is not None:   # only when set: earlier runs' recorded configs still match
+        config["analysis_members"] = analysis_members
     chains = [chain(name, s) for s in seeds]
     outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
                                            os.path.join(layout.rm(c), "analysis.jsonl"))]
@@ -93,14 +99,15 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                                  pair_analysis=pair_analysis, same_run_step=same_run_step,
                                  allow_base_mismatch=allow_base_mismatch,
                                  eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
-                                 seed=seed, population_of=name, m_curve=m_curve)
+                                 seed=seed, population_of=name, m_curve=m_curve,
+                                 analysis_members=analysis_members)
     return rm_dir
 
 
 def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig, *, m_values,
                          rank_by, greedy, lmc_pairs, n_lambdas, random_orders, pair_analysis,
                          same_run_step, allow_base_mismatch, eval_batch_size, max_eval_pairs,
-                         seed, population_of, m_curve) -> None:
+                         seed, population_of, m_curve, analysis_members=None) -> None:
     rm_dir = layout.rm(name)
     out_path = os.path.join(rm_dir, "analysis.jsonl")
     if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
@@ -110,6 +117,10 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     bad = [m for m in m_values if not 1 <= m <= M]
     if bad:
         raise ValueError(f"average_reward_models.m_values {bad} out of range: allowed [1, {M}]")
+    k = M if analysis_members is None else analysis_members
+    if not 1 <= k <= M:
+        raise ValueError(f"average_reward_models.analysis_members={analysis_members} out of range: "
+                         f"allowed [1, {M}]")
     rm = RewardModel(model_cfg)
     splits = {s: _subsample({k: v for k, v in task.preference_split(s).items()
                              if k in PAIR_KEYS + ("flipped",)}, max_eval_pairs, seed)
@@ -154,7 +165,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
         mid = member_params_at(layout, name, 0, same_run_step, population_of)
         rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run",
                       n_lambdas)
-    rows += A.corruption(params, scores, score_fn, subsets, pairs=pair_analysis)
+    rows += A.corruption(params[:k], scores[:k], score_fn, subsets, pairs=pair_analysis)
     if m_curve:
         rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by,
                            random_orders=random_orders)
