@@ -12,9 +12,10 @@ import sys
 import numpy as np
 
 from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
+from warm_jax.eval.claims_m import m_pair, m_summary
 from warm_jax.eval.figures import (  # noqa: F401
-    corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_rl,
-    fig_winrates, winrate_matrix)
+    corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
+    fig_rl, fig_winrates, winrate_matrix)
 from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
@@ -153,6 +154,31 @@ def ablation_section(analysis: dict) -> list[str]:
     return lines + [""]
 
 
+def m_section(d: dict) -> list[str]:
+    """WARM M = 10 against M = 6 in RL (clean labels, the α both ran at): peak and final held-out
+    control reward, and where hacking began, mean ± sd over the (α, seed) runs."""
+    summary = m_summary(d)
+    if not summary:
+        return []
+    big, main = m_pair(d)
+    lines = [f"## WARM beyond M = 6: {big} against {main} (RL, clean labels)", "",
+             f"`{main}` averages the best members on validation, `{big}` all of them (the weakest "
+             "included). Held-out control reward at the RL evaluations, per run (α "
+             f"{sorted({r['alpha'] for r in summary[main]})}, seeds "
+             f"{sorted({r['seed'] for r in summary[main]})}), mean ± sd over runs. Hacking: the "
+             "first evaluation more than the hacking margin below the running peak; a run that "
+             "never falls that far counts at its last step (censored). The claims "
+             "`m10_delays_hacking` and `m10_same_peak` are decided above.", "",
+             "| method | peak | final | step of hacking | KL at hacking | runs that hacked |",
+             "|---|---|---|---|---|---|"]
+    for m in (main, big):
+        rows = summary[m]
+        lines.append(f"| {m} | " + " | ".join(_mean_sd([r[k] for r in rows]) for k in
+                                               ("peak", "final", "hack_step", "hack_kl"))
+                     + f" | {sum(r['hacked'] for r in rows)} of {len(rows)} |")
+    return lines + [""]
+
+
 def write_report(workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
     layout = RunLayout(workdir)
@@ -184,6 +210,8 @@ def _write_report(layout: RunLayout) -> dict:
             names, mat, f"{figdir}/winrates.png"),
         "RL: the α sweep (final held-out control reward)": fig_alpha(d["eval"],
                                                                       f"{figdir}/alpha.png"),
+        "RL: WARM beyond M = 6 (held-out control reward against steps)": fig_m(
+            d["eval"], m_pair(d), f"{figdir}/m10.png"),
     }
     corrupt = d["corrupt_policy"]   # FULL=1: best-of-N and RL against the corrupt-label RMs
     figs.update({
@@ -217,6 +245,7 @@ def _write_report(layout: RunLayout) -> dict:
     lines += diagnostics(claims)
     lines += ood_section(layout, d["analysis"]["clean"])
     lines += ablation_section(d["analysis"])
+    lines += m_section(d)
     for title, fig in figs.items():
         if fig:
             lines += [f"## {title}", "", f"![{title}](figures/{fig})", ""]

@@ -7,7 +7,8 @@ differences (WA − ENS correctness on the same evaluation pair; method A − B 
 one number per seed. `evidence.decide` then gives the outcome (reproduced / contradicted /
 inconclusive) from a paired, seed-aware interval: a tie is never "reproduced".
 
-Method names and M come from the run (its `warm_M<k>` rewards), never from a hard-coded M.
+Method names and M come from the run (its `warm_M<k>` rewards); the one WARM the comparisons
+use is pinned at M = WARM_M where the run has it (`main_warm`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ TREND_SUBSETS = ("train_corrupt", "train_clean", "validation", "ood")
 OOD_NOTE = ("the sampled `ood` split: response pairs of the pretrained and SFT policies; in runs "
             "without it, the offline `test` split")
 LABEL_TEMPERATURE = 0.8  # the preference oracle's Bradley–Terry temperature (the toy labeller's)
+# The WARM of the comparisons with other methods: the paper's M = 6 (its best-of-N and RL figures).
+# FULL=1 also averages M = 10 (the four weakest of ten members included); that one is judged
+# against M = 6 on its own claims (`claims_m`), not silently swapped into the others.
+WARM_M = 6
 REGISTRY: dict = {}
 
 
@@ -73,6 +78,26 @@ def warm_names(methods) -> list[str]:
     """The run's WARM rewards of M >= 2, smallest M first (warm_M1 is the single RM)."""
     return sorted((m for m in methods if re.fullmatch(r"warm_M\d+", m) and m != "warm_M1"),
                   key=lambda m: int(m[len("warm_M"):]))
+
+
+def _warm_m(name: str) -> int:
+    return int(name[len("warm_M"):])
+
+
+def main_warm(methods) -> str | None:
+    """The WARM the claims compare: warm_M<WARM_M> where the run has it, else its largest M below
+    WARM_M (the tiny configs' warm_M2), else its largest; None without a WARM of M >= 2. For runs
+    whose largest M is at most WARM_M (the default demo, the tiny ones) that is their largest."""
+    w = warm_names(methods)
+    up_to = [m for m in w if _warm_m(m) <= WARM_M]
+    return up_to[-1] if up_to else (w[-1] if w else None)
+
+
+def beyond_warm(methods) -> str | None:
+    """The run's largest WARM past the main one (FULL=1: warm_M10), or None."""
+    main = main_warm(methods)
+    w = [m for m in warm_names(methods) if main and _warm_m(m) > _warm_m(main)]
+    return w[-1] if w else None
 
 
 def _per_prompt(per_seed: dict) -> dict:
@@ -258,3 +283,4 @@ def compute_claims(workdir: str, data: dict | None = None, **decide_kw) -> list[
 
 # the best-of-N and RL claims, registered after those above (the registry's order is the report's)
 from warm_jax.eval import claims_policy  # noqa: E402,F401
+from warm_jax.eval import claims_m  # noqa: E402,F401

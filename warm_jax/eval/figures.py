@@ -16,8 +16,9 @@ from warm_jax.eval.claims import ood_split  # noqa: E402
 from warm_jax.eval.metrics import gao_curve, gao_fit, win_rate  # noqa: E402
 from warm_jax.layout import atomic_write  # noqa: E402
 
-COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "ens": "tab:orange",
-          "ens_M2": "tab:olive", "wco": "tab:brown", "uwo": "tab:purple", "greedy": "tab:green"}
+COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "warm_M10": "navy",
+          "ens": "tab:orange", "ens_M2": "tab:olive", "wco": "tab:brown", "uwo": "tab:purple",
+          "greedy": "tab:green"}
 
 
 def _save(fig, path):
@@ -154,6 +155,37 @@ def fig_rl(evals, path, x_key):
                         label=m if i == 0 else None)
         ax.set_title(f"α = {a}")
         ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT), held-out prompts")
+    axes[0][0].set_ylabel("held-out control reward")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_m(evals, pair, path):
+    """WARM M = 10 against M = 6 (`claims_m.m_pair`): held-out control reward against RL step at
+    the α both ran at, one thin line per seed and the mean over seeds thick."""
+    if pair[0] is None:
+        return None
+    by = {m: {(r["run_alpha"], r["seed"]): r for r in evals[m]} for m in pair}
+    alphas = sorted({a for a, _ in by[pair[0]]} & {a for a, _ in by[pair[1]]})
+    if not alphas:
+        return None
+    fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas), 3.2), squeeze=False)
+    color = {pair[0]: COLORS.get(pair[0], "navy"), pair[1]: COLORS.get(pair[1], "tab:blue")}
+    for ax, a in zip(axes[0], alphas):
+        for m in reversed(pair):
+            curves = []
+            for s in sorted({s for b, s in by[m] if b == a}):
+                pr = sorted((r for r in evals[m] if r["run_alpha"] == a and r["seed"] == s),
+                            key=lambda r: r["step"])
+                curves.append([r["control_reward"] for r in pr])
+                ax.plot([r["step"] for r in pr], curves[-1], "-", lw=0.6, alpha=0.5,
+                        color=color[m])
+            n = min(len(c) for c in curves)
+            ax.plot([r["step"] for r in pr][:n], np.mean([c[:n] for c in curves], 0),
+                    "--" if m == pair[0] else "-", lw=2.2, color=color[m],
+                    label=f"{m} (mean of {len(curves)} seeds)")
+        ax.set_title(f"α = {a}")
+        ax.set_xlabel("RL step")
     axes[0][0].set_ylabel("held-out control reward")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
