@@ -52,14 +52,18 @@ def test_demo_writes_every_output(tiny_demo):
 
 
 def test_full_demo_stages_tiny(tiny_demo, tmp_path):
-    """FULL=1's own stages (tiny), on a copy of the tiny demo's shared init and reward models: the
-    probe and Baklava ablations (no linear probe, members from their own fresh heads; every member
-    from one SFT checkpoint), the α sweep, best-of-N and RL against the corrupt-label RMs, and the
-    claims decided on them."""
+    """FULL=1's own stages (tiny), on a copy of the tiny demo's shared init and corrupt-label reward
+    models: a clean population with more members than the corrupt one (FULL: 10 against 6; tiny: 7
+    against 2) and WARM of all of them, the probe and Baklava ablations (no linear probe, members
+    from their own fresh heads; every member from one SFT checkpoint), the α sweep, best-of-N and
+    RL against the corrupt-label RMs, and the claims decided on them."""
     wd = str(tmp_path / "full")
-    shutil.copytree(tiny_demo, wd, ignore=shutil.ignore_patterns("rl", "report.md", "claims.json",
-                                                                 "figures"))
-    stages = ("{'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
+    top = {"rl", "report.md", "claims.json", "figures"}
+    shutil.copytree(tiny_demo, wd, ignore=lambda d, names: [
+        n for n in names if (d == tiny_demo and n in top) or (d.endswith("/rm") and n == "clean")])
+    stages = ("{'rm_clean': @clean/warm_jax.train_reward_models, "
+              "'average_clean': @clean/warm_jax.average_reward_models, "
+              "'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
               "'average_noprobe': @noprobe/warm_jax.average_reward_models, "
               "'rm_onesft': @onesft/warm_jax.train_reward_models, "
               "'average_onesft': @onesft/warm_jax.average_reward_models, "
@@ -68,8 +72,30 @@ def test_full_demo_stages_tiny(tiny_demo, tmp_path):
               "'report': @warm_jax.report}")
     r = _run(wd, f"--gin.warm_jax.run.stages={stages}",
              "--gin.warm_jax.train_policies.sweep_alphas=(0.001, 0.01, 0.1)",
-             experiment="demo_full")
+             "--gin.RL_METHODS=('single', 'warm_M2', 'warm_M7')", experiment="demo_full")
     assert r.returncode == 0, r.stderr[-3000:]
+    # the clean population's own diversity (gin scope `clean/`): 7 members; corrupt keeps 2
+    operative = open(os.path.join(wd, "operative_config.gin")).read()
+    assert ("clean/DiversityConfig.num_members = %CLEAN_NUM_MEMBERS" in operative
+            and "\nCLEAN_NUM_MEMBERS = 7\n" in operative and "\nNUM_MEMBERS = 2\n" in operative)
+    for rm, n in (("clean", 7), ("corrupt", 2)):
+        rows = read_jsonl(os.path.join(wd, "rm", rm, "seed_1", "eval.jsonl"))
+        assert [r["member"] for r in rows] == list(range(n)), rm
+    for s in (0, 1):
+        # the first members train exactly as in a population of two (their seeds come from their
+        # index), and WA / ENS of all members are those of the first two (`analysis_members`)
+        before, now = (read_jsonl(os.path.join(w, "rm", "clean", f"seed_{s}", f))
+                       for w in (tiny_demo, wd) for f in ("eval.jsonl",))
+        assert now[:2] == before
+        before, now = ([r for r in read_jsonl(os.path.join(w, "rm", "clean", f"seed_{s}",
+                                                           "analysis.jsonl"))
+                        if r["analysis"] in ("corruption", "units")] for w in (tiny_demo, wd))
+        assert now == before
+        meta = Checkpointer(os.path.join(wd, "rm", "clean", f"seed_{s}", "averages", "warm_M7"),
+                            read_only=True).restore_meta()
+        assert sorted(meta["member_indices"]) == list(range(7))
+    final = read_jsonl(os.path.join(wd, "rl", "clean", "warm_M7", "final.jsonl"))
+    assert {(r["run_alpha"], r["seed"]) for r in final} == {(0.001, 0), (0.001, 1)}
     noprobe = os.path.join(wd, "rm", "clean_noprobe", "seed_1")
     assert not os.path.exists(os.path.join(noprobe, "linear_probe"))
     assert Checkpointer(os.path.join(noprobe, "members", "member_0")).restore_meta()["probe"] is False
@@ -88,9 +114,17 @@ def test_full_demo_stages_tiny(tiny_demo, tmp_path):
               "larger_m_delays_collapse_corrupt", "win_rate_warm_vs_sft_corrupt"):
         assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
     assert claims["warm_lower_best_alpha"]["extra"]["alphas"] == [0.001, 0.01, 0.1]
+    # the comparisons keep the pinned WARM (tiny: warm_M2); the M beyond it has its own claims
+    assert claims["larger_m_delays_collapse"]["extra"]["a"] == "warm_M2"
+    for c in ("m10_delays_hacking", "m10_same_peak"):
+        assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
+        assert (claims[c]["extra"]["a"], claims[c]["extra"]["b"]) == ("warm_M7", "warm_M2")
+        assert claims[c]["extra"]["alphas"] == [0.001]
     report = open(os.path.join(wd, "report.md")).read()
     assert "## Ablations" in report and "flipped labels" in report
-    for f in ("alpha.png", "bon_corrupt.png", "pareto_corrupt.png", "winrates_corrupt.png"):
+    assert "## WARM beyond M = 6: warm_M7 against warm_M2" in report
+    for f in ("alpha.png", "bon_corrupt.png", "pareto_corrupt.png", "winrates_corrupt.png",
+              "m10.png"):
         assert os.path.getsize(os.path.join(wd, "figures", f)) > 1000, f
 
 
