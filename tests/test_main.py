@@ -259,3 +259,21 @@ def test_run_caches_compiled_programs_in_the_workdir(tmp_path):
     a, b = (json.load(open(wd / f"{t}.json")) for t in "ab")
     assert a["entries"] >= 1 and b["entries"] == a["entries"]  # nothing new compiled for b
     assert a["y"] == b["y"]
+
+
+@pytest.mark.parametrize("tiny", [(), ("experiments/tiny.gin",)])
+def test_full_demo_clean_ladder_extends_the_demo_ladder(tiny):
+    """FULL=1's clean members start with the demo's ladder (the first NUM_MEMBERS train as in the
+    default demo), add members past the pinned WARM M = 6, and average up to all of them."""
+    import gin
+    from warm_jax.eval.claims import WARM_M
+    from warm_jax.main import GIN_DIR, parse_gin
+    try:
+        parse_gin(["experiments/demo_full.gin", *tiny], [], [GIN_DIR, "."])
+        macro = lambda m: gin.query_parameter(f"{m}/gin.macro.value")  # noqa: E731
+        n, n_clean, ladder = macro("NUM_MEMBERS"), macro("CLEAN_NUM_MEMBERS"), macro("RM_LADDER")
+        assert n_clean > WARM_M >= n and len(macro("RM_LADDER_CLEAN")) == n_clean
+        assert macro("RM_LADDER_CLEAN")[:n] == ladder
+        assert max(macro("CLEAN_M_VALUES")) == n_clean and max(macro("M_VALUES")) == n
+    finally:
+        gin.clear_config()
