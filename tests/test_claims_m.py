@@ -64,9 +64,10 @@ def test_comparison_claims_use_warm_m6_when_warm_m10_ran():
     d = _pinning_data()
     per_seed = lambda cid: _decide(cid, d)["per_seed"]  # noqa: E731
     assert per_seed("bon_warm_beats_smaller_m") == pytest.approx([2.0 - 1.0] * 3)
-    assert per_seed("bon_warm_beats_ens_all") == pytest.approx([2.0 - 1.5] * 3)
-    assert per_seed("bon_warm_beats_wco") == pytest.approx([2.0 - 1.25] * 3)
-    assert per_seed("bon_warm_beats_uwo") == pytest.approx([2.0 - 1.75] * 3)
+    # ENS, WCO and UWO combine all the members: WARM of all the members (M = 10) against them
+    assert per_seed("bon_warm_beats_ens_all") == pytest.approx([5.0 - 1.5] * 3)
+    assert per_seed("bon_warm_beats_wco") == pytest.approx([5.0 - 1.25] * 3)
+    assert per_seed("bon_warm_beats_uwo") == pytest.approx([5.0 - 1.75] * 3)
     assert per_seed("bon_warm_beats_single") == pytest.approx([1.0] * 3)    # M = 2 by declaration
     assert per_seed("bon_warm_beats_ens") == pytest.approx([0.5] * 3)
     # RL: WARM M=6 − single; at α = 0.001 only where warm_M6 ran the sweep too (mean over α)
