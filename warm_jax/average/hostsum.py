@@ -27,6 +27,20 @@ def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return (w / w.sum()).tolist()
 
 
+def leaf_chunks(leaves: dict, chunk_bytes: int) -> list[list[str]]:
+    """The leaves' paths in order, cut into runs of about `chunk_bytes` (at least one leaf each):
+    the slices read together by the averages and merges that go through orbax."""
+    chunks, cur, size = [], [], 0
+    for k, x in leaves.items():
+        n = int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+        if cur and size + n > chunk_bytes:
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(k)
+        size += n
+    return chunks + ([cur] if cur else [])
+
+
 def aligned(shape, dtype=np.float32) -> np.ndarray:
     """An uninitialised array on a 64-byte boundary: `jax.device_put` then wraps it on the CPU
     without a copy (a misaligned one is copied)."""

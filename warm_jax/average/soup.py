@@ -111,18 +111,6 @@ def _check(members: list[tuple[Checkpointer, int, dict]], *, allow_base_mismatch
     return template, ref
 
 
-def _chunks(leaves: dict[str, jax.ShapeDtypeStruct], chunk_bytes: int) -> list[list[str]]:
-    chunks, cur, size = [], [], 0
-    for k, x in leaves.items():
-        n = int(np.prod(x.shape)) * x.dtype.itemsize
-        if cur and size + n > chunk_bytes:
-            chunks.append(cur)
-            cur, size = [], 0
-        cur.append(k)
-        size += n
-    return chunks + ([cur] if cur else [])
-
-
 @jax.jit
 def _scaled(x, w):
     return jax.tree.map(lambda b: w * b.astype(jnp.float32), x)
@@ -239,7 +227,7 @@ def stream_average(member_dirs: Sequence[str], weights: Sequence[float] | None =
         return jax.tree.unflatten(treedef, out)
 
     acc: dict[str, jax.Array] = {}
-    for chunk in _chunks(leaves, chunk_bytes):
+    for chunk in hostsum.leaf_chunks(leaves, chunk_bytes):
         keep = set(chunk)
         for i, (ck, step, _) in enumerate(members):
             part = flatten(ck.restore_subset(step, target(keep)))

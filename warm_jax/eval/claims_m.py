@@ -38,6 +38,12 @@ def _shared_runs(d, a, b) -> tuple[dict, dict, list]:
     return A, B, keys
 
 
+def _pair_runs(d):
+    """(larger WARM, pinned WARM, their evaluations, shared runs), or None without the pair."""
+    big, main = m_pair(d)
+    return None if big is None else (big, main, *_shared_runs(d, big, main))
+
+
 def hacking_step(rows, margin: float = HACK_MARGIN) -> tuple[int, float, bool]:
     """(step, KL, hacked): the first evaluation at which the held-out control reward is more than
     `margin` below its running peak (over the evaluations so far, step 0 included). A run that
@@ -83,10 +89,10 @@ def m_summary(d) -> dict | None:
                     f"{HACK_MARGIN} below the running peak, censored at the last step) is in extra",
           unit="prompt", kind="directional", direction=+1)
 def m10_delays_hacking(d):
-    big, main = m_pair(d)
-    if big is None:
+    pair = _pair_runs(d)
+    if pair is None:
         return None
-    A, B, keys = _shared_runs(d, big, main)
+    big, main, A, B, keys = pair
     per_seed = collections.defaultdict(list)
     for k in keys:
         per_seed[k[1]].append(np.subtract(A[k][-1]["gold_per_prompt"], B[k][-1]["gold_per_prompt"]))
@@ -105,10 +111,10 @@ def m10_delays_hacking(d):
                     "(same α, seed and prompt), mean over the α both ran at",
           unit="prompt", kind="equivalence", delta=PEAK_DELTA)
 def m10_same_peak(d):
-    big, main = m_pair(d)
-    if big is None:
+    pair = _pair_runs(d)
+    if pair is None:
         return None
-    A, B, keys = _shared_runs(d, big, main)
+    big, main, A, B, keys = pair
     per_seed = collections.defaultdict(list)
     for k in keys:
         select, judged = _halves(A[k])

@@ -20,24 +20,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from warm_jax.average.hostsum import leaf_chunks
 from warm_jax.checkpoint import Checkpointer, flatten, path_str
 from warm_jax.rl import warp
 
 
 class MergeError(ValueError):
     """Policies that cannot be exported or merged (says which and why); nothing is written."""
-
-
-def _chunks(leaves: dict, chunk_bytes: int) -> list[list[str]]:
-    out, cur, size = [], [], 0
-    for k, x in leaves.items():
-        n = int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-        if cur and size + n > chunk_bytes:
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(k)
-        size += n
-    return out + ([cur] if cur else [])
 
 
 def _subset(ck: Checkpointer, step: int, template, keep: set[str]) -> dict[str, jax.Array]:
@@ -81,7 +70,7 @@ def export_policies(rl_checkpoints: str, out_root: str, *, step: int | None = No
         if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() == step:
             continue
         params: dict[str, jax.Array] = {}
-        for chunk in _chunks(leaves, chunk_bytes):  # all runs' rows of a slice of leaves
+        for chunk in leaf_chunks(leaves, chunk_bytes):  # all runs' rows of a slice of leaves
             got = _subset(ck, step, full, set(chunk))
             params.update({k[len("policy/"):]: np.asarray(v[r]) for k, v in got.items()})
             del got
@@ -135,7 +124,7 @@ def merge_checkpoints(init_dir: str, member_dirs: Sequence[str], outs: dict[floa
             raise MergeError(f"policy {d} descends from base {meta.get('base_fingerprint')}, the "
                              f"init {init_dir} from {fp}: a merge needs one shared init")
     values: dict[float, dict[str, jax.Array]] = {eta: {} for eta in outs}
-    for chunk in _chunks(ref, chunk_bytes):
+    for chunk in leaf_chunks(ref, chunk_bytes):
         keep = set(chunk)
         # full trees as targets: an SFT or RL checkpoint also holds optimiser state (skipped)
         init = _subset(init_ck, init_step, init_tree, keep)
