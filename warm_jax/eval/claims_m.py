@@ -38,10 +38,17 @@ def _shared_runs(d, a, b) -> tuple[dict, dict, list]:
     return A, B, keys
 
 
-def _pair_runs(d):
-    """(larger WARM, pinned WARM, their evaluations, shared runs), or None without the pair."""
+def _gaps(d, gap):
+    """(larger WARM, pinned WARM, shared (α, seed) runs, {seed: [gap(its rows, pinned's rows)
+    per shared run]}), or None without the pair."""
     big, main = m_pair(d)
-    return None if big is None else (big, main, *_shared_runs(d, big, main))
+    if big is None:
+        return None
+    A, B, keys = _shared_runs(d, big, main)
+    per_seed = collections.defaultdict(list)
+    for k in keys:
+        per_seed[k[1]].append(gap(A[k], B[k]))
+    return big, main, keys, per_seed
 
 
 def hacking_step(rows, margin: float = HACK_MARGIN) -> tuple[int, float, bool]:
@@ -89,13 +96,10 @@ def m_summary(d) -> dict | None:
                     f"{HACK_MARGIN} below the running peak, censored at the last step) is in extra",
           unit="prompt", kind="directional", direction=+1)
 def m10_delays_hacking(d):
-    pair = _pair_runs(d)
-    if pair is None:
+    got = _gaps(d, lambda a, b: np.subtract(a[-1]["gold_per_prompt"], b[-1]["gold_per_prompt"]))
+    if got is None:
         return None
-    big, main, A, B, keys = pair
-    per_seed = collections.defaultdict(list)
-    for k in keys:
-        per_seed[k[1]].append(np.subtract(A[k][-1]["gold_per_prompt"], B[k][-1]["gold_per_prompt"]))
+    big, main, keys, per_seed = got
     summary = m_summary(d) or {}
     hack = {m: {f"alpha={r['alpha']},seed={r['seed']}": (r["hack_step"] if r["hacked"] else None)
                 for r in rows} for m, rows in summary.items()}
@@ -111,16 +115,15 @@ def m10_delays_hacking(d):
                     "(same α, seed and prompt), mean over the α both ran at",
           unit="prompt", kind="equivalence", delta=PEAK_DELTA)
 def m10_same_peak(d):
-    pair = _pair_runs(d)
-    if pair is None:
-        return None
-    big, main, A, B, keys = pair
-    per_seed = collections.defaultdict(list)
-    for k in keys:
-        select, judged = _halves(A[k])
+    def gap(a, b):
+        select, judged = _halves(a)
         peaks = []
-        for rows in (A[k], B[k]):
+        for rows in (a, b):
             trained = [r for r in rows if r["step"] > 0] or rows   # the peak is an RL step
             peaks.append(np.asarray(_best_step(trained, select)["gold_per_prompt"][judged]))
-        per_seed[k[1]].append(peaks[0] - peaks[1])
+        return peaks[0] - peaks[1]
+    got = _gaps(d, gap)
+    if got is None:
+        return None
+    big, main, keys, per_seed = got
     return _units(_per_prompt(per_seed), a=big, b=main, alphas=sorted({k[0] for k in keys}))
