@@ -34,6 +34,7 @@ from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
 from warm_jax.rl.reinforce import RLConfig
 from warm_jax.rl.stage import best_of_n, train_policies
+from warm_jax.rl.warp_stage import warp_policies
 from warm_jax.rm.stage import train_reward_models
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base
@@ -76,6 +77,7 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (train_reward_models, "train_reward_models"),
                     (average_reward_models, "average_reward_models"), (RLConfig, "RLConfig"),
                     (best_of_n, "best_of_n"), (train_policies, "train_policies"),
+                    (warp_policies, "warp_policies"),
                     (write_report, "report"), (import_base, "import_base"),
                     (default_smollm2_path, "default_smollm2_path"),
                     (smollm2_config, "smollm2_config"),

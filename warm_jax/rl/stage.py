@@ -245,11 +245,10 @@ def _shared_inputs(layout, task, model_cfg, rl, max_new_tokens) -> dict:
 GUARDED = ("kl", "pg_loss", "value_loss", "proxy_reward", "return")
 
 
-def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
-                  num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
-                  standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
-                  sampling, rl_prompts, value0, norm) -> None:
-    runs = [(a, s) for a in alphas for s in seeds]
+def seed_rewards(layout, rm_name, method, model_cfg, seeds, *, sft_meta, norm, normalise,
+                 standardise_members, uwo_lambda, ensemble_impl, allow_base_mismatch) -> dict:
+    """{chain seed: the reward function `method` over that seed's reward models}, with WCO / UWO
+    members standardised and the whole z-normalised on the SFT samples `norm` where asked."""
     norm_p, norm_r, norm_m = (jnp.asarray(x) for x in norm)
     fns = {}
     for s in seeds:
@@ -262,6 +261,18 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
         if normalise:
             fn = normalised(fn, norm_p, jnp.ones_like(norm_p), norm_r, norm_m)
         fns[s] = fn
+    return fns
+
+
+def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
+                  num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
+                  standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
+                  sampling, rl_prompts, value0, norm) -> None:
+    runs = [(a, s) for a in alphas for s in seeds]
+    fns = seed_rewards(layout, rm_name, method, model_cfg, seeds, sft_meta=sft_meta, norm=norm,
+                       normalise=normalise, standardise_members=standardise_members,
+                       uwo_lambda=uwo_lambda, ensemble_impl=ensemble_impl,
+                       allow_base_mismatch=allow_base_mismatch)
     fn_R = stack([fns[s] for _, s in runs])   # run r optimises its chain seed's reward
     init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
                                ref_params=sft_params, prompts_NxP=rl_prompts,

@@ -1,0 +1,176 @@
+"""Stage: WARP (Ramé et al. 2024; issue 14) against each reward function, on the RL stage's pieces.
+
+Per reward method (the 2×2's reward axis: `single`, `warm_M6`, ...) and chain seed, one iteration:
+1. `n_policies` policies from one init (the SFT policy, then the previous iteration's LITI point at
+   `next_eta`), differing only by their RNG seed, trained by REINFORCE with WARP's EMA anchor
+   (`warp.make_warp_rl`, rate `mu`; the logged training KL is to the EMA). Every (seed, policy) run
+   of a method is one vmapped program.
+2. Each policy exported as its own checkpoint (`warp_io.export_policies`), then merged around the
+   init by SLERP of the task vectors and by LERP, read a slice of leaves at a time
+   (`warp_io.merge_checkpoints`).
+3. LITI: θ_η = (1 − η)·θ_init + η·θ_slerp for every η of `etas`, and LERP's merge at η = 1.
+
+Every point (each policy along training and at the end, each LITI point, LERP) is evaluated like
+the RL stage's runs: held-out prompts, KL to the *SFT* policy, control reward per prompt (one key
+per seed and iteration, so the points of a seed are compared on the same samples' randomness).
+
+Writes `<workdir>/warp/<rm_name>/<method>/`: iter_<i>/ (checkpoints, policies/, seed_<s>/ merges,
+eval.jsonl: that iteration's rows, written last), final.jsonl (every iteration's rows; marks the
+method done). A killed run resumes at its first unfinished iteration.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from warm_jax.checkpoint import Checkpointer, NonFiniteError, restore_params
+from warm_jax.layout import RewardSpec, RunLayout, check_seeds, kill_point, write_jsonl
+from warm_jax.metrics import read_jsonl
+from warm_jax.models import ModelConfig
+from warm_jax.rl import warp_io
+from warm_jax.rl.reinforce import RLConfig, run_chunk
+from warm_jax.rl.stage import (GUARDED, _eval_rows, _make_eval, _shared_inputs, seed_rewards)
+from warm_jax.rl.warp import make_warp_rl
+from warm_jax.rm.population import stack
+
+
+def warp_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
+                  methods: Sequence[str] = ("single", "warm_M6"), seeds: Sequence[int] = (0,),
+                  n_policies: int = 2, mu: float = 0.01, alpha: float = 0.001,
+                  iterations: int = 2, num_steps: int = 200, chunk: int = 50,
+                  etas: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0), next_eta: float = 0.3,
+                  rl: RLConfig = RLConfig(), eval_prompts: int = 256, normalise: bool = True,
+                  uwo_lambda: float = 0.1, ensemble_impl: str = "auto",
+                  allow_base_mismatch: bool = False) -> str:
+    """WARP for each reward `method` (see the module doc); returns `<workdir>/warp/<rm_name>`."""
+    seeds = check_seeds("warp_policies", seeds)
+    for method in methods:
+        RewardSpec.parse(method)
+    etas = tuple(float(e) for e in etas)
+    problems = [
+        (n_policies < 2, f"n_policies={n_policies}: need at least 2 to merge"),
+        (iterations < 1, f"iterations={iterations}: need at least 1"),
+        (not 0.0 <= mu <= 1.0, f"mu={mu} out of range [0, 1]"),
+        (any(not 0.0 <= e <= 1.0 for e in etas) or len(set(etas)) != len(etas),
+         f"etas={etas}: need distinct values in [0, 1]"),
+        (float(next_eta) not in etas, f"next_eta={next_eta} must be one of etas={etas}"),
+        (num_steps % chunk != 0, f"num_steps={num_steps} must be a multiple of chunk={chunk}")]
+    for bad, msg in problems:
+        if bad:
+            raise ValueError(f"warp_policies.{msg}")
+    layout = RunLayout(workdir)
+    root = layout.path("warp", rm_name)
+    shared: dict = {}
+    for method in methods:
+        mdir = os.path.join(root, method)
+        config = dict(task=task, model_cfg=model_cfg, method=method, seeds=seeds,
+                      n_policies=n_policies, mu=mu, alpha=alpha, iterations=iterations,
+                      num_steps=num_steps, chunk=chunk, etas=etas, next_eta=float(next_eta),
+                      rl=rl, eval_prompts=eval_prompts, normalise=normalise,
+                      uwo_lambda=uwo_lambda)
+        with layout.stage(f"warp {rm_name}/{method}", mdir, config):
+            if os.path.exists(os.path.join(mdir, "final.jsonl")):
+                continue
+            if not shared:
+                shared.update(_shared_inputs(layout, task, model_cfg, rl, None))
+            _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, seeds=seeds,
+                         n_policies=n_policies, mu=mu, alpha=alpha, iterations=iterations,
+                         num_steps=num_steps, chunk=chunk, etas=etas, next_eta=float(next_eta),
+                         eval_prompts=eval_prompts, normalise=normalise, uwo_lambda=uwo_lambda,
+                         ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
+                         **shared)
+    return root
+
+
+def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n_policies, mu,
+                 alpha, iterations, num_steps, chunk, etas, next_eta, eval_prompts, normalise,
+                 uwo_lambda, ensemble_impl, allow_base_mismatch, sft_params, sft_meta, sampling,
+                 rl_prompts, value0, norm) -> None:
+    fns = seed_rewards(layout, rm_name, method, model_cfg, seeds, sft_meta=sft_meta, norm=norm,
+                       normalise=normalise, standardise_members=True, uwo_lambda=uwo_lambda,
+                       ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch)
+    runs = [(s, m) for s in seeds for m in range(n_policies)]
+    fn_R = stack([fns[s] for s, _ in runs])
+    init_state, step = make_warp_rl(mu=mu, model_cfg=model_cfg, cfg=rl, sampling=sampling,
+                                    ref_params=sft_params, prompts_NxP=rl_prompts,
+                                    oracle=getattr(task, "gold_fn", None))
+    chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
+    evaluate = _make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
+    as_rl_runs = [(alpha, s) for s, _ in runs]   # the RL stage's (α, seed) row keys
+    inits = {s: layout.checkpoints(layout.sft) for s in seeds}
+    rows: list[dict] = []
+    for it in range(1, iterations + 1):
+        idir = os.path.join(mdir, f"iter_{it}")
+        merges = {s: {eta: os.path.join(idir, f"seed_{s}", f"slerp_eta{eta:g}") for eta in etas}
+                  for s in seeds}
+        done = os.path.join(idir, "eval.jsonl")
+        if not os.path.exists(done):
+            shutil.rmtree(idir, ignore_errors=True)   # an unfinished iteration starts afresh
+            it_rows = []
+            policies = {s: restore_params(inits[s])[0] for s in seeds}
+            state = stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m, alpha)
+                           for s, m in runs])
+            for s0 in range(0, num_steps, chunk):
+                if s0 == 0:
+                    it_rows += _rows(evaluate, state.rl, fn_R, as_rl_runs, runs, method, it,
+                                     "along")
+                state, metrics = chunk_fn(state, fn_R)
+                metrics = jax.device_get(metrics)
+                bad = [k for k in GUARDED if k in metrics and not np.isfinite(metrics[k]).all()]
+                if bad:
+                    raise NonFiniteError(f"warp {rm_name}/{method}, iteration {it}: non-finite "
+                                         f"{bad} in steps {s0 + 1}..{s0 + chunk}; nothing of "
+                                         "this iteration is kept")
+                it_rows += _rows(evaluate, state.rl, fn_R, as_rl_runs, runs, method, it, "along")
+                kill_point("warp.chunk")
+            ck_dir = os.path.join(idir, "checkpoints")
+            Checkpointer(ck_dir, max_to_keep=1).save(num_steps, {"policy": state.rl.policy}, {
+                "method": method, "runs": [[alpha, s] for s, _ in runs],
+                "policy_index": [m for _, m in runs], "mu": mu, "iteration": it,
+                "base_fingerprint": sft_meta.get("base_fingerprint")})
+            exported = warp_io.export_policies(ck_dir, os.path.join(idir, "policies"))
+            points = []   # (seed, kind, η, checkpoint)
+            for s in seeds:
+                members = [exported[r] for r, (s2, _) in enumerate(runs) if s2 == s]
+                warp_io.merge_checkpoints(inits[s], members, merges[s], how="slerp")
+                lerp = os.path.join(idir, f"seed_{s}", "lerp")
+                warp_io.merge_checkpoints(inits[s], members, {1.0: lerp}, how="lerp")
+                points += [(s, "slerp", eta, merges[s][eta]) for eta in etas]
+                points.append((s, "lerp", 1.0, lerp))
+            it_rows += _point_rows(evaluate, fns, points, method, it)
+            write_jsonl(done, it_rows)   # last: marks the iteration done
+        rows += read_jsonl(done)
+        inits = {s: merges[s][next_eta] for s in seeds}
+    write_jsonl(os.path.join(mdir, "final.jsonl"), rows)
+
+
+def _rows(evaluate, rl_state, fn_R, as_rl_runs, runs, method, it, kind) -> list[dict]:
+    """The RL stage's held-out rows of every (seed, policy) run, tagged with WARP's keys."""
+    step, rows, _, _ = _eval_rows(evaluate, rl_state, fn_R, as_rl_runs, method)
+    return [dict(r, step=step, iteration=it, point=kind, policy=m)
+            for r, (_, m) in zip(rows, runs)]
+
+
+def _point_rows(evaluate, fns, points, method, it) -> list[dict]:
+    """Held-out rows of the merged points, one program over all of them; a seed's points share
+    one sampling key."""
+    run, _ = evaluate
+    params = stack([restore_params(p)[0] for _, _, _, p in points])
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(30_000 + s), it)
+                      for s, _, _, _ in points])
+    out = run(params, stack([fns[s] for s, _, _, _ in points]), keys)
+    rows = []
+    for i, (s, kind, eta, _) in enumerate(points):
+        rows.append({"method": method, "iteration": it, "seed": s, "point": kind, "eta": eta,
+                     "kl": float(out["kl_B"][i].mean()),
+                     "proxy_reward": float(out["proxy_B"][i].mean()),
+                     "length": float(out["mask_BxN"][i].sum(-1).mean())})
+        if "gold_B" in out:
+            rows[-1]["control_reward"] = float(out["gold_B"][i].mean())
+            rows[-1]["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
+    return rows
