@@ -151,3 +151,20 @@ def test_hacking_step_is_the_first_fall_below_the_running_peak_or_censored():
     assert s["warm_M6"] == [{"alpha": 0.001, "seed": 0, "peak": 1.0, "final": 0.5, "hack_step": 100,
                              "hack_kl": 2.0, "hacked": True}]
     assert s["warm_M10"][0]["hacked"] is False and s["warm_M10"][0]["hack_step"] == 100
+
+
+def test_report_section_counts_hacked_runs_and_their_steps_only():
+    from warm_jax.report import m_section
+    d = _empty()
+    for s in range(3):
+        # M = 6 falls 0.5 below its peak at step 100 on seed 0 only; M = 10 never falls
+        d["eval"].setdefault("warm_M6", []).extend(
+            _rows("warm_M6", s, [0, 1.0, 0.5 if s == 0 else 1.0], [0, 1.0, 0.5 if s == 0 else 1.0],
+                  kl=[0, 1, 3]))
+        d["eval"].setdefault("warm_M10", []).extend(
+            _rows("warm_M10", s, [0, 1.0, 1.0], [0, 1.0, 1.0], kl=[0, 1, 2]))
+    text = "\n".join(m_section(d))
+    assert "warm_M10 against warm_M6" in text
+    assert "| warm_M6 | 1.000 ± 0.000 | 0.833 ± 0.289 | 1 of 3 | 100 | 3.000 |" in text
+    assert "| warm_M10 | 1.000 ± 0.000 | 1.000 ± 0.000 | 0 of 3 | – | – |" in text
+    assert m_section(_empty()) == []

@@ -165,17 +165,21 @@ def m_section(d: dict) -> list[str]:
              f"`{main}` averages the best members on validation, `{big}` all of them (the weakest "
              "included). Held-out control reward at the RL evaluations, per run (α "
              f"{sorted({r['alpha'] for r in summary[main]})}, seeds "
-             f"{sorted({r['seed'] for r in summary[main]})}), mean ± sd over runs. Hacking: the "
-             "first evaluation more than the hacking margin below the running peak; a run that "
-             "never falls that far counts at its last step (censored). The claims "
-             "`m10_delays_hacking` and `m10_same_peak` are decided above.", "",
-             "| method | peak | final | step of hacking | KL at hacking | runs that hacked |",
+             f"{sorted({r['seed'] for r in summary[main]})}), mean ± sd over runs. Hacking "
+             "(descriptive, not a test): the first evaluation more than the hacking margin below "
+             "the running peak of the full-prompt means (step 0 included); its step and KL are "
+             "over the runs that hacked only, the others never fell that far within the run. "
+             "The claims `m10_delays_hacking` and `m10_same_peak` are decided above.", "",
+             "| method | peak | final | runs that hacked | step of hacking (those runs) | "
+             "KL at hacking (those runs) |",
              "|---|---|---|---|---|---|"]
     for m in (main, big):
         rows = summary[m]
-        lines.append(f"| {m} | " + " | ".join(_mean_sd([r[k] for r in rows]) for k in
-                                               ("peak", "final", "hack_step", "hack_kl"))
-                     + f" | {sum(r['hacked'] for r in rows)} of {len(rows)} |")
+        hacked = [r for r in rows if r["hacked"]]
+        steps = ", ".join(str(r["hack_step"]) for r in hacked) or "–"
+        lines.append(f"| {m} | {_mean_sd([r['peak'] for r in rows])} | "
+                     f"{_mean_sd([r['final'] for r in rows])} | {len(hacked)} of {len(rows)} | "
+                     f"{steps} | {_mean_sd([r['hack_kl'] for r in hacked]) or '–'} |")
     return lines + [""]
 
 
