@@ -28,11 +28,10 @@ from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_sha
 from warm_jax.eval.evidence import auc_log2, bon_unbiased
 from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, chain, chain_seed,
                              check_seeds, kill_point, preemption_requested, write_jsonl)
-from warm_jax.losses import response_logprobs
 from warm_jax.metrics import MetricsWriter, progress
-from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingConfig,
-                             jitted_sampler, make_sampler, unbox)
+from warm_jax.models import ModelConfig, RewardModel, SamplingConfig, jitted_sampler, unbox
 from warm_jax.rl.bon import kl_bon
+from warm_jax.rl.heldout import eval_rows, make_eval
 from warm_jax.rl.reinforce import RLConfig, make_rl, run_chunk
 from warm_jax.rm.population import stack
 
@@ -216,7 +215,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
             if not shared:
-                shared.update(_shared_inputs(layout, task, model_cfg, rl, max_new_tokens))
+                shared.update(shared_inputs(layout, task, model_cfg, rl, max_new_tokens))
             _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=m_alphas,
                           seeds=seeds, num_steps=num_steps, chunk=chunk, log_every=log_every,
                           normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
@@ -226,8 +225,8 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
     return layout.rl(rm_name)
 
 
-def _shared_inputs(layout, task, model_cfg, rl, max_new_tokens) -> dict:
-    """What every method's RL starts from: the SFT policy, its value init, normalisation samples."""
+def shared_inputs(layout, task, model_cfg, rl, max_new_tokens) -> dict:
+    """What every method's RL (and WARP, `warp_stage`) starts from: the SFT policy, its value init, normalisation samples."""
     sft_params, sft_meta = _sft(layout)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens or task.max_response_len,
                               temperature=rl.temperature, eos_id=task.eos_id, pad_id=task.pad_id)
@@ -281,7 +280,7 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
     # committed like the chunk's outputs, so that its second call does not compile it again
     state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
     chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
-    evaluate = _make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
+    evaluate = make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
     ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)
     meta = {"method": method, "reward": [describe(fns[s]) for s in seeds], "seeds": list(seeds),
             "runs": [list(r) for r in runs], "rl": dataclasses.asdict(rl),
@@ -315,54 +314,12 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
                 raise Preempted(f"rl {rm_name}/{method}: stopped by SIGTERM after saving step "
                                 f"{s0 + chunk}; rerun the same command to resume")
         if last is None or last[0] != int(np.max(jax.device_get(state.step))):
-            last = _eval_rows(evaluate, state, fn_R, runs, method)
+            last = eval_rows(evaluate, state, fn_R, runs, method)
     _write_final(mdir, task, last, runs, fns, method)
 
 
-def _make_eval(task, model_cfg, sampling, sft_params, n):
-    """One program for every run: sample each run's policy on the first `n` held-out prompts,
-    its KL to the SFT policy (sum over the response of log π − log π_SFT at the sampling
-    temperature), its chain seed's proxy reward and, with an oracle, the control reward."""
-    lm = LanguageModel(model_cfg)
-    prompts = jnp.asarray(task.prompts("eval")[:n])
-    sample = make_sampler(lm, sampling)
-    logp = lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature)  # noqa
-    oracle = getattr(task, "gold_fn", None)
-
-    def one(policy, fn, key):
-        out = sample(policy, prompts, jnp.ones_like(prompts), key)
-        kl = (logp(policy, out.tokens_BxN, out.mask_BxN) -
-              logp(sft_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
-        res = {"kl_B": kl, "proxy_B": fn(prompts, jnp.ones_like(prompts), out.tokens_BxN,
-                                          out.mask_BxN),
-               "tokens_BxN": out.tokens_BxN, "mask_BxN": out.mask_BxN}
-        if oracle is not None:
-            res["gold_B"] = oracle(prompts, out.tokens_BxN, out.mask_BxN)
-        return res
-    run = jax.jit(jax.vmap(one))
-    return lambda policies, fn_R, keys: jax.device_get(run(policies, fn_R, keys)), prompts
-
-
-def _eval_rows(evaluate, state, fn_R, runs, method):
-    run, prompts = evaluate
-    step = int(np.max(jax.device_get(state.step)))
-    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(10_000 + s), step) for _, s in runs])
-    out = run(state.policy, fn_R, keys)
-    rows = []
-    for i, (alpha, s) in enumerate(runs):
-        row = {"method": method, "run_alpha": alpha, "seed": s, "kl": float(out["kl_B"][i].mean()),
-               "proxy_reward": float(out["proxy_B"][i].mean()),
-               "length": float(out["mask_BxN"][i].sum(-1).mean())}
-        if "gold_B" in out:
-            row["control_reward"] = float(out["gold_B"][i].mean())
-            # per prompt, so that paired claims and win rates need nothing but the JSONL
-            row["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
-        rows.append(row)
-    return step, rows, out, np.asarray(prompts)
-
-
 def _write_eval(we, evaluate, state, fn_R, runs, step, method):
-    last = _eval_rows(evaluate, state, fn_R, runs, method)
+    last = eval_rows(evaluate, state, fn_R, runs, method)
     for row in last[1]:
         we.write(step, row)
     return last

@@ -34,7 +34,8 @@ from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
 from warm_jax.rl import warp_io
 from warm_jax.rl.reinforce import RLConfig, run_chunk
-from warm_jax.rl.stage import (GUARDED, _eval_rows, _make_eval, _shared_inputs, seed_rewards)
+from warm_jax.rl.heldout import eval_rows, make_eval
+from warm_jax.rl.stage import GUARDED, seed_rewards, shared_inputs
 from warm_jax.rl.warp import make_warp_rl
 from warm_jax.rm.population import stack
 
@@ -77,7 +78,7 @@ def warp_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = 
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
             if not shared:
-                shared.update(_shared_inputs(layout, task, model_cfg, rl, None))
+                shared.update(shared_inputs(layout, task, model_cfg, rl, None))
             _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, seeds=seeds,
                          n_policies=n_policies, mu=mu, alpha=alpha, iterations=iterations,
                          num_steps=num_steps, chunk=chunk, etas=etas, next_eta=float(next_eta),
@@ -100,7 +101,7 @@ def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n
                                     ref_params=sft_params, prompts_NxP=rl_prompts,
                                     oracle=getattr(task, "gold_fn", None))
     chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
-    evaluate = _make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
+    evaluate = make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
     as_rl_runs = [(alpha, s) for s, _ in runs]   # the RL stage's (α, seed) row keys
     inits = {s: layout.checkpoints(layout.sft) for s in seeds}
     rows: list[dict] = []
@@ -151,7 +152,7 @@ def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n
 
 def _rows(evaluate, rl_state, fn_R, as_rl_runs, runs, method, it, kind) -> list[dict]:
     """The RL stage's held-out rows of every (seed, policy) run, tagged with WARP's keys."""
-    step, rows, _, _ = _eval_rows(evaluate, rl_state, fn_R, as_rl_runs, method)
+    step, rows, _, _ = eval_rows(evaluate, rl_state, fn_R, as_rl_runs, method)
     return [dict(r, step=step, iteration=it, point=kind, policy=m)
             for r, (_, m) in zip(rows, runs)]
 
