@@ -1,5 +1,6 @@
 """Byte-range reads of orbax checkpoints (`warm_jax.average.rawread`) and the averaging command."""
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -219,3 +220,52 @@ def test_a_member_with_lost_metadata_is_named_as_unreadable(tmp_path, lost, whic
     with pytest.raises(soup.AverageError, match=rf"member {dirs[which]}: step 3 lists no arrays"):
         soup.average_checkpoints(dirs, str(out))
     assert not out.exists()
+
+
+def test_the_command_killed_from_outside_leaves_nothing_trusted_and_no_process(tmp_path):
+    """SIGKILL of `python -m warm_jax.average` at random moments (seeded): no output a rerun would
+    trust, no early-sum process left summing, and the rerun's average is the uninterrupted one."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    rng = np.random.default_rng(0)
+    trees = [{"w": rng.normal(size=(1024, 2048)).astype(np.float32),   # 8 MiB per member
+              "b": rng.normal(size=(7,)).astype(np.float32)} for _ in range(3)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    ref = str(tmp_path / "ref")
+    assert _cli(ref, *dirs).returncode == 0
+    want, _ = restore_params(ref)
+    out = str(tmp_path / "avg")
+    jitter = random.Random(0)   # one kill during the imports, then later ones (seeded)
+    committed = []
+    for delay in (0.15, jitter.uniform(0.4, 1.2), jitter.uniform(1.2, 2.5)):
+        proc = subprocess.Popen([sys.executable, "-m", "warm_jax.average", out, *dirs],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if out.encode() in f.read():
+                        left.append(pid)
+            except OSError:
+                pass
+        assert not left, f"processes still running for {out}: {left}"
+        done = os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None
+        committed.append(done)
+        if done:   # killed after the commit: it must be whole; start the next kill afresh
+            got, _ = restore_params(out)
+            for k in want:
+                np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+            shutil.rmtree(out)
+    assert committed[0] is False   # 0.15 s is inside the imports: nothing may be committed
+    run = _cli(out, *dirs)   # the rerun after the last kill finishes the average
+    assert run.returncode == 0, run.stderr
+    got, _ = restore_params(out)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
