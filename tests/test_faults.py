@@ -27,6 +27,7 @@ CHAIN_FAST = [
     ("enospc", "analysis.jsonl"),       # the disk fills while averaging writes its analysis
     ("kill", "write.tmp#3"),            # a temporary file written, not yet renamed
     ("kill", "rl.chunk#1"),             # RL rows logged past the last checkpoint
+    ("kill", "warp.chunk#1"),           # WARP: an iteration's rows logged, nothing merged yet
     ("random", 2.0),                    # SIGKILL from outside at a random moment (if still running)
 ]
 # every stage's kill points in pipeline order (each is still ahead when its launch starts), then

@@ -19,7 +19,7 @@ from warm_jax.main import rewrite_gin_args
 from warm_jax.metrics import read_jsonl
 
 FIGURES = ("lmc.png", "corruption.png", "acc_vs_m.png", "bon.png", "gao.png", "rl_steps.png",
-           "pareto.png", "winrates.png")
+           "pareto.png", "winrates.png", "warp.png")
 
 
 def _run(workdir, *extra, experiment="demo", tiny="tiny"):
@@ -48,7 +48,7 @@ def test_demo_writes_every_output(tiny_demo):
         os.path.join(wd, "operative_config.gin")).read()
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
         "pretrain", "sft", "ood_pairs", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
-        "best_of_n", "rl", "report"}
+        "best_of_n", "rl", "warp", "report"}
 
 
 def test_full_demo_stages_tiny(tiny_demo, tmp_path):

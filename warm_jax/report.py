@@ -13,6 +13,7 @@ import numpy as np
 
 from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
 from warm_jax.eval.claims_m import m_pair, m_summary
+from warm_jax.eval.warp_report import fig_warp, warp_section
 from warm_jax.eval.figures import (  # noqa: F401
     corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
     fig_rl, fig_winrates, winrate_matrix)
@@ -216,6 +217,7 @@ def _write_report(layout: RunLayout) -> dict:
                                                                       f"{figdir}/alpha.png"),
         "RL: WARM beyond M = 6 (held-out control reward against steps)": fig_m(
             d["eval"], m_pair(d), f"{figdir}/m10.png"),
+        "WARP: control reward against KL to the SFT policy": fig_warp(d, f"{figdir}/warp.png"),
     }
     corrupt = d["corrupt_policy"]   # FULL=1: best-of-N and RL against the corrupt-label RMs
     figs.update({
@@ -250,6 +252,7 @@ def _write_report(layout: RunLayout) -> dict:
     lines += ood_section(layout, d["analysis"]["clean"])
     lines += ablation_section(d["analysis"])
     lines += m_section(d)
+    lines += warp_section(d, timings.get("warp"))
     for title, fig in figs.items():
         if fig:
             lines += [f"## {title}", "", f"![{title}](figures/{fig})", ""]

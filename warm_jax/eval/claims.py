@@ -60,8 +60,11 @@ def load(workdir: str, rm_name: str = "clean") -> dict[str, Any]:
         analysis[name] = {_seed_of(c): _rows(os.path.join(c, "analysis.jsonl")) for c in chains}
     # the best-of-N and RL of the other labels' reward models (FULL=1: "corrupt"), if run
     other = "corrupt" if rm_name == "clean" else "clean"
+    warp_dir = layout.path("warp", rm_name)
+    warp = {os.path.basename(os.path.dirname(p)): read_jsonl(p)
+            for p in sorted(glob.glob(os.path.join(warp_dir, "*", "final.jsonl")))}
     return {"analysis": analysis, **policy_rows(layout, rm_name),
-            f"{other}_policy": policy_rows(layout, other)}
+            f"{other}_policy": policy_rows(layout, other), "warp": warp}
 
 
 def policy_rows(layout: RunLayout, rm_name: str) -> dict[str, Any]:
@@ -284,3 +287,4 @@ def compute_claims(workdir: str, data: dict | None = None, **decide_kw) -> list[
 # the best-of-N and RL claims, registered after those above (the registry's order is the report's)
 from warm_jax.eval import claims_policy  # noqa: E402,F401
 from warm_jax.eval import claims_m  # noqa: E402,F401
+from warm_jax.eval import claims_warp  # noqa: E402,F401

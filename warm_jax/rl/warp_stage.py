@@ -143,7 +143,7 @@ def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n
                 warp_io.merge_checkpoints(inits[s], members, {1.0: lerp}, how="lerp")
                 points += [(s, "slerp", eta, merges[s][eta]) for eta in etas]
                 points.append((s, "lerp", 1.0, lerp))
-            it_rows += _point_rows(evaluate, fns, points, method, it)
+            it_rows += _point_rows(evaluate, fns, points, method, it, next_eta)
             write_jsonl(done, it_rows)   # last: marks the iteration done
         rows += read_jsonl(done)
         inits = {s: merges[s][next_eta] for s in seeds}
@@ -157,9 +157,9 @@ def _rows(evaluate, rl_state, fn_R, as_rl_runs, runs, method, it, kind) -> list[
             for r, (_, m) in zip(rows, runs)]
 
 
-def _point_rows(evaluate, fns, points, method, it) -> list[dict]:
+def _point_rows(evaluate, fns, points, method, it, next_eta) -> list[dict]:
     """Held-out rows of the merged points, one program over all of them; a seed's points share
-    one sampling key."""
+    one sampling key. `next_eta` (the next iteration's init) lets the claims trace WARP's path."""
     run, _ = evaluate
     params = stack([restore_params(p)[0] for _, _, _, p in points])
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(30_000 + s), it)
@@ -168,6 +168,7 @@ def _point_rows(evaluate, fns, points, method, it) -> list[dict]:
     rows = []
     for i, (s, kind, eta, _) in enumerate(points):
         rows.append({"method": method, "iteration": it, "seed": s, "point": kind, "eta": eta,
+                     "next_eta": next_eta,
                      "kl": float(out["kl_B"][i].mean()),
                      "proxy_reward": float(out["proxy_B"][i].mean()),
                      "length": float(out["mask_BxN"][i].sum(-1).mean())})
