@@ -60,7 +60,7 @@ ROWS = [
      "(an accelerator goal)", (">=", 3.0)),
     ("population_map_speedup", "population of 6 (lax.map, the CPU default) / sequential", None),
     ("demo_wall_s", "`make demo` stages, seconds", ("<=", 600.0)),
-    ("demo_full_wall_s", "`make demo FULL=1` stages, seconds", ("<=", 2700.0)),
+    ("demo_full_wall_s", "`make demo FULL=1` stages, seconds (60 min with WARP, issue 14)", ("<=", 3600.0)),
     ("test_wall_s", "`make test` pytest seconds, fresh clone (`python -m bench.record_test`)",
      ("<=", 600.0)),
     ("test_total_s", "`make test` seconds including the venv install, fresh clone", ("<=", 720.0)),

@@ -52,36 +52,44 @@ def _decide(cid, d):
 
 def test_warp_path_front_gap_and_safe_kl():
     runs = warp_runs({"warp": {"single": _warp_rows("single", 0, iterations=2)}})["single"][0]
-    # iteration 1 up to next_eta = 0.5, then all of iteration 2
+    # iteration 1 below next_eta = 0.5 (its point at 0.5 is iteration 2's η = 0), then iteration 2
     assert [(r["iteration"], r["eta"]) for r in warp_path(runs)] == [
-        (1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5), (2, 1.0)]
+        (1, 0.0), (2, 0.0), (2, 0.5), (2, 1.0)]
     a = [_row(0.0, 1.0), _row(1.0, 2.0), _row(2.0, 2.0)]
     b = [_row(0.0, 1.0), _row(2.0, 1.0)]
     short = [_row(0.0, 1.0), _row(0.6, 1.0)]
-    gaps, used = front_gap({0: [(a, b)], 1: [(a, short)]}, budgets=(0.5, 1.0, 4.0))
+    gaps, used, at = front_gap({0: [(a, b)], 1: [(a, short)]}, budgets=(0.5, 1.0, 4.0))
     assert used == [0.5]                       # 1.0 is beyond `short`, 4.0 beyond every curve
-    assert gaps == {0: pytest.approx(0.5), 1: pytest.approx(0.5)}
-    assert front_gap({0: [(a, short)]}, budgets=(1.0,)) == (None, [])
+    assert gaps == {0: pytest.approx(0.5), 1: pytest.approx(0.5)} and at == {"0": [0.5], "1": [0.5]}
+    gaps, used, at = front_gap({0: [(a, b)]}, budgets=(0.5, 1.0), over_budgets=np.min)
+    assert gaps == {0: pytest.approx(0.5)} and at == {"0": [0.5, 1.0]}
+    assert front_gap({0: [(a, short)]}, budgets=(1.0,)) == (None, [], {})
     # running peak 1.5 at KL 1; 1.45 stays within 0.1, 1.3 does not: the largest KL before is 1.5
     assert safe_kl([_row(0.0, 1.0), _row(1.0, 1.5), _row(1.5, 1.45), _row(2.0, 1.3),
                     _row(3.0, 1.6)]) == (1.5, True)
     assert safe_kl([_row(0.0, 1.0), _row(0.8, 1.2)]) == (0.8, False)
+    # a point high on the selection half only (noise) is picked as the peak, but judged on the other
+    # half it is no higher than what follows: no fall (on full-prompt means it would be one)
+    lucky = dict(_row(1.0, 1.5), gold_per_prompt=[2.0] * (P // 2) + [1.0] * (P // 2))
+    assert safe_kl([_row(0.0, 1.0), lucky, _row(2.0, 1.0)]) == (2.0, False)
 
 
 def test_warp_point_claims_hand_values():
     # SLERP (η = 1) 1.2 + up against the policies' last step 1.1 / 1.11 and LERP 1.15 + up
     d = _data(up={("single", 1): 0.1, ("warm_M2", 2): 0.2})
     rec = _decide("warp_slerp_beats_policies", d)
-    per_seed = [0.095 + np.mean(u) for u in ([0, 0], [0.1, 0], [0, 0.2])]
+    per_seed = [0.09 + np.mean(u) for u in ([0, 0], [0.1, 0], [0, 0.2])]   # the best policy
     assert rec["per_seed"] == pytest.approx(per_seed) and rec["outcome"] == "reproduced"
     rec = _decide("warp_slerp_beats_lerp", d)
     assert rec["per_seed"] == pytest.approx([0.05] * 3) and rec["outcome"] == "reproduced"
     rec = _decide("warp_lerp_lower_kl", d)           # LERP 1.5 against SLERP 2.0
     assert rec["effect"] == pytest.approx(-0.5) and rec["n_units"] == 3
     # LITI (1.0, 1.3, 1.2 + up at KL 0, 1, 2) against the policies (1.0, 1.2, 1.1; the second
-    # 0.01 higher) at KL budgets 0.25, 0.5, 1, 2: gaps 0.025, 0.05, 0.1, 0.1, less 0.005 on average
+    # 0.01 higher) at KL budgets 0.25, 0.5, 1, 2: gaps 0.025, 0.05, 0.1, 0.1, less 0.005 on average;
+    # dominance is the smallest of them
     rec = _decide("warp_liti_front", d)
-    assert rec["per_seed"][0] == pytest.approx(np.mean([0.025, 0.05, 0.1, 0.1]) - 0.005)
+    assert rec["per_seed"][0] == pytest.approx(0.025 - 0.005)
+    assert rec["extra"]["gap_at_budget"]["single"]["0"] == [0.02, 0.045, 0.095, 0.095]
     assert rec["extra"]["budgets"] == {"single": [0.25, 0.5, 1.0, 2.0],
                                        "warm_M2": [0.25, 0.5, 1.0, 2.0]}
     # the EMA policies (1.0, 1.2, 1.1; 1.01, ...) against RL (1.0, 1.2, 1.0): 0.1 at KL 2 only
@@ -102,9 +110,14 @@ def test_warp_iterations_and_the_2x2():
     assert rec["extra"]["a"] == ["warm_M2", "WARP"] and rec["extra"]["b"] == ["single", "WARP"]
     for cid in ("warp_helps_single", "warp_warm_beats_rl_warm"):
         assert _decide(cid, d)["n_seeds"] == 3
+    # RL falls 0.2 from its peak at KL 1 (safe KL 1.0); neither WARP path falls (censored at 2.25).
+    # Against WARP+single: 2.25 − 2.25; against RL+WARM: both capped at RL's reach 2.0, 2.0 − 1.0.
+    # The smaller of the two is 0: a curve that only travels further gains nothing
     rec = _decide("warp_2x2_safe_kl", d)
-    assert set(rec["extra"]["cells"]) == {"single/RL", "single/WARP", "warm_M2/RL",
-                                          "warm_M2/WARP"}
+    assert set(rec["extra"]["cells"]) == {"single/WARP", "warm_M2/RL", "warm_M2/WARP"}
+    assert rec["extra"]["cells"]["warm_M2/RL"]["0"] == {"safe_kl": 1.0, "hacked": True,
+                                                        "largest_kl": 2.0}
+    assert rec["per_seed"] == pytest.approx([0.0] * 3) and rec["outcome"] == "inconclusive"
     # a WARP run against WARM alone (the default demo): only its comparison with RL is decided
     d = _data(methods=("warm_M2",))
     assert _decide("warp_warm_beats_rl_warm", d)["n_seeds"] == 3

@@ -53,6 +53,15 @@ def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path):
     lerp = restore_params(os.path.join(it1, "seed_0", "lerp"))[0]
     jax.tree.map(lambda l, a, b: np.testing.assert_allclose(np.asarray(l), (np.asarray(a) +
                  np.asarray(b)) / 2, rtol=1e-5, atol=1e-6), lerp, *pols)
+    # the claims read these rows: SLERP − LERP of iteration 1, per prompt, from the stage's own rows
+    from warm_jax.eval import evidence as E
+    from warm_jax.eval.claims import REGISTRY, load
+    claim = REGISTRY["warp_slerp_beats_lerp"]
+    rec = E.decide(claim, claim.compute(load(wd, rm_name="wp")))
+    gap = np.subtract(merged[(1, "slerp", 1.0)]["gold_per_prompt"],
+                      merged[(1, "lerp", 1.0)]["gold_per_prompt"]).mean()
+    assert rec["n_seeds"] == 1 and rec["effect"] == pytest.approx(gap, abs=1e-9)
+    assert rec["outcome"] == "inconclusive"                   # one seed never decides
     # iteration 2 lost (as if killed during it): the rerun redoes it alone, to the same rows
     os.remove(os.path.join(mdir, "final.jsonl"))
     os.remove(os.path.join(mdir, "iter_2", "eval.jsonl"))

@@ -12,9 +12,14 @@ WARP reward methods of the run (FULL=1: the single RM and WARM M = 6; the defaul
 Curves:
 - *along*: one WARP policy's evaluations along its training (EMA anchor), in step order;
 - *LITI*: one seed's SLERP points θ_η = (1 − η)·θ_init + η·θ_slerp, in η order;
-- *WARP path*: what WARP traverses from the SFT policy: each earlier iteration's LITI points up to
-  its `next_eta` (the next iteration's init), then the last iteration's LITI points;
+- *WARP path*: what WARP traverses from the SFT policy: each earlier iteration's LITI points
+  below its `next_eta` (the point at `next_eta` is the next iteration's init, its η = 0), then the
+  last iteration's LITI points;
 - *RL*: the RL stage's run of the same reward method, chain seed and α (SFT anchor).
+
+Pairing: every comparison is paired by chain seed and, for per-prompt statistics, by held-out
+prompt. Sampling keys are shared where the stage shares them (a seed's merged points with each
+other; the WARP policies with RL at each step), not between merged points and the policies.
 """
 from __future__ import annotations
 
@@ -24,8 +29,7 @@ import numpy as np
 
 from warm_jax.eval import evidence as E
 from warm_jax.eval.claims import HACK_MARGIN, KL_BUDGETS, REGISTRY, _per_prompt, _units, main_warm
-from warm_jax.eval.claims_m import hacking_step
-from warm_jax.eval.claims_policy import _evals
+from warm_jax.eval.claims_policy import _evals, _halves
 from warm_jax.eval.evidence import register
 
 
@@ -54,7 +58,7 @@ def warp_runs(d) -> dict[str, dict[int, dict]]:
 def warp_path(seed_runs) -> list[dict]:
     """The WARP path of one (method, seed): see the module doc."""
     its = sorted(seed_runs["liti"])
-    path = [r for i in its[:-1] for r in seed_runs["liti"][i] if r["eta"] <= seed_runs["next_eta"]]
+    path = [r for i in its[:-1] for r in seed_runs["liti"][i] if r["eta"] < seed_runs["next_eta"]]
     return path + seed_runs["liti"][its[-1]]
 
 
@@ -62,27 +66,35 @@ def _front(rows, budgets) -> np.ndarray:
     return E.value_at_kl([r["kl"] for r in rows], [r["control_reward"] for r in rows], budgets)
 
 
-def front_gap(pairs: dict, budgets=KL_BUDGETS):
-    """pairs {seed: [(curve A, curve B), ...]} -> ({seed: mean over its pairs of A − B at the
-    budgets every curve of every pair reaches}, those budgets), or (None, []) without one."""
+def front_gap(pairs: dict, budgets=KL_BUDGETS, over_budgets=np.mean):
+    """pairs {seed: [(curve A, curve B), ...]} -> ({seed: `over_budgets` (mean, or min for
+    "dominates") of A − B, mean over the seed's pairs, at the budgets every curve of every pair
+    reaches}, those budgets, {seed: the gap at each of them}), or (None, [], {}) without one."""
     fronts = {s: [(_front(a, budgets), _front(b, budgets)) for a, b in ps]
               for s, ps in pairs.items() if ps}
     common = [i for i in range(len(budgets))
               if all(np.isfinite(x[i]) for ps in fronts.values() for ab in ps for x in ab)]
     if not fronts or not common:
-        return None, []
-    return ({s: float(np.mean([np.mean(a[common] - b[common]) for a, b in ps]))
-             for s, ps in fronts.items()}, [budgets[i] for i in common])
+        return None, [], {}
+    at = {s: np.mean([a[common] - b[common] for a, b in ps], 0) for s, ps in fronts.items()}
+    return ({s: float(over_budgets(g)) for s, g in at.items()}, [budgets[i] for i in common],
+            {str(s): [round(float(x), 4) for x in g] for s, g in at.items()})
 
 
 def safe_kl(rows, margin: float = HACK_MARGIN) -> tuple[float, bool]:
-    """(the largest KL of the curve's points before its control reward first falls more than
-    `margin` below its running peak, hacked): a curve that never falls that far is censored at its
-    largest KL (hacked False)."""
-    step_of = [dict(r, step=i) for i, r in enumerate(rows)]
-    first, _, hacked = hacking_step(step_of, margin)
-    kept = rows[:first] if hacked else rows
-    return float(max(r["kl"] for r in kept)), hacked
+    """(the largest KL of the curve's points before it first falls more than `margin` below its
+    running peak, hacked). The peak so far is picked on the first half of the held-out prompts and
+    the fall judged on the second (`_halves`), so the noise of a maximum over points does not count
+    as a fall. A curve that never falls that far is censored at its largest KL (hacked False)."""
+    select, judged = _halves(rows)
+    peak = None
+    for i, r in enumerate(rows):
+        if peak is None or np.mean(r["gold_per_prompt"][select]) > np.mean(
+                peak["gold_per_prompt"][select]):
+            peak = r
+        if np.mean(r["gold_per_prompt"][judged]) < np.mean(peak["gold_per_prompt"][judged]) - margin:
+            return float(max(x["kl"] for x in rows[:i])), True
+    return float(max(r["kl"] for r in rows)), False
 
 
 def _alpha(runs) -> float:
@@ -93,21 +105,26 @@ def _alpha(runs) -> float:
     return alphas.pop()
 
 
-def _per_method(d, pairs_of, **extra):
+def _per_method(d, pairs_of, over_budgets=np.mean):
     """Seed units of `front_gap` over each WARP method's pairs (`pairs_of(method, seed, runs)`),
-    mean over methods; None without WARP rows or a budget every curve reaches."""
+    mean over methods; None without WARP rows or a budget every curve reaches. `extra` names any
+    method or seed left out, each method's budgets and its gap at each budget per seed."""
     W = warp_runs(d)
-    per_seed, budgets, by_method = collections.defaultdict(list), {}, {}
+    per_seed, budgets, by_method, at = collections.defaultdict(list), {}, {}, {}
     for method, per in sorted(W.items()):
-        gaps, used = front_gap({s: pairs_of(method, s, r) for s, r in sorted(per.items())})
+        gaps, used, at_budget = front_gap({s: pairs_of(method, s, r) for s, r in
+                                           sorted(per.items())}, over_budgets=over_budgets)
         if gaps is None:
             continue
-        budgets[method], by_method[method] = used, {str(s): round(g, 4) for s, g in gaps.items()}
+        budgets[method], at[method] = used, at_budget
+        by_method[method] = {str(s): round(g, 4) for s, g in gaps.items()}
         for s, g in gaps.items():
             per_seed[s].append(g)
     seeds = [s for s, v in per_seed.items() if len(v) == len(by_method)]
     return _units({s: [np.mean(per_seed[s])] for s in seeds}, methods=sorted(by_method),
-                  budgets=budgets, per_method=by_method, **extra)
+                  methods_left_out=sorted(set(W) - set(by_method)),
+                  seeds_left_out=sorted(set(per_seed) - set(seeds)), budgets=budgets,
+                  per_method=by_method, gap_at_budget=at)
 
 
 @register(registry=REGISTRY, id="warp_ema_front", paper_ref="WARP §3.1 (EMA anchor)",
@@ -120,7 +137,11 @@ def _per_method(d, pairs_of, **extra):
 def warp_ema_front(d):
     def pairs(method, s, runs):
         rl = _evals(d, method).get((_alpha(warp_runs(d)[method]), s))
-        return [(a, rl) for (i, _), a in runs["along"].items() if i == 1] if rl else []
+        along = [a for (i, _), a in runs["along"].items() if i == 1]
+        if rl and any(a[-1]["step"] != rl[-1]["step"] for a in along):
+            raise ValueError(f"WARP {method} seed {s} ends at step {along[0][-1]['step']}, its RL "
+                             f"run at {rl[-1]['step']}: unfinished run, or other num_steps?")
+        return [(a, rl) for a in along] if rl else []
     return _per_method(d, pairs)
 
 
@@ -136,19 +157,24 @@ def _points(d, compute):
 
 
 def _slerp1(runs):
-    return next(r for r in runs["liti"][1] if r["eta"] == 1.0)
+    for r in runs["liti"][1]:
+        if r["eta"] == 1.0:
+            return r
+    raise ValueError(f"WARP {runs['liti'][1][0]['method']} seed {runs['liti'][1][0]['seed']}: no "
+                     "SLERP point at η = 1 (etas must include 1.0 for the SLERP claims)")
 
 
 @register(registry=REGISTRY, id="warp_slerp_beats_policies", paper_ref="WARP §3.2 (Fig. 4)",
-          finding="SLERP of the policies' task vectors has more control reward than the policies "
-                  "it merges", figure="warp",
-          statistic="per held-out prompt, control reward of SLERP (η = 1) − the mean over its "
-                    "policies at their last step, iteration 1, mean over the WARP reward methods",
-          unit="prompt", kind="directional", direction=+1)
+          finding="SLERP of the policies' task vectors has more control reward than each of the "
+                  "policies it merges", figure="warp",
+          statistic="per held-out prompt, control reward of SLERP (η = 1) − the best of its "
+                    "policies at their last step (highest mean control reward: a maximum, so it "
+                    "cannot contradict), iteration 1, mean over the WARP reward methods",
+          unit="prompt", kind="directional", direction=+1, can_contradict=False)
 def warp_slerp_beats_policies(d):
     def gap(runs):
         last = [rows[-1]["gold_per_prompt"] for (i, _), rows in runs["along"].items() if i == 1]
-        return np.subtract(_slerp1(runs)["gold_per_prompt"], np.mean(last, 0))
+        return np.subtract(_slerp1(runs)["gold_per_prompt"], max(last, key=np.mean))
     per_seed, methods = _points(d, gap)
     return _units(per_seed, methods=methods)
 
@@ -178,12 +204,14 @@ def warp_lerp_lower_kl(d):
 @register(registry=REGISTRY, id="warp_liti_front", paper_ref="WARP §3.3 (Fig. 5)",
           finding="The LITI front (interpolating from the init towards the SLERP merge) dominates "
                   "the front of the single policies' checkpoints along training", figure="warp",
-          statistic="per seed, the LITI front − each policy's front along training (iteration "
-                    "1), at the KL budgets every curve reaches; mean over the policies, then "
-                    "over the WARP reward methods", unit="seed", kind="directional", direction=+1)
+          statistic="per seed, the LITI front − the policies' fronts along training (iteration "
+                    "1, mean over the policies), at each KL budget every curve reaches, the "
+                    "smallest over those budgets (dominance; a minimum, so it cannot "
+                    "contradict); mean over the WARP reward methods", unit="seed",
+          kind="directional", direction=+1, can_contradict=False)
 def warp_liti_front(d):
     return _per_method(d, lambda m, s, runs: [(runs["liti"][1], a) for (i, _), a in
-                                              runs["along"].items() if i == 1])
+                                              runs["along"].items() if i == 1], over_budgets=np.min)
 
 
 @register(registry=REGISTRY, id="warp_iter2_front", paper_ref="WARP §3.4 (Fig. 6)",
@@ -217,10 +245,11 @@ def _cell_gap(d, a, b):
     if a not in c or b not in c:
         return None
     seeds = sorted(set(c[a]) & set(c[b]))
-    gaps, used = front_gap({s: [(c[a][s], c[b][s])] for s in seeds})
+    gaps, used, at = front_gap({s: [(c[a][s], c[b][s])] for s in seeds})
     if gaps is None:
         return None
-    return _units({s: [g] for s, g in gaps.items()}, a=list(a), b=list(b), budgets=used)
+    return _units({s: [g] for s, g in gaps.items()}, a=list(a), b=list(b), budgets=used,
+                  gap_at_budget=at)
 
 
 CELL_STAT = ("per seed, control reward of {a} − {b} at the KL budgets both curves of every seed "
@@ -256,10 +285,13 @@ def warp_warm_beats_warp_single(d):
 @register(registry=REGISTRY, id="warp_2x2_safe_kl", paper_ref="issue 14 (2×2)",
           finding="Averaging on both sides reaches a larger KL before hacking than either alone",
           figure="warp",
-          statistic=f"per seed, the largest KL of a curve's points before its control reward "
-                    f"first falls more than {HACK_MARGIN} below its running peak (censored at the "
-                    f"largest KL reached); WARP+WARM − the larger of WARP+single and RL+WARM (a "
-                    f"minimum over two comparisons: it cannot contradict)", unit="seed",
+          statistic=f"per seed, a curve's safe KL: the largest KL of its points before it first "
+                    f"falls more than {HACK_MARGIN} below its running peak (peak picked on one "
+                    f"half of the prompts, the fall judged on the other). Per comparison both "
+                    f"curves' safe KL is capped at the smaller of their largest KLs, so a curve "
+                    f"that merely travels further gains nothing; WARP+WARM − WARP+single and "
+                    f"WARP+WARM − RL+WARM, the smaller of the two (a minimum over two "
+                    f"comparisons: it cannot contradict)", unit="seed",
           kind="directional", direction=+1, can_contradict=False)
 def warp_2x2_safe_kl(d):
     warm, c = main_warm(d["eval"]), cells(d)
@@ -267,9 +299,15 @@ def warp_2x2_safe_kl(d):
     if not all(k in c for k in keys):
         return None
     seeds = sorted(set.intersection(*(set(c[k]) for k in keys)))
-    safe = {k: {s: safe_kl(c[k][s]) for s in seeds} for k in c}
-    both, others = safe[keys[0]], [safe[k] for k in keys[1:]]
-    per_seed = {s: [both[s][0] - max(o[s][0] for o in others)] for s in seeds}
-    return _units(per_seed, cells={f"{r}/{o}": {str(s): [round(v[0], 4), v[1]]
+    safe = {k: {s: safe_kl(c[k][s]) for s in seeds} for k in keys}
+    reach = {k: {s: max(r["kl"] for r in c[k][s]) for s in seeds} for k in keys}
+
+    def capped_gap(k, s):
+        cap = min(reach[keys[0]][s], reach[k][s])
+        return min(safe[keys[0]][s][0], cap) - min(safe[k][s][0], cap)
+    per_seed = {s: [min(capped_gap(k, s) for k in keys[1:])] for s in seeds}
+    return _units(per_seed, cells={f"{r}/{o}": {str(s): {"safe_kl": round(v[0], 4),
+                                                          "hacked": v[1],
+                                                          "largest_kl": round(reach[(r, o)][s], 4)}
                                                 for s, v in safe[(r, o)].items()}
-                                   for r, o in safe})
+                                   for r, o in keys})

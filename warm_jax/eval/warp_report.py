@@ -60,9 +60,11 @@ def warp_section(d: dict, cost_s: float | None = None) -> list[str]:
         lines += ["**The 2×2** (WARP: its path from the SFT policy over the iterations; RL: the RL "
                   "stage's run at WARP's α). Control reward where each curve first reaches a KL "
                   "budget (– where a seed's curve does not reach it; mean ± sd over seeds), and "
-                  "the largest KL before the control reward falls more than the hacking margin "
-                  "below its running peak (censored at the largest KL reached; runs that hacked "
-                  "in brackets).", "",
+                  "the safe KL: the largest KL before the control reward falls more than the "
+                  "hacking margin below its running peak (peak picked on one half of the prompts, "
+                  "the fall judged on the other; censored at the largest KL reached; how many "
+                  "curves fell in brackets). Uncapped here: `warp_2x2_safe_kl` caps each "
+                  "comparison at the shorter curve's reach.", "",
                   "| reward | optimiser | " + " | ".join(f"KL {b:g}" for b in KL_BUDGETS)
                   + " | largest KL within the margin |",
                   "|---|---|" + "---|" * (len(KL_BUDGETS) + 1)]

@@ -11,8 +11,10 @@ Per reward method (the 2×2's reward axis: `single`, `warm_M6`, ...) and chain s
 3. LITI: θ_η = (1 − η)·θ_init + η·θ_slerp for every η of `etas`, and LERP's merge at η = 1.
 
 Every point (each policy along training and at the end, each LITI point, LERP) is evaluated like
-the RL stage's runs: held-out prompts, KL to the *SFT* policy, control reward per prompt (one key
-per seed and iteration, so the points of a seed are compared on the same samples' randomness).
+the RL stage's runs: held-out prompts, KL to the *SFT* policy, control reward per prompt. The
+merged points of a seed and iteration share one sampling key (compared on the same samples'
+randomness); the policies along training use the RL stage's key of each step (shared with RL's
+runs of that seed), so merged points and policies are paired by prompt, not by sample.
 
 Writes `<workdir>/warp/<rm_name>/<method>/`: iter_<i>/ (checkpoints, policies/, seed_<s>/ merges,
 eval.jsonl: that iteration's rows, written last), final.jsonl (every iteration's rows; marks the
