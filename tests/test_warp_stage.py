@@ -1,10 +1,12 @@
 """The `warp` stage (`warm_jax.rl.warp_stage`) end to end on the toy init: EMA-anchored policies,
-their export, SLERP / LERP merges and LITI points, evaluated with KL to the SFT policy; a rerun
-resumes at its first unfinished iteration and ends where an uninterrupted run does."""
+their export, SLERP / LERP merges and LITI points, evaluated with KL to the SFT policy; NaN in an
+iteration's policies stops the stage keeping nothing of that iteration; a rerun resumes at its first
+unfinished iteration and ends where an uninterrupted run does."""
 import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,8 +16,10 @@ from warm_jax.rl.reinforce import RLConfig
 
 
 
-def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path):
+def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path, monkeypatch):
     from warm_jax.average.stage import average_reward_models
+    from warm_jax.checkpoint import NonFiniteError
+    from warm_jax.rl import warp_stage
     from warm_jax.rl.warp_stage import warp_policies
     from warm_jax.rm.diversity import DiversityConfig
     from warm_jax.rm.stage import train_reward_models
@@ -62,10 +66,20 @@ def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path):
                       merged[(1, "lerp", 1.0)]["gold_per_prompt"]).mean()
     assert rec["n_seeds"] == 1 and rec["effect"] == pytest.approx(gap, abs=1e-9)
     assert rec["outcome"] == "inconclusive"                   # one seed never decides
-    # iteration 2 lost (as if killed during it): the rerun redoes it alone, to the same rows
+    # iteration 2 lost (as if killed during it), then NaN in its policies: the stage stops naming
+    # the iteration and keeps nothing of it; the clean rerun redoes it alone, to the same rows
     os.remove(os.path.join(mdir, "final.jsonl"))
     os.remove(os.path.join(mdir, "iter_2", "eval.jsonl"))
     t1 = os.path.getmtime(os.path.join(it1, "eval.jsonl"))
+    real = warp_stage.run_chunk
+    with monkeypatch.context() as mp:
+        mp.setattr(warp_stage, "run_chunk", lambda step, st, n, fn: real(
+            step, st.replace(rl=st.rl.replace(policy=jax.tree.map(lambda x: x * jnp.nan,
+                                                                  st.rl.policy))), n, fn))
+        with pytest.raises(NonFiniteError, match=r"warp wp/single, iteration 2: non-finite"):
+            warp_policies(workdir=wd, **kw)
+    assert not os.path.exists(os.path.join(mdir, "iter_2", "eval.jsonl"))
+    assert not os.path.exists(os.path.join(mdir, "final.jsonl"))
     warp_policies(workdir=wd, **kw)
     assert read_jsonl(os.path.join(mdir, "final.jsonl")) == rows
     assert os.path.getmtime(os.path.join(it1, "eval.jsonl")) == t1
