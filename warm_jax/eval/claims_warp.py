@@ -62,7 +62,8 @@ def warp_path(seed_runs) -> list[dict]:
     return path + seed_runs["liti"][its[-1]]
 
 
-def _front(rows, budgets) -> np.ndarray:
+def front(rows, budgets) -> np.ndarray:
+    """A curve's control reward where it first reaches each KL budget (NaN where it does not)."""
     return E.value_at_kl([r["kl"] for r in rows], [r["control_reward"] for r in rows], budgets)
 
 
@@ -70,7 +71,7 @@ def front_gap(pairs: dict, budgets=KL_BUDGETS, over_budgets=np.mean):
     """pairs {seed: [(curve A, curve B), ...]} -> ({seed: `over_budgets` (mean, or min for
     "dominates") of A − B, mean over the seed's pairs, at the budgets every curve of every pair
     reaches}, those budgets, {seed: the gap at each of them}), or (None, [], {}) without one."""
-    fronts = {s: [(_front(a, budgets), _front(b, budgets)) for a, b in ps]
+    fronts = {s: [(front(a, budgets), front(b, budgets)) for a, b in ps]
               for s, ps in pairs.items() if ps}
     common = [i for i in range(len(budgets))
               if all(np.isfinite(x[i]) for ps in fronts.values() for ab in ps for x in ab)]
@@ -135,8 +136,11 @@ def _per_method(d, pairs_of, over_budgets=np.mean):
                     "reaches; mean over the policies, then over the WARP reward methods",
           unit="seed", kind="directional", direction=+1)
 def warp_ema_front(d):
+    rl_runs = {m: (_alpha(per), _evals(d, m)) for m, per in warp_runs(d).items()}
+
     def pairs(method, s, runs):
-        rl = _evals(d, method).get((_alpha(warp_runs(d)[method]), s))
+        alpha, evals = rl_runs[method]
+        rl = evals.get((alpha, s))
         along = [a for (i, _), a in runs["along"].items() if i == 1]
         if rl and any(a[-1]["step"] != rl[-1]["step"] for a in along):
             raise ValueError(f"WARP {method} seed {s} ends at step {along[0][-1]['step']}, its RL "
@@ -148,12 +152,12 @@ def warp_ema_front(d):
 def _points(d, compute):
     """Per seed, `compute(seed runs)` (per-prompt values or one number) of iteration 1, mean over
     the WARP reward methods."""
-    per_seed = collections.defaultdict(list)
-    for method, per in sorted(warp_runs(d).items()):
+    per_seed, W = collections.defaultdict(list), warp_runs(d)
+    for method, per in sorted(W.items()):
         for s, runs in sorted(per.items()):
             if 1 in runs["lerp"] and 1 in runs["liti"]:
                 per_seed[s].append(np.asarray(compute(runs), np.float64))
-    return _per_prompt(per_seed), sorted(warp_runs(d))
+    return _per_prompt(per_seed), sorted(W)
 
 
 def _slerp1(runs):
@@ -230,7 +234,8 @@ def cells(d) -> dict:
     warm, W = main_warm(d["eval"]), warp_runs(d)
     out = {}
     for reward in [m for m in ("single", warm) if m in W]:
-        rl = {s: rows for (a, s), rows in _evals(d, reward).items() if a == _alpha(W[reward])}
+        alpha = _alpha(W[reward])
+        rl = {s: rows for (a, s), rows in _evals(d, reward).items() if a == alpha}
         out[(reward, "WARP")] = {s: warp_path(r) for s, r in W[reward].items()}
         if rl:
             out[(reward, "RL")] = rl

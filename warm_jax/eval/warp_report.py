@@ -9,7 +9,7 @@ import collections
 import numpy as np
 
 from warm_jax.eval.claims import KL_BUDGETS
-from warm_jax.eval.claims_warp import _front, cells, safe_kl, warp_runs
+from warm_jax.eval.claims_warp import cells, front, safe_kl, warp_runs
 from warm_jax.eval.figures import COLORS, _save, plt
 
 
@@ -69,7 +69,7 @@ def warp_section(d: dict, cost_s: float | None = None) -> list[str]:
                   + " | largest KL within the margin |",
                   "|---|---|" + "---|" * (len(KL_BUDGETS) + 1)]
         for (reward, opt), curves in sorted(c.items()):
-            fronts = np.array([_front(rows, KL_BUDGETS) for rows in curves.values()])
+            fronts = np.array([front(rows, KL_BUDGETS) for rows in curves.values()])
             at = [_ms(fronts[:, i]) if np.isfinite(fronts[:, i]).all() else "–"
                   for i in range(len(KL_BUDGETS))]
             safe = [safe_kl(rows) for rows in curves.values()]

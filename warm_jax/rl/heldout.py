@@ -40,14 +40,18 @@ def eval_rows(evaluate, state, fn_R, runs, method):
     step = int(np.max(jax.device_get(state.step)))
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(10_000 + s), step) for _, s in runs])
     out = run(state.policy, fn_R, keys)
-    rows = []
-    for i, (alpha, s) in enumerate(runs):
-        row = {"method": method, "run_alpha": alpha, "seed": s, "kl": float(out["kl_B"][i].mean()),
-               "proxy_reward": float(out["proxy_B"][i].mean()),
-               "length": float(out["mask_BxN"][i].sum(-1).mean())}
-        if "gold_B" in out:
-            row["control_reward"] = float(out["gold_B"][i].mean())
-            # per prompt, so that paired claims and win rates need nothing but the JSONL
-            row["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
-        rows.append(row)
+    rows = [{"method": method, "run_alpha": alpha, "seed": s, **metrics(out, i)}
+            for i, (alpha, s) in enumerate(runs)]
     return step, rows, out, np.asarray(prompts)
+
+
+def metrics(out, i) -> dict:
+    """Policy i's row fields from an evaluation's output: mean KL, proxy reward and length, and
+    with an oracle the control reward, also per prompt (so that paired claims and win rates need
+    nothing but the JSONL)."""
+    row = {"kl": float(out["kl_B"][i].mean()), "proxy_reward": float(out["proxy_B"][i].mean()),
+           "length": float(out["mask_BxN"][i].sum(-1).mean())}
+    if "gold_B" in out:
+        row["control_reward"] = float(out["gold_B"][i].mean())
+        row["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
+    return row

@@ -226,7 +226,8 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
 
 
 def shared_inputs(layout, task, model_cfg, rl, max_new_tokens) -> dict:
-    """What every method's RL (and WARP, `warp_stage`) starts from: the SFT policy, its value init, normalisation samples."""
+    """What every method's RL (and WARP, `warp_stage`) starts from: the SFT policy, its value
+    init, normalisation samples."""
     sft_params, sft_meta = _sft(layout)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens or task.max_response_len,
                               temperature=rl.temperature, eos_id=task.eos_id, pad_id=task.pad_id)

@@ -36,7 +36,7 @@ from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
 from warm_jax.rl import warp_io
 from warm_jax.rl.reinforce import RLConfig, run_chunk
-from warm_jax.rl.heldout import eval_rows, make_eval
+from warm_jax.rl.heldout import eval_rows, make_eval, metrics
 from warm_jax.rl.stage import GUARDED, seed_rewards, shared_inputs
 from warm_jax.rl.warp import make_warp_rl
 from warm_jax.rm.population import stack
@@ -167,14 +167,5 @@ def _point_rows(evaluate, fns, points, method, it, next_eta) -> list[dict]:
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(30_000 + s), it)
                       for s, _, _, _ in points])
     out = run(params, stack([fns[s] for s, _, _, _ in points]), keys)
-    rows = []
-    for i, (s, kind, eta, _) in enumerate(points):
-        rows.append({"method": method, "iteration": it, "seed": s, "point": kind, "eta": eta,
-                     "next_eta": next_eta,
-                     "kl": float(out["kl_B"][i].mean()),
-                     "proxy_reward": float(out["proxy_B"][i].mean()),
-                     "length": float(out["mask_BxN"][i].sum(-1).mean())})
-        if "gold_B" in out:
-            rows[-1]["control_reward"] = float(out["gold_B"][i].mean())
-            rows[-1]["gold_per_prompt"] = [round(float(g), 5) for g in out["gold_B"][i]]
-    return rows
+    return [{"method": method, "iteration": it, "seed": s, "point": kind, "eta": eta,
+             "next_eta": next_eta, **metrics(out, i)} for i, (s, kind, eta, _) in enumerate(points)]
