@@ -28,7 +28,9 @@ def batch_iterator(columns: Mapping[str, np.ndarray], *, batch_size: int, seed: 
     ds = ds.map(lambda idx: {k: v[np.asarray(idx)] for k, v in columns.items()})
     if buckets:
         ds = ds.map(lambda b: trim_to_bucket(b, buckets))
-    return iter(ds.to_iter_dataset())
+    # in-memory columns: no reader threads, no prefetch (grain's defaults, 16 threads and 500
+    # batches per iterator, cost more than the training they feed, and fight it for the GIL)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 
 def trim_to_bucket(batch: Mapping[str, np.ndarray], buckets: Mapping[str, Sequence[int]]) -> dict:
