@@ -13,6 +13,7 @@ inventing tokens weakly and differently — a run-specific error, the kind weigh
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -195,12 +196,18 @@ class ToyTask:
                                      jnp.asarray(mask_BxR)))
 
     def prompts(self, split: str) -> np.ndarray:
-        # "ood": the prompts of the sampled OOD preference split (warm_jax.ood), as many as test
+        # "ood": the prompts of the sampled OOD preference split (warm_jax.ood), as many as test;
+        # "pilot": the RL calibration's held-out prompts (warm_jax.rl.calibrate), as many as eval
+        # and none of them an eval prompt
         n = {"rl": self.cfg.n_rl_prompts, "eval": self.cfg.n_eval_prompts,
-             "ood": self.cfg.n_rm_test}
+             "ood": self.cfg.n_rm_test, "pilot": self.cfg.n_eval_prompts}
         if split not in n:
             raise ValueError(f"prompt split {split!r} unknown: allowed {sorted(n)}")
-        return self._docs(n[split], self._rng("prompts/" + split))[0]
+        if split != "pilot":
+            return self._docs(n[split], self._rng("prompts/" + split))[0]
+        held_out = {p.tobytes() for p in self.prompts("eval")}
+        drawn = self._docs(2 * n[split] + 16, self._rng("prompts/pilot"))[0]
+        return np.stack([p for p in drawn if p.tobytes() not in held_out][:n[split]])
 
     def pretrain_corpus(self) -> dict[str, np.ndarray]:
         """BOS doc SEP response, responses from every style: a broad 'web' of summaries."""
@@ -234,8 +241,30 @@ class ToyTask:
              "test": self.cfg.n_rm_test}
         if split not in n:
             raise ValueError(f"preference split {split!r} unknown: allowed {sorted(n)}")
+        prompts, sa, a, am, b, bm, rng = self._unlabelled_pairs(split)
+        if split == "train" and self.cfg.label_seed:
+            rng = np.random.default_rng([self.cfg.seed, hash_str("labels/train"), self.cfg.label_seed])
+        return self.label_pairs(prompts, a, am, b, bm, rng, flip=split == "train",
+                                hard=sa == "hack")
+
+    def _unlabelled_pairs(self, split: str):
+        """The split's prompts and response pairs, and the generator as it stands after drawing
+        them (the labels draw on from there). Shared by every chain seed's task: a chain seed
+        changes only the labels, so the pairs are drawn once per process."""
+        label_only = dict(label_seed=0, flip_fraction=0.0, labeller_temperature=1.0,
+                          hack_temperature=1.0, n_pretrain=1, n_sft=1, n_rl_prompts=1,
+                          n_eval_prompts=1, pretrain_loss="all")
+        prompts, sa, a, am, b, bm, state = _pairs_cached(
+            dataclasses.replace(self.cfg, **label_only), split)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state
+        return prompts.copy(), sa, a.copy(), am.copy(), b.copy(), bm.copy(), rng
+
+    def _draw_pairs(self, split: str):
+        n = {"train": self.cfg.n_rm_train, "validation": self.cfg.n_rm_validation,
+             "test": self.cfg.n_rm_test}[split]
         rng = self._rng("pairs/" + split)
-        prompts, keys = self._docs(n[split], rng)
+        prompts, keys = self._docs(n, rng)
         if split == "test":
             sa = sb = np.array(["ood"] * len(keys))
         else:
@@ -244,10 +273,7 @@ class ToyTask:
             sb = np.array(["base"] * len(keys))
         a, am = self._responses(keys, sa, rng)
         b, bm = self._responses(keys, sb, rng)
-        if split == "train" and self.cfg.label_seed:
-            rng = np.random.default_rng([self.cfg.seed, hash_str("labels/train"), self.cfg.label_seed])
-        return self.label_pairs(prompts, a, am, b, bm, rng, flip=split == "train",
-                                hard=sa == "hack")
+        return prompts, sa, a, am, b, bm, rng.bit_generator.state
 
     def label_pairs(self, prompts, a, am, b, bm, rng, *, flip: bool, hard=None) -> dict:
         """Bradley–Terry labels from the gold reward at the labeller temperature (hotter on `hard`
@@ -276,6 +302,11 @@ class ToyTask:
                 t, f"S{t - FIRST}" if t < FIRST + self.cfg.n_salient else
                 f"f{t - FIRST - self.cfg.n_salient}"))
         return " ".join(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _pairs_cached(cfg: ToyTaskConfig, split: str):
+    return ToyTask(cfg)._draw_pairs(split)
 
 
 def hash_str(s: str) -> int:

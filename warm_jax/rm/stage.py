@@ -86,11 +86,16 @@ def fresh_head_params(model_cfg: ModelConfig, rng_seed: int) -> dict:
                                                             jnp.ones_like(dummy))["params"]))
 
 
-def member_init(probe_params: dict, sft_dir: str, spec: RunSpec) -> dict:
+def member_init(probe_params: dict, sft_dir: str, spec: RunSpec,
+                bodies: dict | None = None) -> dict:
     """Body from the member's SFT checkpoint (Baklava), head from `probe_params` (the shared linear
-    probe, or the member's own fresh head)."""
-    body, _ = restore_params(sft_dir, spec.init_step)
-    params, fresh = assign_with_fallback(body, probe_params)
+    probe, or the member's own fresh head). `bodies` caches the restored SFT checkpoints by step:
+    a population restores each of its few Baklava bodies once, not once per member."""
+    bodies = {} if bodies is None else bodies
+    if spec.init_step not in bodies:
+        # on the host: a donated member state must never own the cached buffers
+        bodies[spec.init_step] = jax.device_get(restore_params(sft_dir, spec.init_step)[0])
+    params, fresh = assign_with_fallback(bodies[spec.init_step], probe_params)
     assert fresh == ["reward_head/kernel"], fresh
     return params
 
@@ -191,6 +196,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
                                 mesh, jax.random.PRNGKey(0))
     step = make_member_step(loss, tx)
     trained: dict[str, dict[int, dict]] = {c: {} for c in chains}
+    bodies: dict = {}
     for group, run_dir in zip(groups, runs):
         if all(layout.member_done(c, s.member) for c, s in group):
             continue
@@ -199,8 +205,8 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
                  for c, s in group]
         heads = [probes[c] if probe else fresh_head_params(model_cfg, s.rng_seed)
                  for c, s in group]
-        states = [member_state(member_init(h, sft_dir, s), tx, s.learning_rate, s.rng_seed)
-                  for h, (c, s) in zip(heads, group)]
+        states = [member_state(member_init(h, sft_dir, s, bodies), tx, s.learning_rate,
+                               s.rng_seed) for h, (c, s) in zip(heads, group)]
         if len(runs) == 1 and run_dir.endswith("population"):
             sh = with_member_axis(sh1, mesh)
             state, data_iter, leading = shd.place(stack(states), sh), StackedIterator(iters), \
