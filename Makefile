@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= $(if $(FULL),runs/demo_full,runs/demo)
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: venv demo test test-slow test-parity bench bench-peers clean gpu-wheels gpu-bench-smoke gpu-bench test-launch
+.PHONY: venv demo calibrate test test-slow test-parity bench bench-peers clean gpu-wheels gpu-bench-smoke gpu-bench test-launch
 
 venv:
 	@VENV=$(VENV) EXTRAS=test bash tools/bootstrap.sh
@@ -17,6 +17,13 @@ demo: venv
 	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=$(DEMO_GIN) \
 	  --gin.WORKDIR="'$(WORKDIR)'"
 	@echo "report: $(WORKDIR)/report.md"
+
+# the declared RL-regime calibration on pilot seeds (single RM only; ~10 min): writes
+# calibration/rl_regime.json and .md, to be committed before the regime is adopted
+CALIBRATE_WORKDIR ?= runs/calibrate
+calibrate: venv
+	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=experiments/calibrate.gin \
+	  --gin.WORKDIR="'$(CALIBRATE_WORKDIR)'"
 
 # two pytest-xdist workers (tests sharing a pipeline-run fixture share a worker: conftest.py)
 TEST_WORKERS ?= 2

@@ -366,6 +366,7 @@ class RunLayout:
     claims = property(lambda self: self.path("claims.json"))
     figures = property(lambda self: self.path("figures"))
     tokenizer = property(lambda self: self.path("tokenizer.json"))
+    calibration = property(lambda self: self.path("calibration"))   # warm_jax.rl.calibrate
 
     # shared initialisation
     pretrain = property(lambda self: self.path("pretrain"))

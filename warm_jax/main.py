@@ -32,6 +32,7 @@ from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
+from warm_jax.rl.calibrate import Candidate, PassRule, calibrate_regime
 from warm_jax.rl.reinforce import RLConfig
 from warm_jax.rl.stage import best_of_n, train_policies
 from warm_jax.rl.warp_stage import warp_policies
@@ -77,7 +78,8 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (train_reward_models, "train_reward_models"),
                     (average_reward_models, "average_reward_models"), (RLConfig, "RLConfig"),
                     (best_of_n, "best_of_n"), (train_policies, "train_policies"),
-                    (warp_policies, "warp_policies"),
+                    (warp_policies, "warp_policies"), (calibrate_regime, "calibrate_regime"),
+                    (Candidate, "Candidate"), (PassRule, "PassRule"),
                     (write_report, "report"), (import_base, "import_base"),
                     (default_smollm2_path, "default_smollm2_path"),
                     (smollm2_config, "smollm2_config"),

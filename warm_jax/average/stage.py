@@ -64,7 +64,7 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                           same_run_step: int | None = None, allow_base_mismatch: bool = False,
                           eval_batch_size: int = 256, max_eval_pairs: int | None = 1500,
                           seed: int = 0, ood_pairs: bool = False, m_curve: bool = True,
-                          analysis_members: int | None = None) -> str:
+                          analysis_members: int | None = None, analyses: bool = True) -> str:
     """Average the members of every chain seed of `<workdir>/rm/<name>` (top-M and greedy soups)
     and run the analyses on each. The analyses score at most `max_eval_pairs` pairs per split (a
     seeded random subset, the same for every chain seed) to keep their weight averages cheap;
@@ -74,7 +74,10 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
     accuracy-against-M analysis (an ablation's population needs only its WA and ENS at M).
     `analysis_members`: WA and ENS "of all members" (the `corruption` and `units` rows) take the
     first k members only, so a population extended past another's size (FULL=1's ten clean
-    members) is compared with it at one M; the averages and the M curve use every member."""
+    members) is compared with it at one M; the averages and the M curve use every member.
+    `analyses=False` writes the averages only: the members are scored on `rank_by` alone, and no
+    weight average or ensemble beyond `m_values` is formed (the RL calibration's pilot seeds,
+    which must not see WA or ENS)."""
     seeds = check_seeds("average_reward_models", seeds)
     layout = RunLayout(workdir)
     if ood_pairs:
@@ -87,6 +90,8 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                   m_curve=m_curve)
     if analysis_members is not None:   # only when set: earlier runs' recorded configs still match
         config["analysis_members"] = analysis_members
+    if not analyses:
+        config["analyses"] = False
     chains = [chain(name, s) for s in seeds]
     outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
                                            os.path.join(layout.rm(c), "analysis.jsonl"))]
@@ -100,14 +105,15 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                                  allow_base_mismatch=allow_base_mismatch,
                                  eval_batch_size=eval_batch_size, max_eval_pairs=max_eval_pairs,
                                  seed=seed, population_of=name, m_curve=m_curve,
-                                 analysis_members=analysis_members)
+                                 analysis_members=analysis_members, analyses=analyses)
     return rm_dir
 
 
 def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig, *, m_values,
                          rank_by, greedy, lmc_pairs, n_lambdas, random_orders, pair_analysis,
                          same_run_step, allow_base_mismatch, eval_batch_size, max_eval_pairs,
-                         seed, population_of, m_curve, analysis_members=None) -> None:
+                         seed, population_of, m_curve, analysis_members=None,
+                         analyses=True) -> None:
     rm_dir = layout.rm(name)
     out_path = os.path.join(rm_dir, "analysis.jsonl")
     if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
@@ -126,6 +132,9 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
                              if k in PAIR_KEYS + ("flipped",)}, max_eval_pairs, seed)
               for s in splits_of(task)}
     subsets = A.split_masks(splits)
+    if not analyses and rank_by in subsets:
+        splits = {subsets[rank_by][0]: splits[subsets[rank_by][0]]}
+        subsets = {rank_by: subsets[rank_by]}
     if rank_by not in subsets:
         raise ValueError(f"average_reward_models.rank_by={rank_by!r}: allowed {sorted(subsets)}")
     scorer = make_pair_scorer(rm, eval_batch_size)
@@ -140,6 +149,10 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
                             method=f"top{m}_by_{rank_by}", allow_base_mismatch=allow_base_mismatch,
                             extra_meta={"member_indices": order[:m]})
     rows = []
+    if not analyses:
+        write_jsonl(out_path, [{"step": 0, "analysis": "eval_sizes",
+                                "sizes": {rank_by: len(splits[subsets[rank_by][0]]["prompt"])}}])
+        return
     if greedy:
         chosen = [order[0]]
         best = A.accuracies(scores[order[0]], {rank_by: subsets[rank_by]})[rank_by]

@@ -11,12 +11,13 @@ from warm_jax.losses import response_logprobs
 from warm_jax.models import LanguageModel, make_sampler
 
 
-def make_eval(task, model_cfg, sampling, sft_params, n):
-    """One program for every run: sample each run's policy on the first `n` held-out prompts,
+def make_eval(task, model_cfg, sampling, sft_params, n, split: str = "eval"):
+    """One program for every run: sample each run's policy on the first `n` prompts of `split`
+    (the held-out "eval" prompts; the calibration's disjoint "pilot" prompts),
     its KL to the SFT policy (sum over the response of log π − log π_SFT at the sampling
     temperature), its chain seed's proxy reward and, with an oracle, the control reward."""
     lm = LanguageModel(model_cfg)
-    prompts = jnp.asarray(task.prompts("eval")[:n])
+    prompts = jnp.asarray(task.prompts(split)[:n])
     sample = make_sampler(lm, sampling)
     logp = lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature)  # noqa
     oracle = getattr(task, "gold_fn", None)

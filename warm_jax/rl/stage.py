@@ -183,10 +183,12 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                    uwo_lambda: float = 0.1, standardise_members: bool = True,
                    max_new_tokens: int | None = None, eval_prompts: int = 256,
                    ensemble_impl: str = "auto", allow_base_mismatch: bool = False,
-                   sweep_methods: Sequence[str] = (), sweep_alphas: Sequence[float] = ()) -> str:
+                   sweep_methods: Sequence[str] = (), sweep_alphas: Sequence[float] = (),
+                   eval_split: str = "eval") -> str:
     """RL from the SFT policy, one vmapped program per method over (α × chain seeds): run (α, s)
     optimises the reward models of chain seed s. Every `chunk` steps (and at step 0) each run is
-    evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy).
+    evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy),
+    the first `eval_prompts` of the task's `eval_split` prompts.
     An α sweep: the `sweep_methods` run at every α of `sweep_alphas`, the others at `alphas`."""
     seeds = check_seeds("train_policies", seeds)
     layout = RunLayout(workdir)
@@ -211,17 +213,19 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                       rl=rl, num_steps=num_steps, chunk=chunk, log_every=log_every,
                       normalise=normalise, uwo_lambda=uwo_lambda, max_new_tokens=max_new_tokens,
                       eval_prompts=eval_prompts, standardise_members=standardise_members)
+        if eval_split != "eval":   # only when set: earlier runs' recorded configs still match
+            config["eval_split"] = eval_split
         with layout.stage(f"rl {rm_name}/{method}", mdir, config):
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
             if not shared:
                 shared.update(shared_inputs(layout, task, model_cfg, rl, max_new_tokens))
-            _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=m_alphas,
+            train_runs(layout, mdir, rm_name, method, task, model_cfg, rl, alphas=m_alphas,
                           seeds=seeds, num_steps=num_steps, chunk=chunk, log_every=log_every,
                           normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
                           standardise_members=standardise_members,
                           ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
-                          **shared)
+                          eval_split=eval_split, **shared)
     return layout.rl(rm_name)
 
 
@@ -264,10 +268,12 @@ def seed_rewards(layout, rm_name, method, model_cfg, seeds, *, sft_meta, norm, n
     return fns
 
 
-def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
-                  num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
-                  standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
-                  sampling, rl_prompts, value0, norm) -> None:
+def train_runs(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
+               num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
+               standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
+               sampling, rl_prompts, value0, norm, eval_split="eval") -> None:
+    """The (α × seed) runs of one reward `method` in `mdir`, one vmapped program, resumed from
+    its checkpoints; writes train.jsonl, eval.jsonl (every `chunk` steps), final.jsonl last."""
     runs = [(a, s) for a in alphas for s in seeds]
     fns = seed_rewards(layout, rm_name, method, model_cfg, seeds, sft_meta=sft_meta, norm=norm,
                        normalise=normalise, standardise_members=standardise_members,
@@ -281,7 +287,7 @@ def _train_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas,
     # committed like the chunk's outputs, so that its second call does not compile it again
     state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
     chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
-    evaluate = make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
+    evaluate = make_eval(task, model_cfg, sampling, sft_params, eval_prompts, eval_split)
     ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)
     meta = {"method": method, "reward": [describe(fns[s]) for s in seeds], "seeds": list(seeds),
             "runs": [list(r) for r in runs], "rl": dataclasses.asdict(rl),
