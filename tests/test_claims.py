@@ -39,7 +39,7 @@ def test_pair_claims_decide_reproduced_tie_and_reversed():
     assert _decide("wa_approx_ens_id", less)["outcome"] == "reproduced"
     # no best-of-n or RL rows: those claims have no inputs and no outcome
     assert _decide("bon_warm_beats_single", less)["outcome"] is None
-    assert _decide("larger_m_delays_collapse", less)["outcome"] is None
+    assert _decide("warm_delays_collapse", less)["outcome"] is None
 
 
 def _eval_rows(method, seed, kl, ctrl_first_half, ctrl_second_half, alpha=0.001):
@@ -62,9 +62,12 @@ def test_rl_claims_use_held_out_evaluations():
         d["eval"]["warm_M6"] += _eval_rows("warm_M6", s, [0, 1, 2, 3], [0, 0.5, 1.2, 0.9],
                                            [0, 2.0, 0.6, 0.9])
     hack = _decide("rl_single_hacking", d)
-    # single's peak on the selection half is step 50 (1.0); judged half: 1.0 − final 0.5 − margin
-    assert hack["per_seed"] == pytest.approx([1.0 - 0.5 - C.HACK_MARGIN] * 3)
+    # single's peak on the selection half is step 50 (1.0); judged half: a rise of 1.0 from step
+    # 0 and a fall of 1.0 − 0.5 to the last step, each less its margin; both parts must hold
+    assert hack["parts"]["rise"]["per_seed"] == pytest.approx([1.0 - C.RISE_MARGIN] * 3)
+    assert hack["parts"]["fall"]["per_seed"] == pytest.approx([0.5 - C.FALL_MARGIN] * 3)
     assert hack["outcome"] == "reproduced" and hack["unit"] == "prompt"   # no spread: a sure drop
+    assert hack["primary"] and not C.REGISTRY["rl_single_hacking_corrupt"].primary
     front = _decide("rl_front_at_kl", d)
     # WARM (mean of both halves) vs single, linear in KL from step 0 (KL 0, reward 0): at KL 0.25
     # 0.3125 vs 0.25, at 0.5 0.625 vs 0.5, at 1 1.25 vs 1.0, at 2 0.9 vs 0.8; KL 4 unreached
@@ -75,8 +78,29 @@ def test_rl_claims_use_held_out_evaluations():
     # selection-half best (step 50: 1.0) judges 1.0, so WARM loses every judged prompt. Against
     # single's final step (0.5) it would have won them all: the best-vs-final bias is gone.
     assert win["per_seed"] == pytest.approx([-0.5] * 3)
-    final = _decide("larger_m_delays_collapse", d)
-    assert final["per_seed"] == pytest.approx([np.mean([0.9 - 0.5] * 8)] * 3)
+    fall = _decide("warm_smaller_fall", d)
+    # single falls 1.0 − 0.5 from its peak; WARM's peak (step 100 on the selection half) judges
+    # 0.6 and it ends at 0.9: a fall of −0.3. Per judged prompt 0.5 − (−0.3)
+    assert fall["per_seed"] == pytest.approx([0.8] * 3) and fall["outcome"] == "reproduced"
+    # neither run falls below its step-0 reward: both censored at KL 3, a tie
+    assert _decide("warm_delays_collapse", d)["per_seed"] == pytest.approx([0.0] * 3)
+
+
+def test_collapse_kl_is_interpolated_censored_and_capped():
+    from warm_jax.eval.claims_policy import capped_collapse_gap, collapse_kl
+    single = _eval_rows("single", 0, [0, 1, 2, 3], [0.5, 1.0, 0.6, 0.0], [0.5, 1.0, 0.6, 0.0])
+    warm = _eval_rows("warm_M6", 0, [0, 1, 2, 4], [0.5, 1.0, 1.1, 0.9], [0.5, 1.0, 1.1, 0.9])
+    # single first falls below 0.5 between KL 2 (0.6) and KL 3 (0.0): at 2 + 0.1 / 0.6
+    assert collapse_kl(single) == (pytest.approx(2 + 1 / 6), True)
+    assert collapse_kl(warm) == (4.0, False)
+    # WARM is censored at KL 4, but single's runs end at KL 3: WARM counts as 3, not 4
+    assert capped_collapse_gap(warm, single) == pytest.approx(3 - (2 + 1 / 6))
+    d = _policy([dict(r, seed=s) for s in range(3) for r in single],
+                [dict(r, seed=s) for s in range(3) for r in warm])
+    rec = _decide("warm_delays_collapse", d)
+    assert rec["per_seed"] == pytest.approx([5 / 6] * 3) and rec["unit"] == "seed"
+    assert rec["extra"]["collapse_kl_and_collapsed"]["alpha=0.001,seed=0"]["single"] == [
+        pytest.approx(2.1667, abs=1e-4), True]
 
 
 def test_rl_front_judges_every_seed_on_the_budgets_all_runs_reach():

@@ -70,9 +70,9 @@ def test_comparison_claims_use_warm_m6_when_warm_m10_ran():
     assert per_seed("bon_warm_beats_uwo") == pytest.approx([5.0 - 1.75] * 3)
     assert per_seed("bon_warm_beats_single") == pytest.approx([1.0] * 3)    # M = 2 by declaration
     assert per_seed("bon_warm_beats_ens") == pytest.approx([0.5] * 3)
-    # RL: WARM M=6 − single; at α = 0.001 only where warm_M6 ran the sweep too (mean over α)
-    want = np.mean([0.6 / (1 + 10 * a) for a in (0.001, 0.01, 0.1)])
-    assert per_seed("larger_m_delays_collapse") == pytest.approx([want] * 3)
+    # RL: WARM M=6 − single, over the α both ran (the sweep's three)
+    assert _decide("warm_smaller_fall", d)["extra"]["a"] == "warm_M6"
+    assert _decide("warm_delays_collapse", d)["extra"]["a"] == "warm_M6"
     front = _decide("rl_front_at_kl", d)
     assert front["extra"]["a"] == "warm_M6" and front["extra"]["b"] == "single"
     assert _decide("rl_front_every_alpha", d)["extra"]["a"] == "warm_M6"
@@ -84,7 +84,7 @@ def test_comparison_claims_use_warm_m6_when_warm_m10_ran():
     hack = _decide("m10_delays_hacking", d)
     assert (hack["extra"]["a"], hack["extra"]["b"]) == ("warm_M10", "warm_M6")
     assert hack["extra"]["alphas"] == [0.001]
-    assert hack["per_seed"] == pytest.approx([(1.0 - 0.6) / 1.01] * 3)
+    assert hack["per_seed"] == pytest.approx([0.0] * 3)   # neither falls from its plateau
 
 
 def _m10_data(m6, m10, seeds=range(3), alphas6=(0.001,)):
@@ -99,14 +99,15 @@ def _m10_data(m6, m10, seeds=range(3), alphas6=(0.001,)):
     return d
 
 
-def test_m10_delays_hacking_is_the_final_control_reward_gap():
+def test_m10_delays_hacking_is_the_gap_of_falls_from_the_peaks():
     # M=6 peaks at 1.0 and falls to 0.5 (hacked at step 100); M=10 peaks at 1.0, ends at 0.95
     m6 = ([0, 1.0, 0.5], [0, 1.0, 0.5])
     m10 = ([0, 1.0, 0.95], [0, 1.0, 0.95])
     d = _m10_data(m6, m10)
     r = _decide("m10_delays_hacking", d)
-    assert r["outcome"] == "reproduced" and r["n_units"] == 24
-    assert r["per_seed"] == pytest.approx([0.45] * 3)
+    # falls on the 4 judged prompts: M=6 1.0 − 0.5, M=10 1.0 − 0.95
+    assert r["outcome"] == "reproduced" and r["n_units"] == 12
+    assert r["per_seed"] == pytest.approx([0.5 - 0.05] * 3)
     # hacking steps: M=6 at step 100, M=10 never falls 0.1 below its peak (censored: None)
     assert r["extra"]["hack_step"]["warm_M6"]["alpha=0.001,seed=0"] == 100
     assert r["extra"]["hack_step"]["warm_M10"]["alpha=0.001,seed=0"] is None

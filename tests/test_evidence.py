@@ -289,3 +289,69 @@ def test_value_at_kl_reads_the_first_crossing():
     value_E = [0.0, 1.0, 5.0, 3.0, 2.0]
     got = value_at_kl(kl_E, value_E, [0.0, 0.5, 1.0, 1.5, 3.0, 4.0, 5.0, -1.0])
     np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 2.0, 2.5, 2.0, np.nan, np.nan])
+
+
+def test_p_values_agree_with_the_interval_decision():
+    """p < 0.05 exactly when the 95% interval gives that outcome, for both kinds and signs."""
+    from warm_jax.eval.evidence import decide
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        eq = trial % 2 == 1
+        c = _claim("equivalence", delta=0.05) if eq else _claim(direction=1 if trial % 4 else -1)
+        S = int(rng.integers(2, 8))
+        mu = rng.normal(0, 0.06)
+        u = Units([rng.normal(mu + rng.normal(0, 0.03), 0.3, int(rng.integers(20, 200)))
+                   for _ in range(S)])
+        r = decide(c, u, n_boot=300)
+        assert (r["outcome"] == "reproduced") == (r["p_reproduced"] < 0.05), r
+        assert (r["outcome"] == "contradicted") == (r["p_contradicted"] < 0.05), r
+
+
+def test_holm_keeps_only_what_survives_the_step_down():
+    from warm_jax.eval.evidence import holm
+    rec = lambda cid, p_rep, p_con, primary=True: {  # noqa: E731
+        "claim": cid, "primary": primary, "outcome": "reproduced" if p_rep < .05 else
+        "contradicted" if p_con < .05 else "inconclusive", "p_reproduced": p_rep,
+        "p_contradicted": p_con, "reason": ""}
+    recs = [rec("a", 0.001, 0.9), rec("b", 0.02, 0.9), rec("c", 0.9, 0.012),
+            rec("d", 0.04, 0.9), rec("x", 0.01, 0.9, primary=False)]
+    out = {r["claim"]: r for r in holm(recs)}
+    # sorted p: a .001 (x4 = .004), c .012 (x3 = .036), b .02 (x2 = .04), d .04 (x1, but the
+    # running max keeps it at .04): every adjusted p < .05 here
+    assert [out[k]["multiplicity"]["p_adjusted"] for k in "acbd"] == pytest.approx(
+        [0.004, 0.036, 0.04, 0.04])
+    assert out["c"]["outcome"] == "contradicted" and out["d"]["outcome"] == "reproduced"
+    assert out["x"] == recs[4]    # exploratory: untouched
+    recs[1] = rec("b", 0.03, 0.9)  # now .03 x 2 = .06: b fails, and so does d after it
+    out = {r["claim"]: r for r in holm(recs)}
+    assert out["b"]["outcome"] == "inconclusive" and out["b"]["outcome_unadjusted"] == "reproduced"
+    assert out["d"]["outcome"] == "inconclusive" and out["a"]["outcome"] == "reproduced"
+    assert out["b"]["multiplicity"]["family"] == 4
+
+
+def test_compound_claims_need_every_part():
+    from warm_jax.eval.evidence import decide
+    c = _claim()
+    up, flat = [np.full(50, 0.5) + 0.01 * np.arange(50) % 3] * 3, [np.zeros(50)] * 3
+    down = [np.full(50, -0.5) - 0.01 * np.arange(50) % 3] * 3
+    both = decide(c, Units(up, parts={"rise": Units(up), "fall": Units(up)}), n_boot=200)
+    assert both["outcome"] == "reproduced" and set(both["parts"]) == {"rise", "fall"}
+    one = decide(c, Units(up, parts={"rise": Units(up), "fall": Units(flat)}), n_boot=200)
+    assert one["outcome"] == "inconclusive" and one["binding_part"] == "fall"
+    assert one["per_seed"] == pytest.approx([0.0] * 3)   # the binding part's numbers
+    neg = decide(c, Units(up, parts={"rise": Units(up), "fall": Units(down)}), n_boot=200)
+    assert neg["outcome"] == "contradicted" and neg["p_contradicted"] < 0.05
+
+
+def test_chance_decisions_counts_the_exploratory_claims_with_outcomes():
+    from warm_jax.eval.evidence import chance_decisions
+    recs = [{"primary": False, "outcome": "inconclusive", "kind": "directional",
+             "p_contradicted": 0.5},
+            {"primary": False, "outcome": "reproduced", "kind": "directional",
+             "p_contradicted": None},
+            {"primary": False, "outcome": "reproduced", "kind": "equivalence",
+             "p_contradicted": 0.9},
+            {"primary": False, "outcome": None, "kind": "directional", "p_contradicted": None},
+            {"primary": True, "outcome": "reproduced", "kind": "directional",
+             "p_contradicted": 0.9}]
+    assert chance_decisions(recs) == pytest.approx(0.05 + 0.025 + 0.025)

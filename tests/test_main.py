@@ -111,11 +111,11 @@ def test_full_demo_stages_tiny(tiny_demo, tmp_path):
     claims = {c["claim"]: c for c in json.load(open(os.path.join(wd, "claims.json")))}
     for c in ("probe_helps_wa_vs_ens", "baklava_more_diverse", "baklava_helps_wa",
               "warm_lower_best_alpha", "bon_warm_beats_single_corrupt",
-              "larger_m_delays_collapse_corrupt", "win_rate_warm_vs_sft_corrupt"):
+              "warm_smaller_fall_corrupt", "win_rate_warm_vs_sft_corrupt"):
         assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
     assert claims["warm_lower_best_alpha"]["extra"]["alphas"] == [0.001, 0.01, 0.1]
     # the comparisons keep the pinned WARM (tiny: warm_M2); the M beyond it has its own claims
-    assert claims["larger_m_delays_collapse"]["extra"]["a"] == "warm_M2"
+    assert claims["warm_smaller_fall"]["extra"]["a"] == "warm_M2"
     for c in ("m10_delays_hacking", "m10_same_peak"):
         assert claims[c]["n_seeds"] == 2 and claims[c]["outcome"] is not None, claims[c]
         assert (claims[c]["extra"]["a"], claims[c]["extra"]["b"]) == ("warm_M7", "warm_M2")

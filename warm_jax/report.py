@@ -16,7 +16,9 @@ from warm_jax.eval.claims_m import m_pair, m_summary
 from warm_jax.eval.warp_report import fig_warp, warp_section
 from warm_jax.eval.figures import (  # noqa: F401
     corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
-    fig_rl, fig_winrates, winrate_matrix)
+    fig_hacking, fig_rl, fig_winrates, winrate_matrix)
+from warm_jax.eval.claims_policy import rl_pair
+from warm_jax.eval.evidence import chance_decisions
 from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
@@ -184,6 +186,42 @@ def m_section(d: dict) -> list[str]:
     return lines + [""]
 
 
+def _outcome_cell(c) -> str:
+    out = OUTCOME_MARK[c["outcome"]]
+    un = c.get("outcome_unadjusted")
+    return out + (f" (unadjusted: {un})" if un and un != c["outcome"] else "")
+
+
+def claims_tables(claims: list[dict]) -> list[str]:
+    """The primary claims (Holm across them), then the exploratory ones, each a table a screen
+    wide; every claim's statistic and rule once, below."""
+    lines = []
+    primary = [c for c in claims if c.get("primary")]
+    rest = [c for c in claims if not c.get("primary")]
+    head = ["| claim | outcome | effect | 95% CI | seeds |", "|---|---|---|---|---|"]
+    row = lambda c: (f"| {c['claim']} | {_outcome_cell(c)} | {_effect(c)} | {_ci(c)} | "  # noqa
+                     f"{c['n_seeds'] or '–'} |")
+    if primary:
+        m = sum(c["outcome"] is not None for c in primary)
+        lines += ["## Primary claims", "",
+                  f"The paper's headline findings, declared primary before the run: each is decided "
+                  f"with Holm's step-down correction across the {m} that have inputs (family-wise "
+                  "error 5%), on the p-value of its interval rule.", ""] + head
+        lines += [row(c) for c in primary] + [""]
+    decided = [c for c in rest if c["outcome"] is not None]
+    n_dec = sum(c["outcome"] in ("reproduced", "contradicted") for c in decided)
+    lines += ["## Exploratory claims", "",
+              f"Decided each at 95%, without correction: of the {len(decided)} with an outcome, "
+              f"{n_dec} are reproduced or contradicted, where chance alone would give about "
+              f"{chance_decisions(claims):.1f}.", ""] + head
+    lines += [row(c) for c in rest] + [""]
+    lines += ["## What each claim measures", ""]
+    lines += [f"- **{c['claim']}** ({c['paper_ref']}; unit: {c['unit']}, {c['n_units']} units). "
+              f"{c['finding']}. Statistic: {c['statistic']}. Rule: {c['rule']}" for c in claims]
+    return lines + ["", "Every statistic, interval, p-value and per-seed value is in "
+                        "`claims.json`.", ""]
+
+
 def write_report(workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
     layout = RunLayout(workdir)
@@ -200,6 +238,8 @@ def _write_report(layout: RunLayout) -> dict:
     write_json(layout.claims, claims)
     names, mat = winrate_matrix(d["final"])
     figs = {
+        "Reward hacking: control and proxy reward of the single-RM and the WARM policy": fig_hacking(
+            d["eval"], rl_pair(d), f"{figdir}/hacking.png"),
         "LMC (clean labels, OOD split)": fig_lmc(d["analysis"]["clean"], f"{figdir}/lmc.png"),
         "Label corruption study (25% flipped)": fig_corruption(d["analysis"]["corrupt"],
                                                                f"{figdir}/corruption.png"),
@@ -241,13 +281,7 @@ def _write_report(layout: RunLayout) -> dict:
               "averages, best-of-N samples and RL runs. Pretraining and SFT are shared by every "
               "chain seed: their variance is not in these intervals (the README's base-seed "
               "check covers it).", ""]
-    lines += ["## Claims", "", "| claim | paper | outcome | effect | 95% CI | per seed | unit | "
-              "rule |", "|---|---|---|---|---|---|---|---|"]
-    for c in claims:
-        lines.append(f"| {c['claim']}: {c['finding']} | {c['paper_ref']} | "
-                     f"{OUTCOME_MARK[c['outcome']]} | {_effect(c)} | {_ci(c)} | {_per_seed(c)} | "
-                     f"{c['unit']} ({c['n_units']}) | {c['statistic']}; {c['rule']} |")
-    lines += ["", "Every statistic, interval and per-seed value is in `claims.json`.", ""]
+    lines += claims_tables(claims)
     lines += diagnostics(claims)
     lines += ood_section(layout, d["analysis"]["clean"])
     lines += ablation_section(d["analysis"])

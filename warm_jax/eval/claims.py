@@ -25,9 +25,13 @@ from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 
 ID_DELTA = 0.02          # |WA − ENS| accuracy on the ID split that still counts as "WA ≈ ENS"
-HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking
-# where the RL fronts are compared (KL to the SFT policy); a claim uses those every run reaches
-KL_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)
+HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking (WARP, M = 10)
+# rl_single_hacking's margins: the RL regime's calibration rule (experiments/calibrate.gin), which
+# picked the regime on pilot seeds, restated on the evaluation seeds
+RISE_MARGIN, FALL_MARGIN = 0.1, 0.3
+# where the RL fronts are compared (KL to the SFT policy); a claim uses those every run reaches.
+# The calibrated regime's runs reach KL 5-20: budgets up to 16 cover them
+KL_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # nearest the training data first; "ood" is the run's OOD split (`ood_split`)
 TREND_SUBSETS = ("train_corrupt", "train_clean", "validation", "ood")
 OOD_NOTE = ("the sampled `ood` split: response pairs of the pretrained and SFT policies; in runs "
@@ -116,6 +120,17 @@ def _units(per_seed: dict, **extra) -> Units | None:
     return Units([per_seed[s] for s in seeds], extra={"seeds": seeds, **extra})
 
 
+def _parts(parts: dict[str, dict], **extra) -> Units | None:
+    """A compound claim's Units: {part: {seed: values}}, over the seeds every part has."""
+    seeds = sorted(set.intersection(*(
+        {s for s, v in p.items() if v is not None and np.size(v)} for p in parts.values())))
+    if not seeds:
+        return None
+    units = {n: Units([p[s] for s in seeds]) for n, p in parts.items()}
+    first = next(iter(units.values()))
+    return Units(first.per_seed, extra={"seeds": seeds, **extra}, parts=units)
+
+
 # --- reward models (Figs. 3-5) ----------------------------------------------------------------
 
 def ood_split(rows) -> str:
@@ -154,7 +169,7 @@ def _split_units(d, name, split, what="wa_minus_ens"):
           statistic="correctness of WA((1−λ)φa + λφb) − ((1−λ)·correct_a + λ·correct_b), mean "
                     "over interior λ and over the diversity member pairs, per evaluation pair "
                     "(validation and OOD)",
-          unit="pair", kind="directional", direction=+1)
+          unit="pair", kind="directional", direction=+1, primary=True)
 def lmc_above_diag(d):
     per_seed = {}
     for s, rows in d["analysis"]["clean"].items():
@@ -177,7 +192,7 @@ def lmc_wa_approx_ens(d):
 @register(registry=REGISTRY, id="wa_approx_ens_id", paper_ref="Fig. 4",
           finding="WA ≈ ENS in distribution (clean labels, all M members)", figure="corruption",
           statistic="correctness of WA − ENS per validation pair", unit="pair",
-          kind="equivalence", delta=ID_DELTA)
+          kind="equivalence", delta=ID_DELTA, primary=True)
 def wa_approx_ens_id(d):
     return _split_units(d, "clean", "validation")
 
@@ -202,7 +217,7 @@ def wa_beats_ens_ood(d):
 @register(registry=REGISTRY, id="wa_beats_ens_ood_corrupt", paper_ref="Fig. 5",
           finding="Out of distribution WA beats ENS (25% flipped labels)", figure="corruption",
           statistic=f"correctness of WA − ENS per OOD pair ({OOD_NOTE})", unit="pair",
-          kind="directional", direction=+1)
+          kind="directional", direction=+1, primary=True)
 def wa_beats_ens_ood_corrupt(d):
     return _split_units(d, "corrupt", "ood")
 

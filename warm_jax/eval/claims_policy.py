@@ -8,8 +8,8 @@ import collections
 import numpy as np
 
 from warm_jax.eval import evidence as E
-from warm_jax.eval.claims import (HACK_MARGIN, KL_BUDGETS, LABEL_TEMPERATURE, REGISTRY, _per_prompt,
-                                  _units, main_warm, warm_names)
+from warm_jax.eval.claims import (FALL_MARGIN, KL_BUDGETS, LABEL_TEMPERATURE, REGISTRY,
+                                  RISE_MARGIN, _parts, _per_prompt, _units, main_warm, warm_names)
 from warm_jax.eval.evidence import register
 from warm_jax.eval.metrics import gao_fit
 
@@ -47,7 +47,7 @@ def bon_warm_beats_smaller_m(d):
 @register(registry=REGISTRY, id="bon_warm_beats_single", paper_ref="Figs. 6-7",
           finding="Best-of-N: WARM M=2 beats the single (best) RM", figure="bon",
           statistic=BON_STAT.format(a="WARM M=2", b="single"), unit="prompt",
-          kind="directional", direction=+1)
+          kind="directional", direction=+1, primary=True)
 def bon_warm_beats_single(d):
     w = _bon_methods(d)
     return _bon_diff(d, w[0] if w else None, "single")
@@ -109,7 +109,7 @@ def _evals(d, method) -> dict[tuple, list[dict]]:
     return {k: sorted(v, key=lambda r: r["step"]) for k, v in out.items()}
 
 
-def _rl_pair(d):
+def rl_pair(d):
     """(the pinned WARM, `main_warm`: M = 6 where run, "single"), or (None, None)."""
     warm = main_warm(d["eval"])
     return (warm, "single") if warm and "single" in d["eval"] else (None, None)
@@ -130,44 +130,106 @@ def _best_step(rows, select):
     return max(rows, key=lambda r: np.mean(r["gold_per_prompt"][select]))
 
 
+def peak_row(rows, select):
+    """The RL evaluation (step > 0) of highest mean control reward on the selection prompts."""
+    return _best_step([r for r in rows if r["step"] > 0] or rows, select)
+
+
+def rise_and_fall(rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per judged prompt: control reward at the peak RL step (picked on the selection prompts)
+    − at step 0, and at the peak − at the last evaluation."""
+    select, judged = _halves(rows)
+    peak = np.asarray(peak_row(rows, select)["gold_per_prompt"][judged])
+    return (peak - np.asarray(rows[0]["gold_per_prompt"][judged]),
+            peak - np.asarray(rows[-1]["gold_per_prompt"][judged]))
+
+
 @register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
           finding="RL against a single RM over-optimises: held-out control reward rises, then "
-                  "falls by more than the hacking margin", figure="rl_steps",
-          statistic=f"per judged prompt, control reward at the peak RL step (chosen on the "
-                    f"other half of the held-out prompts) − at the final step − {HACK_MARGIN}, "
-                    f"single-RM policy, mean over α (the rise from step 0 to the peak is in "
-                    f"extra)", unit="prompt", kind="directional",
-          direction=+1)
+                  "falls well below its peak", figure="rl_steps",
+          statistic=f"two parts, per judged prompt, single-RM policy, mean over α: rise = control "
+                    f"reward at the peak RL step (chosen on the other half of the held-out "
+                    f"prompts) − at step 0 − {RISE_MARGIN}; fall = at the peak − at the last step "
+                    f"− {FALL_MARGIN} (the margins of the regime's calibration rule)",
+          unit="prompt", kind="directional", direction=+1, primary=True)
 def rl_single_hacking(d):
-    per_seed, rise = collections.defaultdict(list), {}
+    rise, fall = collections.defaultdict(list), collections.defaultdict(list)
     for (a, s), rows in _evals(d, "single").items():
-        select, judged = _halves(rows)
-        trained = [r for r in rows if r["step"] > 0] or rows   # the peak is an RL step
-        peak = np.asarray(_best_step(trained, select)["gold_per_prompt"][judged])
-        final = np.asarray(rows[-1]["gold_per_prompt"][judged])
-        per_seed[s].append(peak - final - HACK_MARGIN)
-        rise[f"alpha={a},seed={s}"] = round(float(peak.mean() - np.mean(
-            rows[0]["gold_per_prompt"][judged])), 4)
-    return _units(_per_prompt(per_seed), rise_to_peak=rise)
+        r, f = rise_and_fall(rows)
+        rise[s].append(r - RISE_MARGIN)
+        fall[s].append(f - FALL_MARGIN)
+    return _parts({"rise": _per_prompt(rise), "fall": _per_prompt(fall)})
 
 
-@register(registry=REGISTRY, id="larger_m_delays_collapse", paper_ref="Fig. 8",
-          finding="After the same RL steps, the WARM policy keeps more control reward than the "
-                  "single-RM policy", figure="rl_steps",
-          statistic="final held-out control reward per prompt, WARM M − single (same α, seed "
-                    "and prompt), mean over α", unit="prompt", kind="directional", direction=+1)
-def larger_m_delays_collapse(d):
-    warm, single = _rl_pair(d)
+def _paired_runs(d, a, b):
+    """{(α, seed): (rows of a, rows of b)} over the runs both methods finished at one step."""
+    A, B = _evals(d, a), _evals(d, b)
+    out = {}
+    for k in sorted(set(A) & set(B)):
+        if A[k][-1]["step"] != B[k][-1]["step"]:
+            raise ValueError(f"{a} and {b} at α={k[0]}, seed {k[1]} end at different steps "
+                             f"({A[k][-1]['step']} vs {B[k][-1]['step']}): unfinished run?")
+        out[k] = (A[k], B[k])
+    return out
+
+
+def collapse_kl(rows) -> tuple[float, bool]:
+    """(KL, collapsed): where the held-out control reward (mean over the prompts) first falls
+    below its step-0 value, the SFT policy's, linearly interpolated in KL between the evaluations
+    either side; a run that never falls below is censored at its largest KL (collapsed False)."""
+    g0 = rows[0]["control_reward"]
+    for prev, r in zip(rows, rows[1:]):
+        if r["control_reward"] < g0:
+            gp, gr = prev["control_reward"], r["control_reward"]
+            w = (gp - g0) / (gp - gr)
+            return float(prev["kl"] + w * (r["kl"] - prev["kl"])), True
+    return float(max(r["kl"] for r in rows)), False
+
+
+def capped_collapse_gap(rows_a, rows_b) -> float:
+    """collapse_kl(a) − collapse_kl(b), both capped at the smaller of the two runs' largest KL, so
+    a run that merely travels further, or was censored early, gains nothing."""
+    cap = min(max(r["kl"] for r in rows_a), max(r["kl"] for r in rows_b))
+    return min(collapse_kl(rows_a)[0], cap) - min(collapse_kl(rows_b)[0], cap)
+
+
+@register(registry=REGISTRY, id="warm_delays_collapse", paper_ref="Fig. 8 / Fig. 1b",
+          finding="WARM delays the collapse: its held-out control reward falls below the SFT "
+                  "policy's at a larger KL than the single RM's", figure="hacking",
+          statistic="per seed, KL to the SFT policy at which the held-out control reward (mean "
+                    "over the prompts) first falls below its step-0 value (interpolated between "
+                    "evaluations; a run that never falls is censored at its largest KL), WARM M − "
+                    "single, both capped at the smaller of the two runs' largest KL (censoring "
+                    "never favours either), mean over α", unit="seed", kind="directional",
+          direction=+1, primary=True)
+def warm_delays_collapse(d):
+    warm, single = rl_pair(d)
     if warm is None:
         return None
-    W, S = _evals(d, warm), _evals(d, single)
+    per_seed, detail = collections.defaultdict(list), {}
+    for (a, s), (W, S) in _paired_runs(d, warm, single).items():
+        per_seed[s].append(capped_collapse_gap(W, S))
+        detail[f"alpha={a},seed={s}"] = {m: [round(x, 4) if isinstance(x, float) else x
+                                             for x in collapse_kl(rows)]
+                                         for m, rows in ((warm, W), (single, S))}
+    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, a=warm, b=single,
+                  collapse_kl_and_collapsed=detail)
+
+
+@register(registry=REGISTRY, id="warm_smaller_fall", paper_ref="Fig. 8",
+          finding="WARM reduces the collapse: the WARM policy falls less from its peak than the "
+                  "single-RM policy", figure="hacking",
+          statistic="per judged prompt, fall of the single-RM policy − fall of the WARM M policy, "
+                    "a fall being control reward at the run's peak RL step (chosen on the other "
+                    "half of the held-out prompts) − at its last step (same α, seed and prompt), "
+                    "mean over α", unit="prompt", kind="directional", direction=+1)
+def warm_smaller_fall(d):
+    warm, single = rl_pair(d)
+    if warm is None:
+        return None
     per_seed = collections.defaultdict(list)
-    for k in sorted(set(W) & set(S)):
-        if W[k][-1]["step"] != S[k][-1]["step"]:
-            raise ValueError(f"{warm} and {single} at α={k[0]}, seed {k[1]} end at different "
-                             f"steps ({W[k][-1]['step']} vs {S[k][-1]['step']}): unfinished run?")
-        per_seed[k[1]].append(np.subtract(W[k][-1]["gold_per_prompt"],
-                                          S[k][-1]["gold_per_prompt"]))
+    for (a, s), (W, S) in _paired_runs(d, warm, single).items():
+        per_seed[s].append(rise_and_fall(S)[1] - rise_and_fall(W)[1])
     return _units(_per_prompt(per_seed), a=warm, b=single)
 
 
@@ -206,9 +268,9 @@ def _alphas_and_seeds(d, warm, single, gaps):
                     "both methods at an α reaches (interpolated between evaluations), WARM M − "
                     "single, mean over those budgets, then over the α with such a budget "
                     "(`extra` lists any α or seed left out)", unit="seed",
-          kind="directional", direction=+1)
+          kind="directional", direction=+1, primary=True)
 def rl_front_at_kl(d):
-    warm, single = _rl_pair(d)
+    warm, single = rl_pair(d)
     if warm is None:
         return None
     gaps, used = front_gaps(d, warm, single)
@@ -225,7 +287,7 @@ MIN_SWEEP_ALPHAS = 3
 
 def _sweep(d):
     """(WARM, single, the α values both ran at) when the run swept >= MIN_SWEEP_ALPHAS of them."""
-    warm, single = _rl_pair(d)
+    warm, single = rl_pair(d)
     if warm is None:
         return None
     alphas = sorted({k[0] for k in _evals(d, warm)} & {k[0] for k in _evals(d, single)})
@@ -256,19 +318,27 @@ def rl_front_every_alpha(d):
                   budgets={str(a): b for a, b in used.items()}, **left_out)
 
 
-def final_by_alpha(d, method, alphas) -> dict[int, np.ndarray]:
-    """Per seed with a run at every α: the final held-out control reward at each α (grid order)."""
+def best_by_alpha(d, method, alphas) -> dict[int, dict]:
+    """Per seed with a run at every α: each α's rows (in step order)."""
     by_seed = collections.defaultdict(dict)
     for (a, s), rows in _evals(d, method).items():
-        by_seed[s][a] = rows[-1]
+        by_seed[s][a] = rows
     return {s: v for s, v in by_seed.items() if set(v) >= set(alphas)}
+
+
+def best_step_reward(rows) -> float:
+    """Held-out control reward at the run's best RL step: picked on the selection prompts,
+    measured on the judged ones (not the last step, where a hacking run has collapsed)."""
+    select, judged = _halves(rows)
+    return float(np.mean(peak_row(rows, select)["gold_per_prompt"][judged]))
 
 
 @register(registry=REGISTRY, id="warm_lower_best_alpha", paper_ref="Fig. 8 (α sweep)",
           finding="The best KL penalty α is lower for WARM than for the single RM (a more robust "
                   "reward needs less regularisation)", figure="alpha",
-          statistic="per seed, least-squares slope of the final held-out control reward over "
-                    "log10 α (the sweep's grid), single − WARM M (> 0: WARM's reward favours "
+          statistic="per seed, least-squares slope over log10 α (the sweep's grid) of the held-out "
+                    "control reward at each run's best RL step (chosen on one half of the held-out "
+                    "prompts, measured on the other), single − WARM M (> 0: WARM's reward favours "
                     "lower α relative to the single RM's; each method's argmax α is in extra)",
           unit="seed", kind="directional", direction=+1)
 def warm_lower_best_alpha(d):
@@ -278,17 +348,17 @@ def warm_lower_best_alpha(d):
     warm, single, alphas = sweep
     if min(alphas) <= 0:
         return None   # log10 α: a sweep that includes α = 0 has no such slope
-    W, S = final_by_alpha(d, warm, alphas), final_by_alpha(d, single, alphas)
+    W, S = best_by_alpha(d, warm, alphas), best_by_alpha(d, single, alphas)
     x = np.log10(alphas)
     per_seed, best = {}, {warm: {}, single: {}}
     for s in sorted(set(W) & set(S)):
-        steps = {W[s][a]["step"] for a in alphas} | {S[s][a]["step"] for a in alphas}
+        steps = {W[s][a][-1]["step"] for a in alphas} | {S[s][a][-1]["step"] for a in alphas}
         if len(steps) != 1:
             raise ValueError(f"{warm} and {single} seed {s} end at different steps {sorted(steps)}:"
                              " unfinished run?")
         slope = {}
         for m, runs in ((warm, W[s]), (single, S[s])):
-            y = [runs[a]["control_reward"] for a in alphas]
+            y = [best_step_reward(runs[a]) for a in alphas]
             slope[m] = float(np.polyfit(x, y, 1)[0])
             best[m][str(s)] = alphas[int(np.argmax(y))]
         per_seed[s] = [slope[single] - slope[warm]]
@@ -320,9 +390,9 @@ def win_rate_units(d, method, reference, *, judge="gold"):
           figure="winrates",
           statistic="per win-rate prompt, P(WARM M beats the single-RM policy by gold "
                     "comparison) − 1/2, each at its best step chosen on disjoint prompts; mean over α",
-          unit="prompt", kind="directional", direction=+1)
+          unit="prompt", kind="directional", direction=+1, primary=True)
 def win_rate_warm_vs_single(d):
-    warm, single = _rl_pair(d)
+    warm, single = rl_pair(d)
     if warm is None:
         return None
     oracle = win_rate_units(d, single, warm, judge="oracle")
@@ -351,7 +421,7 @@ def _against_sft(d, method):
                     "beats the SFT policy by gold comparison) − 1/2, mean over α", unit="prompt",
           kind="directional", direction=+1)
 def win_rate_warm_vs_sft(d):
-    warm, _ = _rl_pair(d)
+    warm, _ = rl_pair(d)
     return _against_sft(d, warm) if warm else None
 
 
@@ -386,8 +456,8 @@ def gao_fits(d):
 
 # --- the same best-of-N and RL claims with the reward models of 25% flipped labels (Figs. 6-8b) --
 CORRUPT_MIRRORED = ("bon_warm_beats_smaller_m", "bon_warm_beats_single", "bon_warm_beats_ens",
-                    "rl_single_hacking", "larger_m_delays_collapse", "rl_front_at_kl",
-                    "win_rate_warm_vs_single", "win_rate_warm_vs_sft")
+                    "rl_single_hacking", "warm_delays_collapse", "warm_smaller_fall",
+                    "rl_front_at_kl", "win_rate_warm_vs_single", "win_rate_warm_vs_sft")
 
 
 def _on_corrupt(compute):
@@ -399,4 +469,5 @@ for _id in CORRUPT_MIRRORED:
     register(registry=REGISTRY, id=f"{_id}_corrupt", paper_ref=f"{_c.paper_ref} (corrupt labels)",
              finding=f"{_c.finding} — reward models trained on 25% flipped labels",
              figure=f"{_c.figure}_corrupt", statistic=_c.statistic, unit=_c.unit, kind=_c.kind,
-             direction=_c.direction, delta=_c.delta)(_on_corrupt(_c.compute))
+             direction=_c.direction, delta=_c.delta,
+             can_contradict=_c.can_contradict)(_on_corrupt(_c.compute))

@@ -73,6 +73,9 @@ class Units:
     copied into the record as they are (keep them JSON-ready)."""
     per_seed: Sequence[Any]
     extra: dict = dataclasses.field(default_factory=dict)
+    # a compound ("all of") claim: {part: Units}, each decided on its own and combined by the
+    # intersection-union rule (`decide`); per_seed then holds the parts' first (for the effect)
+    parts: dict | None = None
 
     def __post_init__(self):
         arrays = []
@@ -105,6 +108,9 @@ class Claim:
     # directional only: False for a statistic biased against the paper's side (a minimum over
     # conditions), whose interval beyond 0 on the other side is not evidence against the paper
     can_contradict: bool = True
+    # one of the few headline findings decided with a multiplicity correction (Holm) across all
+    # primary claims (`evaluate`); the others are exploratory, decided at the nominal level
+    primary: bool = False
 
     def __post_init__(self):
         where = f"Claim {self.id!r}"
@@ -158,29 +164,31 @@ def register(*, registry: dict[str, Claim] | None = None, **fields) -> Callable:
     return wrap
 
 
+def _t_abs_cdf(theta: float, df: int) -> float:
+    """P(|T| ≤ √df · tan θ) for integer df ≥ 1 (Abramowitz & Stegun 26.7.3-4)."""
+    odd = df % 2 == 1
+    j = np.arange(1, (df - 1) // 2 if odd else df // 2)
+    ratio = 2 * j / (2 * j + 1) if odd else (2 * j - 1) / (2 * j)
+    coef = np.concatenate([[1.0], np.cumprod(ratio)])
+    c2 = math.cos(theta) ** 2
+    series = float(coef @ c2 ** np.arange(coef.size))
+    if odd:
+        tail = math.sin(theta) * math.cos(theta) * series if df > 1 else 0.0
+        return 2 / math.pi * (theta + tail)
+    return math.sin(theta) * series
+
+
 @functools.lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
     """Student-t quantile for an integer df ≥ 1 (relative error ~1e-13): bisection on
     θ = atan(t/√df) of the closed-form P(|T| ≤ t) for integer df (Abramowitz & Stegun 26.7.3-4)."""
     if int(df) != df or df < 1 or not 0 < p < 1:
         raise ValueError(f"t_quantile: need 0 < p < 1 and an integer df >= 1, got p={p}, df={df}")
-    df, odd = int(df), df % 2 == 1
-    j = np.arange(1, (df - 1) // 2 if odd else df // 2)
-    ratio = 2 * j / (2 * j + 1) if odd else (2 * j - 1) / (2 * j)
-    coef = np.concatenate([[1.0], np.cumprod(ratio)])
-
-    def prob_abs_below(theta):
-        c2 = math.cos(theta) ** 2
-        series = float(coef @ c2 ** np.arange(coef.size))
-        if odd:
-            tail = math.sin(theta) * math.cos(theta) * series if df > 1 else 0.0
-            return 2 / math.pi * (theta + tail)
-        return math.sin(theta) * series
-
+    df = int(df)
     target, lo, hi = abs(2 * p - 1), 0.0, math.pi / 2
     for _ in range(80):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if prob_abs_below(mid) < target else (lo, mid)
+        lo, hi = (mid, hi) if _t_abs_cdf(mid, df) < target else (lo, mid)
     return math.copysign(math.sqrt(df) * math.tan((lo + hi) / 2), p - 0.5)
 
 
@@ -295,22 +303,70 @@ def _json_float(x) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int = 2000,
-           level: float = 0.95) -> dict:
-    """A JSON-ready record of one claim: the declaration, then outcome and reason, effect, ci (the
-    decision interval), ci_bootstrap, ci_t, per_seed means, n_seeds, n_units, interval, rule,
-    variance, seeds_needed (if inconclusive: at the measured effect and spread) and extra."""
-    if not 0 < level < 1 or n_boot < 1:
-        raise ValueError(f"decide: need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
-    record = {"claim": claim.id, "finding": claim.finding, "paper_ref": claim.paper_ref,
-              "statistic": claim.statistic, "unit": claim.unit, "kind": claim.kind,
-              "direction": claim.direction, "delta": claim.delta, "figure": claim.figure,
-              "level": level, "n_boot": n_boot, "rng_seed": rng_seed}
-    if units is None or not units.per_seed:
-        return {**record, "outcome": None, "reason": "inputs missing", "effect": None, "ci": None,
-                "ci_bootstrap": None, "ci_t": None, "per_seed": [], "n_seeds": 0, "n_units": 0,
-                "interval": None, "rule": "inputs missing: nothing to decide", "variance": None,
-                "seeds_needed": None, "extra": dict(units.extra) if units else {}}
+def _interval(stats_B: np.ndarray, means_S: np.ndarray, level: float) -> tuple:
+    """(ci_bootstrap, ci_t, decision interval, union?) at `level`."""
+    S = means_S.size
+    ci_boot = [float(q) for q in np.quantile(stats_B, [(1 - level) / 2, (1 + level) / 2])]
+    ci_t = list(seed_t_interval(means_S, level)) if S >= 2 else None
+    union = ci_t is not None and S <= UNION_MAX_SEEDS
+    lo, hi = (min(ci_boot[0], ci_t[0]), max(ci_boot[1], ci_t[1])) if union else tuple(ci_boot)
+    return ci_boot, ci_t, (lo, hi), union
+
+
+def _rank(sorted_B: np.ndarray, x: float) -> float:
+    """The q at which `np.quantile(sorted_B, q)` (linear interpolation) equals x, clipped to
+    [0, 1]: the inverse of the bootstrap's quantile function."""
+    n = sorted_B.size
+    if n == 1 or x <= sorted_B[0]:
+        return 0.0 if x <= sorted_B[0] else 1.0
+    if x >= sorted_B[-1]:
+        return 1.0
+    k = int(np.searchsorted(sorted_B, x, side="right")) - 1
+    gap = sorted_B[k + 1] - sorted_B[k]
+    h = k + ((x - sorted_B[k]) / gap if gap > 0 else 0.0)
+    return h / (n - 1)
+
+
+def _p_value(claim: Claim, stats_B, means_S, outcome: str) -> float:
+    """The smallest 1 − level at which the decision interval gives `outcome` (two-sided
+    convention: the nominal 95% decision is p < 0.05), in closed form: an interval's low end
+    lies above x at level L iff 1 − L exceeds the p-value of 'above x' (bootstrap: twice the
+    replicates' interpolated rank of x; t: the two-sided t-test of mean = x), and the union's iff
+    both do."""
+    S = means_S.size
+    if S < 2 or claim.kind == "descriptive":
+        return 1.0
+    sorted_B = np.sort(stats_B)
+    union = S <= UNION_MAX_SEEDS
+    mean, se = float(means_S.mean()), float(means_S.std(ddof=1)) / math.sqrt(S)
+
+    def t_p(z):   # two-sided p of a t statistic z >= 0 with S − 1 df
+        return 1.0 - _t_abs_cdf(math.atan(z / math.sqrt(S - 1)), S - 1) if z > 0 else 1.0
+
+    def above(x):   # p-value of "interval wholly above x"
+        p = min(1.0, 2 * _rank(sorted_B, x))
+        if union:
+            pt = (t_p((mean - x) / se) if se > 0 else (0.0 if mean > x else 1.0))
+            p = max(p, pt)
+        return p
+
+    def below(x):
+        p = min(1.0, 2 * (1 - _rank(sorted_B, x)))
+        if union:
+            pt = (t_p((x - mean) / se) if se > 0 else (0.0 if mean < x else 1.0))
+            p = max(p, pt)
+        return p
+    if claim.kind == "directional":
+        agree, disagree = (above, below) if claim.direction > 0 else (below, above)
+        return agree(0.0) if outcome == "reproduced" else disagree(0.0)
+    d = claim.delta
+    if outcome == "reproduced":
+        return max(above(-d), below(d))
+    return min(above(d), below(-d))
+
+
+def _decide_units(claim: Claim, units: Units, *, rng_seed: int, n_boot: int,
+                  level: float) -> dict:
     per_seed = units.per_seed
     if claim.unit == "seed" and any(v.size != 1 for v in per_seed):
         raise ValueError(f"claim {claim.id!r} is unit='seed': give one number per seed, got "
@@ -320,31 +376,121 @@ def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int 
     effect = float(means_S.mean())
     rng = np.random.default_rng(rng_seed)
     stats_B = hierarchical_bootstrap(per_seed, rng=rng, n_boot=n_boot)
-    ci_boot = [float(q) for q in np.quantile(stats_B, [(1 - level) / 2, (1 + level) / 2])]
-    ci_t = list(seed_t_interval(means_S, level)) if S >= 2 else None
-    union = ci_t is not None and S <= UNION_MAX_SEEDS
-    lo, hi = (min(ci_boot[0], ci_t[0]), max(ci_boot[1], ci_t[1])) if union else tuple(ci_boot)
+    ci_boot, ci_t, (lo, hi), union = _interval(stats_B, means_S, level)
     outcome, reason = _outcome(claim, lo, hi, S)
     sd_S = float(means_S.std(ddof=1)) if S >= 2 else None
     # evaluation noise of one seed mean: where it is most of sd_seed_means, add units, not seeds
     se_within = math.sqrt(np.mean([v.var(ddof=1) / v.size if v.size > 1 else 0 for v in per_seed]))
     boot_name = "seed_bootstrap" if claim.unit == "seed" else "hierarchical_bootstrap"
-    return {**record, "outcome": outcome, "reason": reason, "effect": effect, "ci": [lo, hi],
+    decidable = claim.kind != "descriptive"
+    return {"outcome": outcome, "reason": reason, "effect": effect, "ci": [lo, hi],
             "ci_bootstrap": ci_boot, "ci_t": ci_t, "per_seed": means_S.tolist(), "n_seeds": S,
             "n_units": int(sum(v.size for v in per_seed)),
             "interval": f"union({boot_name}, seed_t)" if union else boot_name,
             "rule": _rule(claim, S, n_boot, level, union),
+            "p_reproduced": _p_value(claim, stats_B, means_S, "reproduced") if decidable else None,
+            "p_contradicted": (_p_value(claim, stats_B, means_S, "contradicted")
+                               if decidable and claim.can_contradict else None),
             "variance": {"sd_seed_means": _json_float(sd_S),
                          "se_within_seed": None if claim.unit == "seed" else se_within},
             "seeds_needed": (_seeds_needed(claim, effect, sd_S, level)
-                             if outcome == "inconclusive" and sd_S is not None else None),
+                             if outcome == "inconclusive" and sd_S is not None else None)}
+
+
+def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int = 2000,
+           level: float = 0.95) -> dict:
+    """A JSON-ready record of one claim: the declaration, then outcome and reason, effect, ci (the
+    decision interval), ci_bootstrap, ci_t, per_seed means, n_seeds, n_units, interval, rule,
+    p_reproduced / p_contradicted (the smallest 1 − level at which the interval gives that
+    outcome), variance, seeds_needed (if inconclusive: at the measured effect and spread) and
+    extra. A compound claim (`Units.parts`) decides each part and combines them by the
+    intersection-union rule: reproduced iff every part is, contradicted iff some part is (its
+    p-values: the largest part's p_reproduced, the smallest part's p_contradicted); its top-level
+    numbers are those of the part with the largest p_reproduced, the one that binds."""
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"decide: need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    record = {"claim": claim.id, "finding": claim.finding, "paper_ref": claim.paper_ref,
+              "statistic": claim.statistic, "unit": claim.unit, "kind": claim.kind,
+              "direction": claim.direction, "delta": claim.delta, "figure": claim.figure,
+              "primary": claim.primary, "level": level, "n_boot": n_boot, "rng_seed": rng_seed}
+    if units is None or not units.per_seed:
+        return {**record, "outcome": None, "reason": "inputs missing", "effect": None, "ci": None,
+                "ci_bootstrap": None, "ci_t": None, "per_seed": [], "n_seeds": 0, "n_units": 0,
+                "interval": None, "rule": "inputs missing: nothing to decide",
+                "p_reproduced": None, "p_contradicted": None, "variance": None,
+                "seeds_needed": None, "extra": dict(units.extra) if units else {}}
+    kw = dict(rng_seed=rng_seed, n_boot=n_boot, level=level)
+    if not units.parts:
+        return {**record, **_decide_units(claim, units, **kw), "extra": dict(units.extra)}
+    parts = {name: _decide_units(claim, u, **kw) for name, u in units.parts.items()}
+    outs = [p["outcome"] for p in parts.values()]
+    binding = max(parts, key=lambda n: parts[n]["p_reproduced"])
+    if all(o == "reproduced" for o in outs):
+        outcome, reason = "reproduced", "every part's interval lies on the paper's side"
+    elif "contradicted" in outs:
+        outcome = "contradicted"
+        reason = f"part {[n for n, p in parts.items() if p['outcome'] == 'contradicted']} " \
+                 "lies on the other side"
+    else:
+        outcome, reason = "inconclusive", f"part {binding!r} is not reproduced"
+    p_con = [p["p_contradicted"] for p in parts.values() if p["p_contradicted"] is not None]
+    top = dict(parts[binding])
+    top.update(outcome=outcome, reason=reason, p_reproduced=parts[binding]["p_reproduced"],
+               p_contradicted=min(p_con) if p_con else None,
+               rule=f"all of {list(parts)} (intersection-union): " + top["rule"],
+               seeds_needed=(max((p["seeds_needed"] or 0) for p in parts.values()) or None
+                             if outcome == "inconclusive" else None))
+    return {**record, **top, "binding_part": binding,
+            "parts": {n: {k: p[k] for k in ("outcome", "effect", "ci", "per_seed",
+                                             "p_reproduced", "p_contradicted")}
+                      for n, p in parts.items()},
             "extra": dict(units.extra)}
 
 
+def holm(records: list[dict], alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction over the primary claims that have an outcome: each such claim
+    is tested on its smaller p-value (reproduced or contradicted), and keeps that outcome only if
+    its Holm-adjusted p-value is below `alpha`; otherwise it is inconclusive. The unadjusted
+    outcome stays in `outcome_unadjusted`. Exploratory records are returned unchanged."""
+    family = [r for r in records if r.get("primary") and r["outcome"] is not None]
+    tests = []
+    for r in family:
+        p_rep, p_con = r["p_reproduced"], r["p_contradicted"]
+        side = "contradicted" if p_con is not None and p_con < p_rep else "reproduced"
+        tests.append((min(p_rep, p_con) if p_con is not None else p_rep, side, r))
+    tests.sort(key=lambda t: t[0])
+    m, running = len(tests), 0.0
+    out = {}
+    for i, (p, side, r) in enumerate(tests):
+        running = max(running, min(1.0, (m - i) * p))
+        outcome = side if running < alpha else "inconclusive"
+        reason = (f"Holm over {m} primary claims: adjusted p = {running:.3g} for '{side}'"
+                  + ("" if outcome == side else f", not below {alpha}"))
+        out[id(r)] = {**r, "outcome_unadjusted": r["outcome"], "outcome": outcome,
+                      "reason": reason,
+                      "multiplicity": {"method": "holm", "family": m, "p": p, "side": side,
+                                       "p_adjusted": running, "alpha": alpha}}
+    return [out.get(id(r), r) for r in records]
+
+
+def chance_decisions(records: list[dict]) -> float:
+    """How many of the exploratory records' decisions chance alone would give: the sum of their
+    nominal false-decision rates (5% for a directional claim, 2.5% when it cannot contradict or
+    for an equivalence claim, whose margin test is one-sided at each end), over those decided."""
+    rate = 0.0
+    for r in records:
+        if r.get("primary") or r["outcome"] is None or r["kind"] == "descriptive":
+            continue
+        one_sided = r["kind"] == "equivalence" or r.get("p_contradicted") is None
+        rate += 0.025 if one_sided else 0.05
+    return rate
+
+
 def evaluate(data: Any, *, registry: dict[str, Claim] | None = None, **decide_kw) -> list[dict]:
-    """Every registered claim computed on `data` and decided, in registration order."""
+    """Every registered claim computed on `data` and decided, in registration order; the primary
+    ones with Holm's correction across them (`holm`)."""
     claims = REGISTRY if registry is None else registry
-    return [decide(c, c.compute(data), **decide_kw) for c in claims.values()]
+    return holm([decide(c, c.compute(data), **decide_kw) for c in claims.values()])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,19 +13,44 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from warm_jax.eval.claims import ood_split  # noqa: E402
+from warm_jax.eval.evidence import seed_t_interval, value_at_kl  # noqa: E402
 from warm_jax.eval.metrics import gao_curve, gao_fit, win_rate  # noqa: E402
 from warm_jax.layout import atomic_write  # noqa: E402
 
-COLORS = {"single": "tab:red", "warm_M2": "tab:cyan", "warm_M6": "tab:blue", "warm_M10": "navy",
-          "ens": "tab:orange", "ens_M2": "tab:olive", "wco": "tab:brown", "uwo": "tab:purple",
-          "greedy": "tab:green"}
+# one colour per method in every figure: the Okabe-Ito colour-blind-safe palette
+COLORS = {"single": "#D55E00", "warm_M2": "#56B4E9", "warm_M6": "#0072B2", "warm_M10": "#000000",
+          "ens": "#E69F00", "ens_M2": "#009E73", "wco": "#CC79A7", "uwo": "#999999",
+          "greedy": "#F0E442"}
+DPI = 150
 
 
 def _save(fig, path):
+    """`path` (PNG, DPI dots per inch) and the same figure as PDF beside it."""
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight"))
+    atomic_write(os.path.splitext(path)[0] + ".pdf",
+                 lambda f: fig.savefig(f, format="pdf", bbox_inches="tight"))
     plt.close(fig)
     return os.path.basename(path)
+
+
+def mean_band(values_SxX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds and the 95% seed-level t-interval at each x (the evidence layer's t-interval
+    of the claims; NaN band with fewer than two seeds)."""
+    v = np.asarray(values_SxX, np.float64)
+    mean = v.mean(0)
+    if v.shape[0] < 2:
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    lo, hi = zip(*(seed_t_interval(v[:, j]) for j in range(v.shape[1])))
+    return mean, np.asarray(lo), np.asarray(hi)
+
+
+def _legend_outside(ax_or_fig, handles=None, labels=None):
+    if handles is None:
+        handles, labels = ax_or_fig.get_legend_handles_labels()
+    target = ax_or_fig
+    target.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0, frameon=False)
 
 
 def _seeds(by_seed):
@@ -125,38 +150,122 @@ def _bon_curves(bon):
 
 
 def fig_bon(bon, path):
+    """Best-of-n control-reward gain against KL_bon: per method the mean over seeds and its 95%
+    band (Figs. 6-7)."""
     curves = _bon_curves(bon)
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for m, by_seed in curves.items():
-        for i, (kl, y) in enumerate(by_seed.values()):
-            ax.plot(kl, y, "-", lw=0.8, alpha=0.7, color=COLORS.get(m), label=m if i == 0 else None)
+        kl = next(iter(by_seed.values()))[0]
+        ys = [y for k, y in by_seed.values() if len(y) == len(kl)]
+        mean, lo, hi = mean_band(ys)
+        ax.plot(kl, mean, "-", lw=1.6, color=COLORS.get(m), label=f"{m} ({len(ys)} seeds)")
+        ax.fill_between(kl, lo, hi, color=COLORS.get(m), alpha=0.15, lw=0)
+    ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("KL_bon = log n − (n−1)/n")
-    ax.set_ylabel("control reward gain (one line per seed)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("control reward gain over n = 1")
+    ax.set_title("Best-of-n: mean over seeds, 95% band", fontsize=9)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
+def _runs(evals, method, alpha) -> dict[int, list[dict]]:
+    out = collections.defaultdict(list)
+    for r in evals.get(method, []):
+        if r["run_alpha"] == alpha:
+            out[r["seed"]].append(r)
+    return {s: sorted(v, key=lambda r: r["step"]) for s, v in sorted(out.items())}
+
+
+def _kl_grid(runs_by_method) -> np.ndarray:
+    """KL points from 0 to the smallest largest KL any run reaches (every run covers them)."""
+    reach = min(max(r["kl"] for r in rows) for runs in runs_by_method.values()
+                for rows in runs.values())
+    return np.linspace(0.0, max(reach, 1e-3), 60)
+
+
+def _band_curve(ax, runs, key, x_key, color, label, grid=None):
+    """Mean over seeds and 95% band of `key` against step (evaluations shared by every seed) or
+    KL (each seed's value where it first reaches each point of `grid`, interpolated)."""
+    if x_key == "step":
+        n = min(len(rows) for rows in runs.values())
+        x = np.array([r["step"] for r in next(iter(runs.values()))[:n]])
+        ys = [[r[key] for r in rows[:n]] for rows in runs.values()]
+    else:
+        x = grid
+        ys = [value_at_kl([r["kl"] for r in rows], [r[key] for r in rows], grid)
+              for rows in runs.values()]
+        ys = [np.where(np.isnan(y) & (grid <= rows[0]["kl"]), rows[0][key], y)
+              for y, rows in zip(ys, runs.values())]
+    mean, lo, hi = mean_band(ys)
+    ax.plot(x, mean, "-", lw=1.6, color=color, label=label)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+
+
 def fig_rl(evals, path, x_key):
-    """Held-out evaluations: control reward against step or KL, one thin line per seed."""
+    """Held-out control reward against RL step or KL: per method and α the mean over seeds and
+    its 95% band."""
     alphas = sorted({r["run_alpha"] for rows in evals.values() for r in rows})
     if not alphas:
         return None
-    fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas) + 1.4, 3.2),
+                             squeeze=False)
     for ax, a in zip(axes[0], alphas):
-        for m, rows in evals.items():
-            seeds = sorted({r["seed"] for r in rows if r["run_alpha"] == a})
-            for i, s in enumerate(seeds):
-                pr = sorted((r for r in rows if r["run_alpha"] == a and r["seed"] == s),
-                            key=lambda r: r["step"])
-                ax.plot([r[x_key] for r in pr], [r["control_reward"] for r in pr], "-", lw=0.9,
-                        marker="." if x_key == "kl" else None, color=COLORS.get(m),
-                        label=m if i == 0 else None)
-        ax.set_title(f"α = {a}")
+        runs = {m: _runs(evals, m, a) for m in evals}
+        runs = {m: r for m, r in runs.items() if r}
+        grid = _kl_grid(runs) if x_key == "kl" else None
+        for m, r in runs.items():
+            _band_curve(ax, r, "control_reward", x_key, COLORS.get(m), f"{m} ({len(r)} seeds)",
+                        grid)
+        ax.set_title(f"α = {a}", fontsize=9)
         ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT), held-out prompts")
     axes[0][0].set_ylabel("held-out control reward")
-    axes[0][0].legend(fontsize=7)
+    _legend_outside(axes[0][-1])
+    return _save(fig, path)
+
+
+def hacking_alpha(evals, pair) -> float | None:
+    """The α of the central figure: the one most RL methods ran at, among those both of `pair`
+    ran at (the smallest on a tie)."""
+    alphas = [a for a in sorted({r["run_alpha"] for m in pair for r in evals.get(m, [])})
+              if all(any(r["run_alpha"] == a for r in evals.get(m, [])) for m in pair)]
+    if not alphas:
+        return None
+    count = lambda a: sum(any(r["run_alpha"] == a for r in rows) for rows in evals.values())  # noqa
+    return max(alphas, key=lambda a: (count(a), -a))
+
+
+def fig_hacking(evals, pair, path):
+    """The paper's central picture (Fig. 1b, 8): held-out control (gold) and proxy reward of the
+    single-RM and the WARM policy against RL step and against KL to the SFT policy, mean over
+    seeds with the 95% band; `pair` = (WARM, "single")."""
+    if pair[0] is None or not all(evals.get(m) for m in pair):
+        return None
+    a = hacking_alpha(evals, pair)
+    if a is None:
+        return None
+    runs = {m: _runs(evals, m, a) for m in reversed(pair)}
+    grid = _kl_grid(runs)
+    fig, axes = plt.subplots(2, 2, figsize=(8.6, 5.8), sharey="col")
+    for i, x_key in enumerate(("step", "kl")):
+        for j, (key, name) in enumerate((("control_reward", "control (gold) reward"),
+                                         ("proxy_reward", "proxy reward (its own RM, z-scored)"))):
+            ax = axes[i][j]
+            for m, r in runs.items():
+                _band_curve(ax, r, key, x_key, COLORS.get(m), f"{m} ({len(r)} seeds)", grid)
+            ax.set_ylabel(name, fontsize=8)
+            ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT), held-out prompts",
+                          fontsize=8)
+            if key == "control_reward":
+                g0 = np.mean([rows[0]["control_reward"] for r in runs.values()
+                              for rows in r.values()])
+                ax.axhline(g0, color="k", lw=0.6, ls=":", label="SFT policy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"Reward hacking at α = {a}: mean over seeds, 95% band (seed-level t)",
+                 fontsize=10)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels),
+               bbox_to_anchor=(0.5, -0.04), frameon=False)
     return _save(fig, path)
 
 
