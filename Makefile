@@ -19,7 +19,7 @@ demo: venv
 	@echo "report: $(WORKDIR)/report.md"
 
 # the declared RL-regime calibration on pilot seeds (single RM only; ~10 min): writes
-# calibration/rl_regime.json and .md, to be committed before the regime is adopted
+# calibration/<round>.json and .md, to be committed before the regime is adopted
 CALIBRATE_WORKDIR ?= runs/calibrate
 calibrate: venv
 	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=experiments/calibrate.gin \

@@ -60,7 +60,7 @@ def test_a_candidate_is_judged_on_its_own_prefix_and_needs_min_seeds():
 def test_pilot_seeds_and_prompts_must_be_disjoint_from_the_evaluation_ones():
     task = ToyTask(ToyTaskConfig(n_eval_prompts=64))
     pilot, held_out = task.prompts("pilot"), task.prompts("eval")
-    assert pilot.shape == held_out.shape
+    assert pilot.shape == (4 * len(held_out), held_out.shape[1])
     assert not {p.tobytes() for p in pilot} & {p.tobytes() for p in held_out}
     assert check_pilot(task, (100, 101), range(10), "pilot", 64)["shared_with_eval"] == 0
     with pytest.raises(ValueError, match=r"seeds \[3\] are evaluation seeds"):
@@ -105,7 +105,7 @@ def test_calibration_runs_in_order_stops_at_the_first_pass_and_reads_no_evaluati
     assert rec["chosen"] == {"learning_rate": 1e-4, "steps": 10, "alpha": 0.001}
     assert [r["status"] for r in rec["results"]] == [
         "passed", "not run: an earlier candidate passed", "not run: an earlier candidate passed"]
-    assert sorted(os.listdir(os.path.join(wd, "calibration"))) == [
+    assert sorted(os.listdir(os.path.join(wd, "calibration", "round1"))) == [
         "lr_0.0001", "record.json", "stage_config.json"]
     assert set(rec["results"][0]["per_seed"]) == set(pilot)
     assert "| 0.0001, 10, 0.001 | passed (2 seeds pass) | 100 |" in record_table(rec)
@@ -116,8 +116,8 @@ def test_calibration_runs_in_order_stops_at_the_first_pass_and_reads_no_evaluati
     never = PassRule(min_rise=1e9, min_fall=0.3, max_final_kl=20.0, min_seeds=1)
     rec = calibrate_regime(rule=never, **kw)
     assert rec["chosen"] is None and [r["status"] for r in rec["results"]] == ["failed"] * 3
-    assert sorted(d for d in os.listdir(os.path.join(wd, "calibration")) if d.startswith("lr_")) \
-        == ["lr_0.0001", "lr_0.001"]
+    assert sorted(d for d in os.listdir(os.path.join(wd, "calibration", "round1"))
+                  if d.startswith("lr_")) == ["lr_0.0001", "lr_0.001"]
     five = rec["results"][2]["per_seed"][100]
     ten = rec["results"][1]["per_seed"][100]
     assert five["final_kl"] != ten["final_kl"] and 5 >= five["peak_step"] > 0

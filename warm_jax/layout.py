@@ -366,7 +366,6 @@ class RunLayout:
     claims = property(lambda self: self.path("claims.json"))
     figures = property(lambda self: self.path("figures"))
     tokenizer = property(lambda self: self.path("tokenizer.json"))
-    calibration = property(lambda self: self.path("calibration"))   # warm_jax.rl.calibrate
 
     # shared initialisation
     pretrain = property(lambda self: self.path("pretrain"))
@@ -419,6 +418,10 @@ class RunLayout:
 
     def rl_method(self, rm_name: str, method: str) -> str:
         return os.path.join(self.rl(rm_name), method)
+
+    def calibration(self, name: str) -> str:
+        """One round of the RL-regime calibration (warm_jax.rl.calibrate)."""
+        return self.path("calibration", name)
 
     def bon(self, rm_name: str) -> str:
         return os.path.join(self.rl(rm_name), "bon.jsonl")

@@ -197,10 +197,11 @@ class ToyTask:
 
     def prompts(self, split: str) -> np.ndarray:
         # "ood": the prompts of the sampled OOD preference split (warm_jax.ood), as many as test;
-        # "pilot": the RL calibration's held-out prompts (warm_jax.rl.calibrate), as many as eval
-        # and none of them an eval prompt
+        # "pilot": the RL calibration's held-out prompts (warm_jax.rl.calibrate), four times as
+        # many as eval (a calibration judges single seeds, not means over seeds), none of them an
+        # eval prompt
         n = {"rl": self.cfg.n_rl_prompts, "eval": self.cfg.n_eval_prompts,
-             "ood": self.cfg.n_rm_test, "pilot": self.cfg.n_eval_prompts}
+             "ood": self.cfg.n_rm_test, "pilot": 4 * self.cfg.n_eval_prompts}
         if split not in n:
             raise ValueError(f"prompt split {split!r} unknown: allowed {sorted(n)}")
         if split != "pilot":

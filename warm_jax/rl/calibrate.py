@@ -21,9 +21,10 @@ at least `min_seeds` of its pilot seeds do. Candidates sharing a learning rate r
 (their α × seeds vmapped) to the largest of their step counts; each is judged on its own prefix
 (the optimiser's schedule does not depend on the run's length).
 
-Writes `<workdir>/calibration/`: `lr_<lr>/` (the RL runs, as the RL stage writes them) and
-`record.json` (every candidate's per-seed numbers, the choice, the code's commit); `record`, when
-given, receives a copy (the repository's `calibration/rl_regime.json`) and a markdown table beside it.
+Writes `<workdir>/calibration/<name>/` (one directory per declared round): `lr_<lr>/` (the RL
+runs, as the RL stage writes them) and `record.json` (every candidate's per-seed numbers, the
+choice, the code's commit); `record`, when given, receives a copy (the repository's
+`calibration/<name>.json`) and a markdown table beside it.
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def judge_candidate(runs: dict[int, Sequence[dict]], cand: Candidate, rule: Pass
 
 
 def _commit() -> dict:
-    """The code's commit and whether the work tree differs from it (None outside git)."""
+    """The code's commit and whether its warm_jax/ or gin/ files differ from it (None outside
+    git)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
@@ -148,7 +150,8 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, seeds: Seque
                      evaluation_seeds: Sequence[int], candidates: Sequence[Candidate],
                      rule: PassRule = PassRule(), rl: RLConfig = RLConfig(),
                      rm_name: str = "clean", chunk: int = 25, eval_prompts: int = 256,
-                     eval_split: str = "pilot", record: str | None = None) -> dict:
+                     eval_split: str = "pilot", record: str | None = None,
+                     name: str = "round1") -> dict:
     """Judge `candidates` in order on the pilot `seeds` (module doc); returns the record."""
     seeds = check_seeds("calibrate_regime", seeds)
     cands = [c if isinstance(c, Candidate) else Candidate(*c) for c in candidates]
@@ -162,8 +165,9 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, seeds: Seque
     if rule.min_seeds > len(seeds):
         raise ValueError(f"PassRule.min_seeds={rule.min_seeds} exceeds the {len(seeds)} pilot seeds")
     checked = check_pilot(task, seeds, evaluation_seeds, eval_split, eval_prompts)
+    code = _commit()   # the code as it starts, not as it may be edited while the stage runs
     layout = RunLayout(workdir)
-    root = layout.calibration
+    root = layout.calibration(name)
     config = dict(task=task, model_cfg=model_cfg, seeds=seeds, candidates=cands, rule=rule, rl=rl,
                   rm_name=rm_name, chunk=chunk, eval_prompts=eval_prompts, eval_split=eval_split)
     groups = collections.defaultdict(list)   # learning rate -> its candidates
@@ -200,10 +204,10 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, seeds: Seque
                 chosen = dataclasses.asdict(c)
     out = {"what": "RL regime calibration (warm_jax.rl.calibrate): the first candidate whose "
                    "single-RM runs over-optimise on the pilot seeds",
-           "method": "single", "pilot_seeds": list(seeds), "prompts": checked,
+           "round": name, "method": "single", "pilot_seeds": list(seeds), "prompts": checked,
            "rule": dataclasses.asdict(rule), "rl": dataclasses.asdict(rl), "chunk": chunk,
            "candidates": [dataclasses.asdict(c) for c in cands], "results": results,
-           "chosen": chosen, **_commit()}
+           "chosen": chosen, **code}
     write_json(os.path.join(root, "record.json"), out)
     if record:
         write_json(record, out)
