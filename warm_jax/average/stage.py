@@ -170,16 +170,23 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))
              for k, (sp, m) in subsets.items()}
     rows.append({"analysis": "eval_sizes", "sizes": sizes})
+    # the curves (LMC, the M curve) on what their claims and figures read: the validation split
+    # and the OOD one (the sampled `ood` pairs, else `test`); each point is a weight average to
+    # score, so the training split (the largest) would cost the most and feed nothing
+    ood = "ood" if "ood" in splits else "test"
+    curve = {k: v for k, v in subsets.items() if k in ("validation", ood, rank_by)}
+    curve_fn = lambda p: {s: scorer(p, d) for s, d in splits.items()  # noqa: E731
+                          if s in {sp for sp, _ in curve.values()}}
     for pair_name, (a, b) in lmc_pairs.items():
         if max(a, b) < M:
-            rows += A.lmc(params[a], params[b], scores[a], scores[b], score_fn, subsets,
+            rows += A.lmc(params[a], params[b], scores[a], scores[b], curve_fn, curve,
                           pair_name, n_lambdas)
     if same_run_step is not None:
         mid = member_params_at(layout, name, 0, same_run_step, population_of)
-        rows += A.lmc(mid, params[0], score_fn(mid), scores[0], score_fn, subsets, "same_run",
+        rows += A.lmc(mid, params[0], curve_fn(mid), scores[0], curve_fn, curve, "same_run",
                       n_lambdas)
     rows += A.corruption(params[:k], scores[:k], score_fn, subsets, pairs=pair_analysis)
     if m_curve:
-        rows += A.acc_vs_m(params, scores, score_fn, subsets, rank_by=rank_by,
+        rows += A.acc_vs_m(params, scores, curve_fn, curve, rank_by=rank_by,
                            random_orders=random_orders)
     write_jsonl(out_path, [{"step": 0, **r} for r in rows])
