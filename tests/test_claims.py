@@ -86,6 +86,30 @@ def test_rl_claims_use_held_out_evaluations():
     assert _decide("warm_delays_collapse", d)["per_seed"] == pytest.approx([0.0] * 3)
 
 
+def test_collapse_is_looked_for_after_the_peak_only():
+    from warm_jax.eval.claims_policy import collapse_kl
+    # a noisy dip below step 0 at step 50, while the reward still rises to its peak at step 100
+    rows = _eval_rows("single", 0, [0, 0.5, 1, 2, 3], [0.5, 0.45, 1.0, 0.7, 0.2],
+                      [0.5, 0.45, 1.0, 0.7, 0.2])
+    kl, collapsed = collapse_kl(rows)
+    assert collapsed and kl == pytest.approx(2 + (0.7 - 0.5) / (0.7 - 0.2))
+
+
+def test_fall_is_compared_at_matched_kl():
+    from warm_jax.eval.claims_policy import fall_at_kl, per_prompt_at_kl
+    # the single RM's run travels to KL 4 and collapses; WARM's stops at KL 2, still on its peak
+    single = _eval_rows("single", 0, [0, 1, 2, 4], [0, 1.0, 0.6, -1.0], [0, 1.0, 0.6, -1.0])
+    warm = _eval_rows("warm_M6", 0, [0, 1, 2, 2], [0, 1.0, 1.0, 1.0], [0, 1.0, 1.0, 1.0])
+    assert per_prompt_at_kl(single, 3.0) == pytest.approx([-0.2] * 8)
+    assert fall_at_kl(single, 2.0) == pytest.approx([0.4] * 4)   # not 2.0 at its last step
+    assert fall_at_kl(warm, 2.0) == pytest.approx([0.0] * 4)
+    d = _policy([dict(r, seed=s) for s in range(3) for r in single],
+                [dict(r, seed=s) for s in range(3) for r in warm])
+    rec = _decide("warm_smaller_fall", d)
+    assert rec["per_seed"] == pytest.approx([0.4] * 3)
+    assert rec["extra"]["largest_kl"]["alpha=0.001,seed=0"] == {"warm_M6": 2.0, "single": 4.0}
+
+
 def test_collapse_kl_is_interpolated_censored_and_capped():
     from warm_jax.eval.claims_policy import capped_collapse_gap, collapse_kl
     single = _eval_rows("single", 0, [0, 1, 2, 3], [0.5, 1.0, 0.6, 0.0], [0.5, 1.0, 0.6, 0.0])

@@ -341,17 +341,39 @@ def test_compound_claims_need_every_part():
     assert one["per_seed"] == pytest.approx([0.0] * 3)   # the binding part's numbers
     neg = decide(c, Units(up, parts={"rise": Units(up), "fall": Units(down)}), n_boot=200)
     assert neg["outcome"] == "contradicted" and neg["p_contradicted"] < 0.05
+    # contradicted is a union over the parts: Bonferroni, p = k x the smallest part's
+    part = decide(c, Units(down), n_boot=200)["p_contradicted"]
+    assert neg["p_contradicted"] == pytest.approx(min(1.0, 2 * part))
 
 
 def test_chance_decisions_counts_the_exploratory_claims_with_outcomes():
     from warm_jax.eval.evidence import chance_decisions
-    recs = [{"primary": False, "outcome": "inconclusive", "kind": "directional",
-             "p_contradicted": 0.5},
-            {"primary": False, "outcome": "reproduced", "kind": "directional",
-             "p_contradicted": None},
-            {"primary": False, "outcome": "reproduced", "kind": "equivalence",
-             "p_contradicted": 0.9},
-            {"primary": False, "outcome": None, "kind": "directional", "p_contradicted": None},
-            {"primary": True, "outcome": "reproduced", "kind": "directional",
-             "p_contradicted": 0.9}]
-    assert chance_decisions(recs) == pytest.approx(0.05 + 0.025 + 0.025)
+    rec = lambda kind, p_con, n=3, outcome="inconclusive", primary=False: {  # noqa: E731
+        "primary": primary, "outcome": outcome, "kind": kind, "p_contradicted": p_con,
+        "n_seeds": n}
+    recs = [rec("directional", 0.5), rec("directional", None, outcome="reproduced"),
+            rec("equivalence", 0.9, outcome="reproduced"), rec("directional", None, outcome=None),
+            rec("directional", 0.9, n=1), rec("directional", 0.9, primary=True)]
+    # directional 5%, one that cannot contradict 2.5%, equivalence 5% (2.5% each way); one seed
+    # (never decided), no inputs and primary claims do not count
+    assert chance_decisions(recs) == pytest.approx(0.05 + 0.025 + 0.05)
+
+
+def test_p_values_of_ties_never_decide():
+    from warm_jax.eval.evidence import decide
+    for S in (3, 35):   # 35 seeds: the bootstrap alone, whose replicates all sit on 0
+        zero = decide(_claim(unit="seed"), Units([[0.0]] * S), n_boot=200)
+        assert zero["outcome"] == "inconclusive" and zero["p_reproduced"] == 1.0
+        assert zero["p_contradicted"] == 1.0
+        neg = decide(_claim(unit="seed", direction=-1), Units([[0.0]] * S), n_boot=200)
+        assert neg["p_reproduced"] == 1.0 and neg["p_contradicted"] == 1.0
+
+
+def test_bootstrap_quantile_inverse_at_ties():
+    from warm_jax.eval.evidence import _q_at
+    b = np.array([-1.0, 0.0, 0.0, 0.0, 2.0])
+    assert _q_at(b, 0.0, upper=True) == 0.75 and _q_at(b, 0.0, upper=False) == 0.25
+    assert np.quantile(b, 0.75) == 0.0 and np.quantile(b, 0.25) == 0.0
+    assert _q_at(b, 1.0, upper=True) == _q_at(b, 1.0, upper=False) == pytest.approx(0.875)
+    assert _q_at(b, -2.0, upper=True) == 0.0 and _q_at(b, 3.0, upper=False) == 1.0
+    assert _q_at(b, -1.0, upper=False) == 0.0 and _q_at(b, 2.0, upper=True) == 1.0

@@ -26,9 +26,11 @@ from warm_jax.metrics import read_jsonl
 
 ID_DELTA = 0.02          # |WA − ENS| accuracy on the ID split that still counts as "WA ≈ ENS"
 HACK_MARGIN = 0.1        # control-reward drop from its peak that counts as hacking (WARP, M = 10)
-# rl_single_hacking's margins: the RL regime's calibration rule (experiments/calibrate.gin), which
-# picked the regime on pilot seeds, restated on the evaluation seeds
-RISE_MARGIN, FALL_MARGIN = 0.1, 0.3
+# rl_single_hacking's margins. The fall's is the calibration rule's (experiments/calibrate.gin),
+# which picked the regime on pilot seeds. The rise is tested against 0, as the paper states it
+# ("rises, then falls"): the pilot rises were +0.08..+0.14, and on 128 judged prompts per seed
+# a test against the rule's 0.1 could only be won by luck, or "contradicted" by a real rise
+RISE_MARGIN, FALL_MARGIN = 0.0, 0.3
 # where the RL fronts are compared (KL to the SFT policy); a claim uses those every run reaches.
 # The calibrated regime's runs reach KL 5-20: budgets up to 16 cover them
 KL_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

@@ -12,7 +12,7 @@ import numpy as np
 
 from warm_jax.eval.claims import (HACK_MARGIN, REGISTRY, _per_prompt, _units, beyond_warm,
                                   main_warm)
-from warm_jax.eval.claims_policy import _best_step, _evals, _halves, rise_and_fall
+from warm_jax.eval.claims_policy import _best_step, _evals, _halves, fall_at_kl, reach
 from warm_jax.eval.evidence import register
 
 # Equivalence margin of `m10_same_peak`, declared before any FULL=1 run with M = 10: a difference of
@@ -87,17 +87,22 @@ def m_summary(d) -> dict | None:
 
 @register(registry=REGISTRY, id="m10_delays_hacking", paper_ref="WARM §5 (M = 10)",
           finding="WARM with M = 10 (the four weakest of ten members included) reduces reward "
-                  "hacking relative to WARM M = 6: its policy falls less from its peak",
-          figure="m10",
+                  "hacking relative to WARM M = 6: at the same KL its policy has fallen less "
+                  "from its peak", figure="m10",
           statistic="per judged prompt, fall of the WARM M=6 policy − fall of the WARM M=10 policy "
-                    "(the run's largest M past 6), a fall being held-out control reward at the "
-                    "run's peak RL step (chosen on the other half of the prompts) − at its last "
-                    "step (same α, seed and prompt), mean over the α both ran at; each run's step "
+                    "(the run's largest M past 6), each at the smaller of the two runs' largest KL, "
+                    "a fall being held-out control reward at the run's peak among its evaluations "
+                    "up to that KL (chosen on the other half of the prompts) − where it first "
+                    "reaches that KL (same α, seed and prompt), mean over the α both ran at; "
+                    "each run's step "
                     f"of hacking (first fall of more than {HACK_MARGIN} below the running peak, "
                     "censored at the last step) is in extra",
           unit="prompt", kind="directional", direction=+1)
 def m10_delays_hacking(d):
-    got = _gaps(d, lambda a, b: rise_and_fall(b)[1] - rise_and_fall(a)[1])
+    def gap(a, b):
+        cap = min(reach(a), reach(b))
+        return fall_at_kl(b, cap) - fall_at_kl(a, cap)
+    got = _gaps(d, gap)
     if got is None:
         return None
     big, main, keys, per_seed = got

@@ -135,13 +135,50 @@ def peak_row(rows, select):
     return _best_step([r for r in rows if r["step"] > 0] or rows, select)
 
 
+def _from_step0(rows):
+    if not rows or rows[0]["step"] != 0:
+        raise ValueError(f"held-out evaluations must start at step 0 (the SFT policy), got steps "
+                         f"{[r['step'] for r in rows][:3]}...")
+    return rows
+
+
 def rise_and_fall(rows) -> tuple[np.ndarray, np.ndarray]:
     """Per judged prompt: control reward at the peak RL step (picked on the selection prompts)
     − at step 0, and at the peak − at the last evaluation."""
+    rows = _from_step0(rows)
     select, judged = _halves(rows)
     peak = np.asarray(peak_row(rows, select)["gold_per_prompt"][judged])
     return (peak - np.asarray(rows[0]["gold_per_prompt"][judged]),
             peak - np.asarray(rows[-1]["gold_per_prompt"][judged]))
+
+
+def per_prompt_at_kl(rows, kl: float) -> np.ndarray:
+    """Each prompt's control reward where the run first reaches KL `kl` (`value_at_kl`'s rule:
+    the running maximum of KL, linear between evaluations), from its `gold_per_prompt`."""
+    kl_E = np.asarray([r["kl"] for r in rows], np.float64)
+    keep = np.concatenate([[True], kl_E[1:] > np.maximum.accumulate(kl_E)[:-1]])
+    g_ExP = np.asarray([r["gold_per_prompt"] for r in rows], np.float64)[keep]
+    x = kl_E[keep]
+    if not x[0] <= kl <= x[-1]:
+        raise ValueError(f"KL {kl} outside the run's reach [{x[0]}, {x[-1]}]")
+    j = min(int(np.searchsorted(x, kl, side="right")), len(x) - 1)
+    i = max(j - 1, 0)
+    w = 0.0 if x[j] == x[i] else (kl - x[i]) / (x[j] - x[i])
+    return (1 - w) * g_ExP[i] + w * g_ExP[j]
+
+
+def fall_at_kl(rows, kl: float) -> np.ndarray:
+    """Per judged prompt: control reward at the run's peak among its evaluations up to KL `kl`
+    (picked on the selection prompts) − where it first reaches `kl`."""
+    rows = _from_step0(rows)
+    select, judged = _halves(rows)
+    upto = [r for r in rows if r["kl"] <= kl] or rows[:1]
+    peak = np.asarray(peak_row(upto, select)["gold_per_prompt"][judged])
+    return peak - per_prompt_at_kl(rows, kl)[judged]
+
+
+def reach(rows) -> float:
+    return float(max(r["kl"] for r in rows))
 
 
 @register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
@@ -149,8 +186,9 @@ def rise_and_fall(rows) -> tuple[np.ndarray, np.ndarray]:
                   "falls well below its peak", figure="rl_steps",
           statistic=f"two parts, per judged prompt, single-RM policy, mean over α: rise = control "
                     f"reward at the peak RL step (chosen on the other half of the held-out "
-                    f"prompts) − at step 0 − {RISE_MARGIN}; fall = at the peak − at the last step "
-                    f"− {FALL_MARGIN} (the margins of the regime's calibration rule)",
+                    f"prompts) − at step 0 (tested against {RISE_MARGIN:g}); fall = at the peak − "
+                    f"at the last step − {FALL_MARGIN:g} (the regime calibration's fall margin). "
+                    f"Conditional on the shared held-out prompts",
           unit="prompt", kind="directional", direction=+1, primary=True)
 def rl_single_hacking(d):
     rise, fall = collections.defaultdict(list), collections.defaultdict(list)
@@ -174,22 +212,27 @@ def _paired_runs(d, a, b):
 
 
 def collapse_kl(rows) -> tuple[float, bool]:
-    """(KL, collapsed): where the held-out control reward (mean over the prompts) first falls
-    below its step-0 value, the SFT policy's, linearly interpolated in KL between the evaluations
-    either side; a run that never falls below is censored at its largest KL (collapsed False)."""
+    """(KL, collapsed): after the run's peak RL step (picked on the selection prompts), where
+    the held-out control reward (mean over the prompts) first falls below its step-0 value, the
+    SFT policy's, linearly interpolated in KL between the evaluations either side; a run that
+    never falls below it after its peak is censored at its largest KL (collapsed False). Only
+    after the peak: a noisy dip while the reward is still rising is not a collapse."""
+    rows = _from_step0(rows)
+    select, _ = _halves(rows)
     g0 = rows[0]["control_reward"]
-    for prev, r in zip(rows, rows[1:]):
+    start = rows.index(peak_row(rows, select))
+    for prev, r in zip(rows[start:], rows[start + 1:]):
         if r["control_reward"] < g0:
             gp, gr = prev["control_reward"], r["control_reward"]
-            w = (gp - g0) / (gp - gr)
+            w = (gp - g0) / (gp - gr) if gp > g0 else 0.0
             return float(prev["kl"] + w * (r["kl"] - prev["kl"])), True
-    return float(max(r["kl"] for r in rows)), False
+    return reach(rows), False
 
 
 def capped_collapse_gap(rows_a, rows_b) -> float:
     """collapse_kl(a) − collapse_kl(b), both capped at the smaller of the two runs' largest KL, so
     a run that merely travels further, or was censored early, gains nothing."""
-    cap = min(max(r["kl"] for r in rows_a), max(r["kl"] for r in rows_b))
+    cap = min(reach(rows_a), reach(rows_b))
     return min(collapse_kl(rows_a)[0], cap) - min(collapse_kl(rows_b)[0], cap)
 
 
@@ -197,10 +240,12 @@ def capped_collapse_gap(rows_a, rows_b) -> float:
           finding="WARM delays the collapse: its held-out control reward falls below the SFT "
                   "policy's at a larger KL than the single RM's", figure="hacking",
           statistic="per seed, KL to the SFT policy at which the held-out control reward (mean "
-                    "over the prompts) first falls below its step-0 value (interpolated between "
-                    "evaluations; a run that never falls is censored at its largest KL), WARM M − "
-                    "single, both capped at the smaller of the two runs' largest KL (censoring "
-                    "never favours either), mean over α", unit="seed", kind="directional",
+                    "over the prompts) first falls below its step-0 value after the run's peak "
+                    "step (picked on one half of the prompts; interpolated between evaluations; a "
+                    "run that never falls is censored at its largest KL), WARM M − single, both "
+                    "capped at the smaller of the two runs' largest KL (censoring never favours "
+                    "either), mean over α. Conditional on the shared held-out prompts",
+          unit="seed", kind="directional",
           direction=+1, primary=True)
 def warm_delays_collapse(d):
     warm, single = rl_pair(d)
@@ -217,20 +262,25 @@ def warm_delays_collapse(d):
 
 
 @register(registry=REGISTRY, id="warm_smaller_fall", paper_ref="Fig. 8",
-          finding="WARM reduces the collapse: the WARM policy falls less from its peak than the "
-                  "single-RM policy", figure="hacking",
+          finding="WARM reduces the collapse: at the same KL to the SFT policy, the WARM policy "
+                  "has fallen less from its peak than the single-RM policy", figure="hacking",
           statistic="per judged prompt, fall of the single-RM policy − fall of the WARM M policy, "
-                    "a fall being control reward at the run's peak RL step (chosen on the other "
-                    "half of the held-out prompts) − at its last step (same α, seed and prompt), "
-                    "mean over α", unit="prompt", kind="directional", direction=+1)
+                    "each at the smaller of the two runs' largest KL (matched KL, so a policy "
+                    "that merely moves slower gains nothing), a fall being control reward at the "
+                    "run's peak among its evaluations up to that KL (chosen on the other half of "
+                    "the held-out prompts) − where the run first reaches that KL (same α, seed "
+                    "and prompt), mean over α; each run's largest KL is in extra",
+          unit="prompt", kind="directional", direction=+1)
 def warm_smaller_fall(d):
     warm, single = rl_pair(d)
     if warm is None:
         return None
-    per_seed = collections.defaultdict(list)
+    per_seed, kls = collections.defaultdict(list), {}
     for (a, s), (W, S) in _paired_runs(d, warm, single).items():
-        per_seed[s].append(rise_and_fall(S)[1] - rise_and_fall(W)[1])
-    return _units(_per_prompt(per_seed), a=warm, b=single)
+        cap = min(reach(W), reach(S))
+        per_seed[s].append(fall_at_kl(S, cap) - fall_at_kl(W, cap))
+        kls[f"alpha={a},seed={s}"] = {warm: round(reach(W), 4), single: round(reach(S), 4)}
+    return _units(_per_prompt(per_seed), a=warm, b=single, largest_kl=kls)
 
 
 def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:

@@ -313,18 +313,24 @@ def _interval(stats_B: np.ndarray, means_S: np.ndarray, level: float) -> tuple:
     return ci_boot, ci_t, (lo, hi), union
 
 
-def _rank(sorted_B: np.ndarray, x: float) -> float:
-    """The q at which `np.quantile(sorted_B, q)` (linear interpolation) equals x, clipped to
-    [0, 1]: the inverse of the bootstrap's quantile function."""
+def _q_at(sorted_B: np.ndarray, x: float, upper: bool) -> float:
+    """Where `np.quantile(sorted_B, q)` (linear interpolation) reaches x: with `upper` the largest
+    q at which it is still <= x, else the smallest q at which it is >= x (the two differ only
+    where replicates tie at x). The interval's low end at level L lies above x iff
+    (1 − L)/2 > q_at(x, upper=True); its high end lies below x iff (1 + L)/2 < q_at(x, False)."""
     n = sorted_B.size
-    if n == 1 or x <= sorted_B[0]:
-        return 0.0 if x <= sorted_B[0] else 1.0
-    if x >= sorted_B[-1]:
+    if x < sorted_B[0] or (not upper and x == sorted_B[0]):
+        return 0.0
+    if x > sorted_B[-1] or (upper and x == sorted_B[-1]):
         return 1.0
-    k = int(np.searchsorted(sorted_B, x, side="right")) - 1
-    gap = sorted_B[k + 1] - sorted_B[k]
-    h = k + ((x - sorted_B[k]) / gap if gap > 0 else 0.0)
-    return h / (n - 1)
+    if n == 1:
+        return 0.0 if not upper else 1.0
+    lo = int(np.searchsorted(sorted_B, x, side="left"))
+    hi = int(np.searchsorted(sorted_B, x, side="right"))
+    if lo < hi:   # replicates equal to x: indices lo .. hi − 1
+        return (hi - 1 if upper else lo) / (n - 1)
+    k = lo - 1    # sorted_B[k] < x < sorted_B[k + 1]
+    return (k + (x - sorted_B[k]) / (sorted_B[k + 1] - sorted_B[k])) / (n - 1)
 
 
 def _p_value(claim: Claim, stats_B, means_S, outcome: str) -> float:
@@ -344,14 +350,14 @@ def _p_value(claim: Claim, stats_B, means_S, outcome: str) -> float:
         return 1.0 - _t_abs_cdf(math.atan(z / math.sqrt(S - 1)), S - 1) if z > 0 else 1.0
 
     def above(x):   # p-value of "interval wholly above x"
-        p = min(1.0, 2 * _rank(sorted_B, x))
+        p = min(1.0, 2 * _q_at(sorted_B, x, upper=True))
         if union:
             pt = (t_p((mean - x) / se) if se > 0 else (0.0 if mean > x else 1.0))
             p = max(p, pt)
         return p
 
     def below(x):
-        p = min(1.0, 2 * (1 - _rank(sorted_B, x)))
+        p = min(1.0, 2 * (1 - _q_at(sorted_B, x, upper=False)))
         if union:
             pt = (t_p((x - mean) / se) if se > 0 else (0.0 if mean < x else 1.0))
             p = max(p, pt)
@@ -423,23 +429,31 @@ def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int 
     if not units.parts:
         return {**record, **_decide_units(claim, units, **kw), "extra": dict(units.extra)}
     parts = {name: _decide_units(claim, u, **kw) for name, u in units.parts.items()}
-    outs = [p["outcome"] for p in parts.values()]
     binding = max(parts, key=lambda n: parts[n]["p_reproduced"])
-    if all(o == "reproduced" for o in outs):
+    p_rep = parts[binding]["p_reproduced"]
+    p_cons = {n: p["p_contradicted"] for n, p in parts.items() if p["p_contradicted"] is not None}
+    # contradicted when some part is: a union over the k parts, so Bonferroni on that side
+    p_con = min(1.0, len(parts) * min(p_cons.values())) if p_cons else None
+    n_seeds = parts[binding]["n_seeds"]
+    if n_seeds < 2 or claim.kind == "descriptive":
+        outcome, reason = parts[binding]["outcome"], parts[binding]["reason"]
+    elif p_rep < 1 - level:
         outcome, reason = "reproduced", "every part's interval lies on the paper's side"
-    elif "contradicted" in outs:
+    elif p_con is not None and p_con < 1 - level:
+        worst = min(p_cons, key=p_cons.get)
         outcome = "contradicted"
-        reason = f"part {[n for n, p in parts.items() if p['outcome'] == 'contradicted']} " \
-                 "lies on the other side"
+        reason = (f"part {worst!r} lies on the other side at level 1 − (1 − {level:g})/"
+                  f"{len(parts)} (Bonferroni over the parts)")
     else:
         outcome, reason = "inconclusive", f"part {binding!r} is not reproduced"
-    p_con = [p["p_contradicted"] for p in parts.values() if p["p_contradicted"] is not None]
+    needs = [p["seeds_needed"] for p in parts.values()]
     top = dict(parts[binding])
-    top.update(outcome=outcome, reason=reason, p_reproduced=parts[binding]["p_reproduced"],
-               p_contradicted=min(p_con) if p_con else None,
-               rule=f"all of {list(parts)} (intersection-union): " + top["rule"],
-               seeds_needed=(max((p["seeds_needed"] or 0) for p in parts.values()) or None
-                             if outcome == "inconclusive" else None))
+    top.update(outcome=outcome, reason=reason, p_reproduced=p_rep, p_contradicted=p_con,
+               rule=(f"all of {list(parts)} (intersection-union: reproduced iff every part's "
+                     f"interval is; contradicted iff some part's interval at level "
+                     f"1 − (1 − level)/{len(parts)} lies on the other side): " + top["rule"]),
+               seeds_needed=(max(needs) if outcome == "inconclusive" and None not in needs
+                             else None))
     return {**record, **top, "binding_part": binding,
             "parts": {n: {k: p[k] for k in ("outcome", "effect", "ci", "per_seed",
                                              "p_reproduced", "p_contradicted")}
@@ -474,15 +488,16 @@ def holm(records: list[dict], alpha: float = 0.05) -> list[dict]:
 
 
 def chance_decisions(records: list[dict]) -> float:
-    """How many of the exploratory records' decisions chance alone would give: the sum of their
-    nominal false-decision rates (5% for a directional claim, 2.5% when it cannot contradict or
-    for an equivalence claim, whose margin test is one-sided at each end), over those decided."""
+    """How many of the exploratory records' decisions chance alone would give, in expectation:
+    the sum of their nominal false-decision rates over those with two or more seeds (5% for a
+    directional or equivalence claim: 2.5% each way; 2.5% for one that cannot contradict). The
+    claims are strongly dependent (mirrors, shared runs): the count has a large variance."""
     rate = 0.0
     for r in records:
-        if r.get("primary") or r["outcome"] is None or r["kind"] == "descriptive":
+        if (r.get("primary") or r["outcome"] is None or r["kind"] == "descriptive"
+                or r.get("n_seeds", 0) < 2):
             continue
-        one_sided = r["kind"] == "equivalence" or r.get("p_contradicted") is None
-        rate += 0.025 if one_sided else 0.05
+        rate += 0.025 if r.get("p_contradicted") is None else 0.05
     return rate
 
 
@@ -490,7 +505,8 @@ def evaluate(data: Any, *, registry: dict[str, Claim] | None = None, **decide_kw
     """Every registered claim computed on `data` and decided, in registration order; the primary
     ones with Holm's correction across them (`holm`)."""
     claims = REGISTRY if registry is None else registry
-    return holm([decide(c, c.compute(data), **decide_kw) for c in claims.values()])
+    return holm([decide(c, c.compute(data), **decide_kw) for c in claims.values()],
+                alpha=1 - decide_kw.get("level", 0.95))
 
 
 # ----------------------------------------------------------------------------------------------
