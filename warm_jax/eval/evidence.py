@@ -446,9 +446,13 @@ def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int 
                   f"{len(parts)} (Bonferroni over the parts)")
     else:
         outcome, reason = "inconclusive", f"part {binding!r} is not reproduced"
+    if outcome == "contradicted":   # the numbers shown are those of the part that decides
+        binding = min(p_cons, key=p_cons.get)
     needs = [p["seeds_needed"] for p in parts.values()]
     top = dict(parts[binding])
     top.update(outcome=outcome, reason=reason, p_reproduced=p_rep, p_contradicted=p_con,
+               ci=parts[binding]["ci"] if outcome != "contradicted" else _bonferroni_ci(
+                   claim, units.parts[binding], len(parts), **kw),
                rule=(f"all of {list(parts)} (intersection-union: reproduced iff every part's "
                      f"interval is; contradicted iff some part's interval at level "
                      f"1 − (1 − level)/{len(parts)} lies on the other side): " + top["rule"]),
@@ -459,6 +463,12 @@ def decide(claim: Claim, units: Units | None, *, rng_seed: int = 0, n_boot: int 
                                              "p_reproduced", "p_contradicted")}
                       for n, p in parts.items()},
             "extra": dict(units.extra)}
+
+
+def _bonferroni_ci(claim, units, k, *, rng_seed, n_boot, level):
+    """A part's decision interval at level 1 − (1 − level)/k (what contradicts a compound)."""
+    return _decide_units(claim, units, rng_seed=rng_seed, n_boot=n_boot,
+                         level=1 - (1 - level) / k)["ci"]
 
 
 def holm(records: list[dict], alpha: float = 0.05) -> list[dict]:

@@ -184,13 +184,19 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                    max_new_tokens: int | None = None, eval_prompts: int = 256,
                    ensemble_impl: str = "auto", allow_base_mismatch: bool = False,
                    sweep_methods: Sequence[str] = (), sweep_alphas: Sequence[float] = (),
-                   eval_split: str = "eval") -> str:
+                   sweep_seeds: Sequence[int] = (), eval_split: str = "eval") -> str:
     """RL from the SFT policy, one vmapped program per method over (α × chain seeds): run (α, s)
     optimises the reward models of chain seed s. Every `chunk` steps (and at step 0) each run is
     evaluated on held-out prompts (`eval.jsonl`: control reward per prompt, KL to the SFT policy),
     the first `eval_prompts` of the task's `eval_split` prompts.
-    An α sweep: the `sweep_methods` run at every α of `sweep_alphas`, the others at `alphas`."""
+    An α sweep: the `sweep_methods` run at every α of `sweep_alphas`, the others at `alphas`;
+    with `sweep_seeds`, a sweep α that is not in `alphas` runs for those chain seeds only."""
     seeds = check_seeds("train_policies", seeds)
+    if sweep_seeds:
+        sweep_seeds = check_seeds("train_policies.sweep_seeds", sweep_seeds)
+        outside = sorted(set(sweep_seeds) - set(seeds))
+        if outside:
+            raise ValueError(f"train_policies.sweep_seeds {outside} are not among seeds {seeds}")
     layout = RunLayout(workdir)
     for method in methods:
         RewardSpec.parse(method)  # a bad name fails before any work
@@ -205,16 +211,23 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                              f"{tuple(a)}")
     if not alphas:
         raise ValueError("train_policies.alphas is empty")
+    if num_steps < 1 or chunk < 1 or num_steps % chunk:
+        raise ValueError(f"train_policies.num_steps={num_steps} must be a positive multiple of "
+                         f"chunk={chunk}")
     shared: dict = {}
     for method in methods:
         mdir = layout.rl_method(rm_name, method)
         m_alphas = tuple(sweep_alphas if method in sweep_methods else alphas)
+        runs = [(a, s) for a in m_alphas for s in
+                (sweep_seeds if sweep_seeds and a not in alphas else seeds)]
         config = dict(task=task, model_cfg=model_cfg, method=method, alphas=m_alphas, seeds=seeds,
                       rl=rl, num_steps=num_steps, chunk=chunk, log_every=log_every,
                       normalise=normalise, uwo_lambda=uwo_lambda, max_new_tokens=max_new_tokens,
                       eval_prompts=eval_prompts, standardise_members=standardise_members)
         if eval_split != "eval":   # only when set: earlier runs' recorded configs still match
             config["eval_split"] = eval_split
+        if sweep_seeds and method in sweep_methods:
+            config["runs"] = runs
         with layout.stage(f"rl {rm_name}/{method}", mdir, config):
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
@@ -225,7 +238,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str =
                           normalise=normalise, uwo_lambda=uwo_lambda, eval_prompts=eval_prompts,
                           standardise_members=standardise_members,
                           ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
-                          eval_split=eval_split, **shared)
+                          eval_split=eval_split, runs=runs, **shared)
     return layout.rl(rm_name)
 
 
@@ -271,10 +284,11 @@ def seed_rewards(layout, rm_name, method, model_cfg, seeds, *, sft_meta, norm, n
 def train_runs(layout, mdir, rm_name, method, task, model_cfg, rl, *, alphas, seeds,
                num_steps, chunk, log_every, normalise, uwo_lambda, eval_prompts,
                standardise_members, ensemble_impl, allow_base_mismatch, sft_params, sft_meta,
-               sampling, rl_prompts, value0, norm, eval_split="eval") -> None:
-    """The (α × seed) runs of one reward `method` in `mdir`, one vmapped program, resumed from
-    its checkpoints; writes train.jsonl, eval.jsonl (every `chunk` steps), final.jsonl last."""
-    runs = [(a, s) for a in alphas for s in seeds]
+               sampling, rl_prompts, value0, norm, eval_split="eval", runs=None) -> None:
+    """The (α, seed) runs of one reward `method` in `mdir` (all of α × seeds, or `runs`), one
+    vmapped program, resumed from its checkpoints; writes train.jsonl, eval.jsonl (every `chunk`
+    steps), final.jsonl last."""
+    runs = [(a, s) for a in alphas for s in seeds] if runs is None else [tuple(r) for r in runs]
     fns = seed_rewards(layout, rm_name, method, model_cfg, seeds, sft_meta=sft_meta, norm=norm,
                        normalise=normalise, standardise_members=standardise_members,
                        uwo_lambda=uwo_lambda, ensemble_impl=ensemble_impl,
