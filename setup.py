@@ -7,6 +7,7 @@ setuptools.setup(
     description="WARM: weight averaged reward models, RM population training and RLHF in JAX/Flax",
     packages=setuptools.find_packages(include=["warm_jax", "warm_jax.*"]),
     python_requires=">=3.11",
+    license="Apache-2.0",
     install_requires=[
         "jax>=0.10",
         "flax>=0.10",

@@ -1,6 +1,7 @@
 """Record a finished demo: its wall time in bench/results.json as `demo_wall_s` (`demo_full_wall_s`
-for a FULL=1 run) and its claims as bench/claims/<name>.json, from which `python -m bench.table
---readme README.md` generates the README's claims, base-seed and FULL=1 claims blocks.
+for a FULL=1 run), its claims as bench/claims/<name>.json, from which `python -m bench.table
+--write` generates the documentation's claims blocks, and (for the default demo, `--name demo`)
+its hacking figure as docs/figures/hacking.png and .pdf, the README's first picture.
 
     python -m bench.record_demo runs/demo                       # -> demo_wall_s, claims/demo.json
     python -m bench.record_demo runs/demo_seed1 --name demo_seed1 --no-wall
@@ -21,6 +22,8 @@ def main(argv=None) -> int:
     ap.add_argument("workdir")
     ap.add_argument("--name", default="demo", help="bench/claims/<name>.json")
     ap.add_argument("--no-wall", action="store_true", help="do not record demo_wall_s")
+    ap.add_argument("--commit", help="the commit the run's code was (for runs whose run_info.json "
+                                     "does not record it)")
     args = ap.parse_args(argv)
     from warm_jax.layout import RunLayout
     from warm_jax.report import run_record
@@ -31,8 +34,17 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     os.makedirs(CLAIMS_DIR, exist_ok=True)
+    record = run_record(RunLayout(args.workdir))
+    if record.get("commit") is None:   # a run from before run_info recorded its provenance
+        if not args.commit:
+            print(f"error: {args.workdir}/run_info.json names no commit: give --commit",
+                  file=sys.stderr)
+            return 2
+        from warm_jax.main import provenance
+        record.update(commit=args.commit, cpu=provenance()["cpu"],
+                      provenance_from="--commit, and the CPU of the recording machine")
     with open(os.path.join(CLAIMS_DIR, f"{args.name}.json"), "w") as f:
-        json.dump(run_record(RunLayout(args.workdir)), f, indent=1)
+        json.dump(record, f, indent=1)
     if not args.no_wall:
         results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
         key = "demo_full_wall_s" if str(info.get("mode")).startswith("FULL=1") else "demo_wall_s"
@@ -41,6 +53,15 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=1, sort_keys=True)
         print(f"{key} = {info['wall_s']} ({info['mode']})")
     print(f"wrote bench/claims/{args.name}.json")
+    if args.name == "demo":
+        import shutil
+        figures = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "docs", "figures")
+        os.makedirs(figures, exist_ok=True)
+        for ext in ("png", "pdf"):
+            shutil.copyfile(os.path.join(args.workdir, "figures", f"hacking.{ext}"),
+                            os.path.join(figures, f"hacking.{ext}"))
+        print("wrote docs/figures/hacking.png and .pdf")
     return 0
 
 

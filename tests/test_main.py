@@ -30,7 +30,7 @@ def test_demo_writes_every_output(tiny_demo):
     wd = tiny_demo
     for f in ("config.gin", "operative_config.gin", "timings.json", "run_info.json", "report.md",
               "claims.json", "sft/eval.jsonl", "rm/clean/seed_1/eval.jsonl",
-              "rm/corrupt/seed_0/analysis.jsonl", "rm/clean/seed_1/averages/warm_M2",
+              "rm/clean/seed_0/analysis.jsonl", "rm/clean/seed_1/averages/warm_M2",
               "rl/clean/bon.jsonl", "rl/clean/single/final.jsonl", "rl/clean/single/eval.jsonl",
               "rl/clean/warm_M2/eval_samples.npz"):
         assert os.path.exists(os.path.join(wd, f)), f
@@ -47,14 +47,15 @@ def test_demo_writes_every_output(tiny_demo):
     assert "pretrain/OptimConfig.learning_rate = 0.003" in open(
         os.path.join(wd, "operative_config.gin")).read()
     assert set(json.load(open(os.path.join(wd, "timings.json")))) == {
-        "pretrain", "sft", "ood_pairs", "rm_clean", "rm_corrupt", "average_clean", "average_corrupt",
-        "best_of_n", "rl", "warp", "report"}
+        "pretrain", "sft", "ood_pairs", "rm_clean", "average_clean", "best_of_n", "rl", "warp",
+        "report"}
+    assert not os.path.exists(os.path.join(wd, "rm", "corrupt"))   # FULL=1's population
 
 
 def test_full_demo_stages_tiny(tiny_demo, tmp_path):
-    """FULL=1's own stages (tiny), on a copy of the tiny demo's shared init and corrupt-label reward
-    models: a clean population with more members than the corrupt one (FULL: 10 against 6; tiny: 7
-    against 2) and WARM of all of them, the probe and Baklava ablations (no linear probe, members
+    """FULL=1's own stages (tiny), on a copy of the tiny demo's shared init: the corrupt-label
+    reward models, a clean population with more members than the corrupt one (FULL: 10 against
+    6; tiny: 7 against 2) and WARM of all of them, the probe and Baklava ablations (no linear probe, members
     from their own fresh heads; every member from one SFT checkpoint), the α sweep, best-of-N and
     RL against the corrupt-label RMs, and the claims decided on them."""
     wd = str(tmp_path / "full")
@@ -62,7 +63,9 @@ def test_full_demo_stages_tiny(tiny_demo, tmp_path):
     shutil.copytree(tiny_demo, wd, ignore=lambda d, names: [
         n for n in names if (d == tiny_demo and n in top) or (d.endswith("/rm") and n == "clean")])
     stages = ("{'rm_clean': @clean/warm_jax.train_reward_models, "
+              "'rm_corrupt': @corrupt/warm_jax.train_reward_models, "
               "'average_clean': @clean/warm_jax.average_reward_models, "
+              "'average_corrupt': @corrupt/warm_jax.average_reward_models, "
               "'rm_noprobe': @noprobe/warm_jax.train_reward_models, "
               "'average_noprobe': @noprobe/warm_jax.average_reward_models, "
               "'rm_onesft': @onesft/warm_jax.train_reward_models, "
@@ -215,17 +218,18 @@ def test_sweep_product_local_runner_and_xmanager_jobs(tmp_path):
 
 def test_readme_claims_block_is_generated_from_claims_json(tiny_demo, tmp_path):
     from warm_jax.layout import RunLayout
-    from warm_jax.report import README_BEGIN, README_END, claims_block, rewrite_readme
+    from warm_jax.eval.tables import (README_BEGIN, README_END, claims_block, rewrite_readme,
+                                      run_record)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nstale typed table\n{README_END}\noutro\n")
-    from warm_jax.report import run_record
     rewrite_readme(str(readme), claims_block(run_record(RunLayout(tiny_demo))))
     text = readme.read_text()
     claims = json.load(open(os.path.join(tiny_demo, "claims.json")))
     assert "stale typed table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     n_yes = sum(c["outcome"] == "reproduced" for c in claims)
     assert f"{n_yes} reproduced" in text and "chain seeds [0, 1]" in text
-    assert all(f"| {c['claim']} — " in text for c in claims)
+    assert all(f"| {c['claim']} |" in text or f"| **{c['claim']}** |" in text for c in claims)
+    assert "commit " in text and "chance alone" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no claims markers"):
         rewrite_readme(str(readme), "x")

@@ -9,38 +9,56 @@ def _block(text, begin, end):
     return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
 
 
-def test_readme_benchmark_table_is_generated_from_bench_results(tmp_path):
+def test_benchmark_table_is_generated_from_bench_results(tmp_path):
     from bench import table
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    doc = open(table.BENCH_MD, encoding="utf-8").read()
     want = table.block(table.load(table.RESULTS), table.load(table.RESULTS_GPU))
-    assert _block(readme, table.BEGIN, table.END) == want, (
-        "README's benchmark table disagrees with bench/results*.json: "
-        "run python -m bench.table --readme README.md")
+    assert _block(doc, table.BEGIN, table.END) == want, (
+        "docs/benchmarks.md's table disagrees with bench/results*.json: "
+        "run python -m bench.table --write")
     # every number in the block comes from the files: a changed value changes the block
     results = dict(table.load(table.RESULTS), kv_cache_speedup=12.75)
     assert "12.75" in table.block(results, None)
     # and the rewrite touches only what lies between the markers
-    copy = tmp_path / "README.md"
+    copy = tmp_path / "doc.md"
     copy.write_text("head\n" + table.BEGIN + "\nold\n" + table.END + "\ntail\n")
     table.rewrite(str(copy), "new")
     assert copy.read_text() == "head\n" + table.BEGIN + "\nnew\n" + table.END + "\ntail\n"
 
 
-def test_readme_claims_blocks_are_generated_from_recorded_runs():
-    """The claims table, the base-seed check and the FULL=1 claims table come from
-    bench/claims/*.json, which bench.record_demo copies from fresh runs' claims.json."""
-    from warm_jax import report
+def test_claims_blocks_are_generated_from_recorded_runs():
+    """The default demo's, the base-seed and the FULL=1 claims tables (docs/results.md) and the
+    primary claims (README.md) come from bench/claims/*.json, which bench.record_demo copies from
+    fresh runs' claims.json."""
     from bench import table
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    from warm_jax.eval import tables as T
     blocks = table.claims_blocks()
-    assert blocks and (report.BASE_BEGIN, report.BASE_END) in blocks, (
-        "record both base seeds: python -m bench.record_demo")
-    assert (report.FULL_BEGIN, report.FULL_END) in blocks, (
-        "record a FULL=1 run: python -m bench.record_demo runs/demo_full --name demo_full")
-    for (begin, end), want in blocks.items():
-        assert _block(readme, begin, end) == want, (
-            "README's claims blocks disagree with bench/claims/: run "
-            "python -m bench.table --readme README.md")
+    assert set(blocks[table.RESULTS_MD]) == {(T.DEMO_BEGIN, T.DEMO_END), (T.BASE_BEGIN, T.BASE_END),
+                                             (T.FULL_BEGIN, T.FULL_END)}, (
+        "record the default demo, base seed 1 and FULL=1: python -m bench.record_demo")
+    assert (T.PRIMARY_BEGIN, T.PRIMARY_END) in blocks[table.README]
+    for path, file_blocks in blocks.items():
+        text = open(path, encoding="utf-8").read()
+        for (begin, end), want in file_blocks.items():
+            assert _block(text, begin, end) == want, (
+                f"{os.path.relpath(path, REPO)}'s generated blocks disagree with bench/claims/: "
+                "run python -m bench.table --write")
+
+
+def test_readme_is_short_and_cites_only_what_exists():
+    import re
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 250
+    for link in re.findall(r"\]\(([^)#]+)\)", text):
+        if not link.startswith("http"):
+            assert os.path.exists(os.path.join(REPO, link)), link
+    for doc in os.listdir(os.path.join(REPO, "docs")):
+        if doc.endswith(".md"):
+            body = open(os.path.join(REPO, "docs", doc), encoding="utf-8").read()
+            for link in re.findall(r"\]\(([^)#]+)\)", body):
+                if not link.startswith("http"):
+                    assert os.path.exists(os.path.join(REPO, "docs", link)), (doc, link)
+            assert not re.search(r"\bissue \d", body), doc
 
 
 def test_base_seed_check_names_a_flip():

@@ -104,7 +104,7 @@ def run(workdir: str = gin.REQUIRED,
         use_compilation_cache(os.path.join(layout.root, "xla_cache"))
     write_text(layout.config_gin, gin.config_str())
     t_start = time.time()
-    info = {"command": " ".join(sys.argv), "mode": mode}
+    info = {"command": " ".join(sys.argv), "mode": mode, **provenance()}
     write_json(layout.run_info, info)
     named = stages.items() if isinstance(stages, Mapping) else [(s.__name__, s) for s in stages]
     timings: dict = {}
@@ -118,6 +118,27 @@ def run(workdir: str = gin.REQUIRED,
         info["wall_s"] = round(time.time() - t_start, 2)
         write_json(layout.run_info, info)
     return timings
+
+
+def provenance() -> dict:
+    """The code's commit (None outside git) and the CPU a run ran on: numbers move between
+    machines (float rounding), so a record says where it was made."""
+    import platform
+    import subprocess
+    out = {"cpu": platform.processor() or platform.machine(), "jax": jax.__version__}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        if names:
+            out["cpu"] = f"{names[0]} x {len(names)}"
+    except OSError:
+        pass
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(
+            os.path.abspath(__file__)), capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        out["commit"] = None
+    return out
 
 
 def use_compilation_cache(directory: str) -> bool:

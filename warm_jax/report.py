@@ -18,34 +18,11 @@ from warm_jax.eval.figures import (  # noqa: F401
     corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
     fig_hacking, fig_rl, fig_winrates, winrate_matrix)
 from warm_jax.eval.claims_policy import rl_pair
-from warm_jax.eval.evidence import chance_decisions
+from warm_jax.eval.tables import (OUTCOME_MARK, claims_block, claims_tables, ci, effect, fmt,  # noqa: F401
+                                  per_seed, rewrite_readme, run_record)
 from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
-    return str(v)
-
-
-def _ci(c) -> str:
-    return "–" if c["ci"] is None else f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
-
-
-def _effect(c) -> str:
-    return "–" if c["effect"] is None else f"{c['effect']:+.3f}"
-
-
-def _per_seed(c) -> str:
-    return ", ".join(f"{v:+.3f}" for v in c["per_seed"]) or "–"
-
-
-OUTCOME_MARK = {"reproduced": "**reproduced**", "contradicted": "**contradicted**",
-                "inconclusive": "inconclusive", None: "n/a"}
-
 
 def diagnostics(claims: list[dict]) -> list[str]:
     """For each decided claim that did not reproduce, the statistics of its own decision: the
@@ -56,10 +33,10 @@ def diagnostics(claims: list[dict]) -> list[str]:
         if c["outcome"] not in ("inconclusive", "contradicted"):
             continue
         v = c["variance"] or {}
-        msg = (f"effect {_effect(c)}, CI {_ci(c)} over {c['n_seeds']} seeds (per seed "
-               f"{_per_seed(c)}); sd of the seed means {_fmt(v.get('sd_seed_means'))}")
+        msg = (f"effect {effect(c)}, CI {ci(c)} over {c['n_seeds']} seeds (per seed "
+               f"{per_seed(c)}); sd of the seed means {fmt(v.get('sd_seed_means'))}")
         if v.get("se_within_seed") is not None:
-            msg += f", evaluation noise within a seed {_fmt(v.get('se_within_seed'))}"
+            msg += f", evaluation noise within a seed {fmt(v.get('se_within_seed'))}"
         if c["outcome"] == "inconclusive":
             need = c.get("seeds_needed")
             if need and need <= c["n_seeds"]:
@@ -186,44 +163,6 @@ def m_section(d: dict) -> list[str]:
     return lines + [""]
 
 
-def _outcome_cell(c) -> str:
-    out = OUTCOME_MARK[c["outcome"]]
-    un = c.get("outcome_unadjusted")
-    return out + (f" (unadjusted: {un})" if un and un != c["outcome"] else "")
-
-
-def claims_tables(claims: list[dict]) -> list[str]:
-    """The primary claims (Holm across them), then the exploratory ones, each a table a screen
-    wide; every claim's statistic and rule once, below."""
-    lines = []
-    primary = [c for c in claims if c.get("primary")]
-    rest = [c for c in claims if not c.get("primary")]
-    head = ["| claim | outcome | effect | 95% CI | seeds |", "|---|---|---|---|---|"]
-    part = lambda c: f" ({c['binding_part']})" if c.get("binding_part") else ""  # noqa: E731
-    row = lambda c: (f"| {c['claim']}{part(c)} | {_outcome_cell(c)} | {_effect(c)} | "  # noqa
-                     f"{_ci(c)} | {c['n_seeds'] or '–'} |")
-    if primary:
-        m = sum(c["outcome"] is not None for c in primary)
-        lines += ["## Primary claims", "",
-                  f"The paper's headline findings, declared primary before the run: each is decided "
-                  f"with Holm's step-down correction across the {m} that have inputs (family-wise "
-                  "error 5%), on the p-value of its interval rule. A claim of several parts "
-                  "shows the part that decides it.", ""] + head
-        lines += [row(c) for c in primary] + [""]
-    decided = [c for c in rest if c["outcome"] is not None]
-    n_dec = sum(c["outcome"] in ("reproduced", "contradicted") for c in decided)
-    lines += ["## Exploratory claims", "",
-              f"Decided each at 95%, without correction: of the {len(decided)} with an outcome, "
-              f"{n_dec} are reproduced or contradicted, where chance alone would give about "
-              f"{chance_decisions(claims):.1f}.", ""] + head
-    lines += [row(c) for c in rest] + [""]
-    lines += ["## What each claim measures", ""]
-    lines += [f"- **{c['claim']}** ({c['paper_ref']}; unit: {c['unit']}, {c['n_units']} units). "
-              f"{c['finding']}. Statistic: {c['statistic']}. Rule: {c['rule']}" for c in claims]
-    return lines + ["", "Every statistic, interval, p-value and per-seed value is in "
-                        "`claims.json`.", ""]
-
-
 def write_report(workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
     layout = RunLayout(workdir)
@@ -310,7 +249,7 @@ def _write_report(layout: RunLayout) -> dict:
                   "Each RL reward was z-scored on SFT samples (reward = (r − shift) / scale), so one "
                   "α means the same KL price per unit of reward spread for every method.", "",
                   "| method | shift | scale |", "|---|---|---|"]
-        lines += [f"| {m} | {_fmt(a)} | {_fmt(b)} |" for m, (a, b) in norms.items()]
+        lines += [f"| {m} | {fmt(a)} | {fmt(b)} |" for m, (a, b) in norms.items()]
         lines.append("")
     lines += ["## Stage timings (s)", "", "```", json.dumps(timings, indent=1), "```", ""]
     notes = os.path.join(workdir, "notes.md")
@@ -318,97 +257,6 @@ def _write_report(layout: RunLayout) -> dict:
         lines += [open(notes).read()]
     write_text(layout.report, "\n".join(lines))
     return {"claims": claims, "figures": {k: v for k, v in figs.items() if v}}
-
-
-README_BEGIN = "<!-- claims:begin (generated by python -m warm_jax.report WORKDIR --readme README.md) -->"
-README_END = "<!-- claims:end -->"
-
-
-FULL_BEGIN = "<!-- claims-full:begin (generated by python -m bench.table --readme README.md) -->"
-FULL_END = "<!-- claims-full:end -->"
-BASE_BEGIN = "<!-- base-seeds:begin (generated by python -m bench.table --readme README.md) -->"
-BASE_END = "<!-- base-seeds:end -->"
-
-
-def run_record(layout: RunLayout) -> dict:
-    """What the README's claims blocks need from a finished run: its claims, mode, base seed
-    (the `SEED` macro of its config.gin) and stage wall time."""
-    claims = read_json(layout.claims)
-    if claims is None:
-        raise FileNotFoundError(f"{layout.claims} does not exist: run the report first")
-    info = read_json(layout.run_info, {})
-    seed = None
-    if os.path.exists(layout.config_gin):
-        for line in open(layout.config_gin, encoding="utf-8"):
-            if line.startswith("SEED = "):
-                seed = int(line.split("=", 1)[1])
-    return {"mode": info.get("mode", "?"), "command": info.get("command"), "base_seed": seed,
-            "stages_s": round(sum(read_json(layout.timings, {}).values()), 1), "claims": claims}
-
-
-def _chain_seeds(claims) -> list:
-    return sorted({s for c in claims for s in c["extra"].get("seeds", [])})
-
-
-def claims_block(record: dict) -> str:
-    """The README's claims table, from a run record (`run_record`)."""
-    claims = record["claims"]
-    count = collections.Counter(c["outcome"] for c in claims)
-    decided = [c for c in claims if c["kind"] != "descriptive"]
-    lines = [f"Claims of a fresh run ({record['mode']}; base seed {record['base_seed']}, chain "
-             f"seeds {_chain_seeds(claims)}; stages {record['stages_s']:.0f} s), from its "
-             "`claims.json`:", "",
-             "| claim | paper | outcome | effect | 95% CI | per seed | unit |",
-             "|---|---|---|---|---|---|---|"]
-    for c in claims:
-        lines.append(f"| {c['claim']} — {c['finding']} | {c['paper_ref']} | "
-                     f"{OUTCOME_MARK[c['outcome']]} | {_effect(c)} | {_ci(c)} | {_per_seed(c)} | "
-                     f"{c['unit']} |")
-    missing = count[None] - (len(claims) - len(decided))
-    lines += ["", f"Of {len(decided)} decided claims: {count['reproduced']} reproduced, "
-              f"{count['contradicted']} contradicted, {count['inconclusive']} inconclusive"
-              + (f", {missing} without inputs" if missing else "") + "."]
-    return "\n".join(lines)
-
-
-def base_seed_block(records: list[dict]) -> str:
-    """Outcomes of the same claims over two (or more) base seeds, and the check that no claim
-    goes from reproduced to contradicted between them."""
-    ids = [c["claim"] for c in records[0]["claims"]]
-    by = [{c["claim"]: c for c in r["claims"]} for r in records]
-    head = " | ".join(f"base seed {r['base_seed']}" for r in records)
-    lines = [f"| claim | {head} |", "|---" * (len(records) + 1) + "|"]
-    flips = []
-    for i in ids:
-        cells = [(f"{b[i]['outcome'] or 'n/a'} ({_effect(b[i])})" if i in b else "–") for b in by]
-        lines.append(f"| {i} | " + " | ".join(cells) + " |")
-        outs = {b[i]["outcome"] for b in by if i in b}
-        if {"reproduced", "contradicted"} <= outs:
-            flips.append(i)
-    # claims without inputs (or descriptive) on some base seed have no outcome to compare
-    decided = [i for i in ids if all(i in b and b[i]["outcome"] is not None for b in by)]
-    same = sum(len({b[i]["outcome"] for b in by}) == 1 for i in decided)
-    lines += ["", f"{same} of {len(decided)} claims decided on every base seed have the same "
-              "outcome on each; "
-              + (f"**{', '.join(flips)} go from reproduced to contradicted**." if flips else
-                 "none goes from reproduced to contradicted.")]
-    return "\n".join(lines)
-
-
-def rewrite_block(readme: str, begin: str, end: str, block: str, name: str = "generated") -> None:
-    """Replace what lies between the markers `begin` and `end` in `readme` with `block`."""
-    text = open(readme, encoding="utf-8").read()
-    if text.count(begin) != 1 or text.count(end) != 1:
-        raise ValueError(f"{readme}: no {name} markers: expected exactly one {begin!r} ... {end!r} "
-                         f"block (found {text.count(begin)} begin, {text.count(end)} end)")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write(readme, head + begin + "\n" + block + "\n" + end + tail)
-
-
-def rewrite_readme(readme: str, block: str) -> None:
-    """Replace the README's generated claims block with `block`."""
-    rewrite_block(readme, README_BEGIN, README_END, block, name="claims")
 
 
 def main(argv=None):
