@@ -16,7 +16,6 @@ DEMO_GIN := $(if $(FULL),experiments/demo_full.gin,experiments/demo.gin)
 demo: venv
 	JAX_PLATFORMS=cpu $(PY) -m warm_jax.main --gin_file=$(DEMO_GIN) \
 	  --gin.WORKDIR="'$(WORKDIR)'"
-	@echo "report: $(WORKDIR)/report.md"
 
 # the declared RL-regime calibration on pilot seeds (single RM only; ~10 min): writes
 # calibration/<round>.json and .md, to be committed before the regime is adopted

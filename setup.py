@@ -27,6 +27,8 @@ setuptools.setup(
         "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5", "nbclient", "nbformat", "ipykernel", "gguf", "tokenizers",
                  "safetensors"],
         "import": ["tokenizers", "gguf", "safetensors"],
+        # `tensorboard --logdir runs/demo`: every training loop also writes TensorBoard events
+        "tensorboard": ["tensorboard"],
         "xm": ["xmanager"],
     },
 )

@@ -27,7 +27,7 @@ def _nested_pairs(rng, n_trials, mu, *, S=3, U=2000, tau=0.04, q=0.6):
     """Per trial and seed, a training effect θ = mu + N(0, τ²) (the seed's random effect); each of
     U pairs gives a WA − ENS correctness difference in {-1, 0, +1} with P(±1) = (q ± θ)/2, so its
     mean is θ. Seed-mean evaluation noise ≈ √q/√U ≈ 0.017 < τ: the seed spread dominates, as in
-    docs/EVIDENCE.md. Returns diffs_TxSxU."""
+    docs/evidence.md. Returns diffs_TxSxU."""
     theta_TxS = mu + tau * rng.standard_normal((n_trials, S))
     u_TxSxU = rng.random((n_trials, S, U))
     plus_TxS, minus_TxS = np.clip((q + theta_TxS) / 2, 0, 1), np.clip((q - theta_TxS) / 2, 0, 1)

@@ -18,8 +18,10 @@ from warm_jax.eval.claims import REGISTRY
 from warm_jax.main import rewrite_gin_args
 from warm_jax.metrics import read_jsonl
 
-FIGURES = ("lmc.png", "corruption.png", "acc_vs_m.png", "bon.png", "gao.png", "rl_steps.png",
-           "pareto.png", "winrates.png", "warp.png")
+# the tiny demo's figures (clean labels only: no corruption figure), each as PNG and PDF
+FIGURES = tuple(f"{name}.{ext}" for name in ("hacking", "lmc", "acc_vs_m", "bon", "gao",
+                                             "rl_steps", "pareto", "winrates", "warp")
+                for ext in ("png", "pdf"))
 
 
 def _run(workdir, *extra, experiment="demo", tiny="tiny"):
@@ -36,6 +38,7 @@ def test_demo_writes_every_output(tiny_demo):
         assert os.path.exists(os.path.join(wd, f)), f
     for f in FIGURES:
         assert os.path.getsize(os.path.join(wd, "figures", f)) > 1000, f
+    assert sorted(os.listdir(os.path.join(wd, "figures"))) == sorted(FIGURES)
     claims = json.load(open(os.path.join(wd, "claims.json")))
     assert [c["claim"] for c in claims] == list(REGISTRY)
     assert all(set(c) >= {"claim", "finding", "paper_ref", "outcome", "effect", "ci", "per_seed",
@@ -150,21 +153,39 @@ def test_notebook_executes_on_a_run(tiny_demo):
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(os.path.join(REPO, "notebooks", "analysis.ipynb"), as_version=4)
-    nb.cells[1].source = f"WORKDIR = {tiny_demo!r}"
+    # opened from notebooks/, with the work directory given relative to the repository root,
+    # two methods and one seed picked
+    rel = os.path.relpath(tiny_demo, REPO)
+    nb.cells[1].source = (f"WORKDIR = {rel!r}\nMETHODS = ['single', 'warm_M2']\nSEEDS = [0]\n"
+                          "SPLIT = 'validation'")
     NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": REPO}}).execute()
+                   resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
-    assert "6 figures" in outputs, outputs[-2000:]
+    # every figure of the tiny demo's report, drawn from the picked rows
+    assert f"{len(FIGURES) // 2} figures" in outputs, outputs[-2000:]
+    assert "seeds: [0, 1]" in outputs and "clean validation [" in outputs
 
 
 def test_rerun_skips_finished_stages(tiny_demo):
     mark = os.path.join(tiny_demo, "rl", "clean", "single", "final.jsonl")
     before = os.path.getmtime(mark)
+    timings = json.load(open(os.path.join(tiny_demo, "timings.json")))
     r = _run(tiny_demo)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.getmtime(mark) == before, "a finished stage was redone"
     assert len(read_jsonl(os.path.join(tiny_demo, "pretrain", "train.jsonl"))) == 2
+    # a skipped stage says so and keeps the time it took when it ran; the launch ends with the
+    # stage times, the primary claims and where the report is
+    assert "    pretrain: skipped, finished earlier with the same configuration" in r.stdout
+    after = json.load(open(os.path.join(tiny_demo, "timings.json")))
+    assert {k: v for k, v in after.items() if k != "report"} == {
+        k: v for k, v in timings.items() if k != "report"}
+    assert "=== done: 1 of 9 stages ran in this launch" in r.stdout, r.stdout[-2000:]
+    assert "primary rl_single_hacking:" in r.stdout and "report: " in r.stdout
+    info = json.load(open(os.path.join(tiny_demo, "run_info.json")))
+    assert [launch["stages_run"] for launch in info["launches"]][-1] == ["report"]
+    assert info["commit"] and info["cpu"]
 
 
 @pytest.mark.skipif(default_hh_path() is None, reason="HH-RLHF sample not found (WARM_HH_PATH)")

@@ -10,6 +10,8 @@ JAX_PROCESS_ID) it first joins the multi-host runtime with `jax.distributed.init
 """
 from __future__ import annotations
 
+import collections
+import errno
 import logging as std_logging
 import os
 import sys
@@ -20,7 +22,7 @@ import gin
 import jax
 from absl import app, flags, logging
 
-from warm_jax import sft
+from warm_jax import progress, sft
 from warm_jax.average.stage import average_reward_models
 from warm_jax.checkpoint import NonFiniteError
 from warm_jax.data.preferences import DataError, LoadPolicy
@@ -28,7 +30,8 @@ from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.hostmem import tune_host_allocator
 from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError, WriteError,
-                             hold_locks_until_exit, install_preemption_handler, write_json)
+                             hold_locks_until_exit, install_preemption_handler, read_json,
+                             write_json)
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
@@ -99,25 +102,83 @@ def run(workdir: str = gin.REQUIRED,
     clean and the corrupted labels, the policy step of every RL method — compiles once per run,
     and a resumed run compiles nothing it compiled before. Deleting the directory is always safe."""
     layout = RunLayout(workdir)
-    os.makedirs(layout.root, exist_ok=True)
+    prepare_workdir(layout.root)
     if compilation_cache:
         use_compilation_cache(os.path.join(layout.root, "xla_cache"))
-    write_text(layout.config_gin, gin.config_str())
     t_start = time.time()
-    info = {"command": " ".join(sys.argv), "mode": mode, **provenance()}
-    write_json(layout.run_info, info)
-    named = stages.items() if isinstance(stages, Mapping) else [(s.__name__, s) for s in stages]
-    timings: dict = {}
-    for name, stage in named:
-        logging.info("=== stage %s ===", name)
-        print(f"=== stage {name} ===", flush=True)
-        t0 = time.time()
-        stage(workdir=workdir)
-        timings = layout.update_timings(name, time.time() - t0)
-        write_text(layout.operative_gin, gin.operative_config_str())
-        info["wall_s"] = round(time.time() - t_start, 2)
+    named = list(stages.items() if isinstance(stages, Mapping) else
+                 [(s.__name__, s) for s in stages])
+    earlier = read_json(layout.run_info, {}) if os.path.exists(layout.run_info) else {}
+    launches = list(earlier.get("launches", []))
+    launch = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "stages_run": []}
+    info = {"command": launch["command"], "mode": mode, **provenance(), "launches": launches}
+
+    def write_record():   # once, just before the first unit of work (progress.before_first_work)
+        write_text(layout.config_gin, gin.config_str())
+        launches.append(launch)
         write_json(layout.run_info, info)
+    progress.before_first_work(write_record)
+    this: dict = {}
+    for i, (name, stage) in enumerate(named, 1):
+        logging.info("=== stage %s ===", name)
+        print(f"=== stage {name} ({i}/{len(named)}) ===", flush=True)
+        work, t0 = progress.work_started(), time.time()
+        stage(workdir=workdir)
+        seconds = time.time() - t0
+        if progress.work_started() == work:   # nothing to do: its outputs were on disk
+            before = read_json(layout.timings, {}).get(name)
+            print(f"    {name}: skipped, finished earlier with the same configuration"
+                  + (f" ({progress.hms(before)} then)" if before is not None else ""), flush=True)
+            continue
+        layout.update_timings(name, seconds)
+        this[name] = seconds
+        launch["stages_run"].append(name)
+        print(f"    {name}: done in {progress.hms(seconds)}", flush=True)
+        write_text(layout.operative_gin, gin.operative_config_str())
+        launch["wall_s"] = info["wall_s"] = round(time.time() - t_start, 2)
+        write_json(layout.run_info, info)
+    timings = read_json(layout.timings, {})
+    print(summary(layout, named, this, timings), flush=True)
     return timings
+
+
+def prepare_workdir(root: str) -> None:
+    """Make the work directory, or stop with one line if it cannot be one."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise WriteError(errno.ENOTDIR, f"WORKDIR {root} is a file, not a directory")
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise WriteError(e.errno, f"WORKDIR {root} cannot be created: {e.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise WriteError(errno.EACCES, f"WORKDIR {root} is not writable")
+
+
+def summary(layout: RunLayout, named, this: dict, timings: dict) -> str:
+    """The end of a launch: stage times (this launch's and those recorded earlier), the claims
+    tally with the primary claims one line each, and where the report is."""
+    lines = ["", f"=== done: {len(this)} of {len(named)} stages ran in this launch "
+                 f"({progress.hms(sum(this.values()))}); all stages "
+                 f"{progress.hms(sum(timings.get(n, 0) for n, _ in named))} ==="]
+    for name, _ in named:
+        t = timings.get(name)
+        when = "this launch" if name in this else "earlier"
+        lines.append(f"  {name:<20} {progress.hms(t) if t is not None else '–':>8}  ({when})")
+    claims = read_json(layout.claims)
+    if claims:
+        count = collections.Counter(c["outcome"] for c in claims)
+        lines.append(f"claims: {count['reproduced']} reproduced, {count['contradicted']} "
+                     f"contradicted, {count['inconclusive']} inconclusive, {count[None]} without "
+                     "inputs or descriptive")
+        for c in claims:
+            if c.get("primary"):
+                ci = (f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else "")
+                eff = f" {c['effect']:+.3f}" if c.get("effect") is not None else ""
+                lines.append(f"  primary {c['claim']}: {c['outcome'] or 'no inputs'}{eff}{ci}")
+    if os.path.exists(layout.report):
+        lines.append(f"report: {layout.report}; figures: {layout.figures}/")
+    return "\n".join(lines)
 
 
 def provenance() -> dict:

@@ -1,4 +1,4 @@
-"""One metrics writer (JSONL + TensorBoard events) and quiet-when-piped progress bars.
+"""One metrics writer (JSONL + TensorBoard events).
 
 Training logs are append-only and survive a kill: a resumed run first rewinds its log to the step
 it restored (`MetricsWriter.rewind`), dropping rows logged after that checkpoint and a torn last
@@ -10,11 +10,9 @@ import json
 import logging
 import math
 import os
-import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,3 @@ def read_jsonl(path: str) -> list[dict]:
         rows.append(row)
     return rows
 
-
-def progress(iterable: Iterable, **kw):
-    """tqdm that stays silent when stderr is not a terminal (CI logs, subprocess runners)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kw)

@@ -29,6 +29,7 @@ import numpy as np
 from warm_jax.checkpoint import restore_params
 from warm_jax.layout import RunLayout, atomic_write, write_jsonl
 from warm_jax.models import ModelConfig, SamplingConfig, jitted_sampler
+from warm_jax.progress import note_work
 from warm_jax.rm.loss import SPLITS
 
 SOURCES = (("pretrain", 1.0), ("sft", 1.5), ("sft", 1.0))
@@ -77,6 +78,7 @@ def ood_pairs(*, workdir: str, task, model_cfg: ModelConfig,
     config = dict(task=task, model_cfg=model_cfg, sources=[list(s) for s in sources], seed=seed)
     with layout.stage("ood_pairs", layout.ood, config):
         if not os.path.exists(layout.ood_pairs):
+            note_work()
             _build(layout, task, model_cfg, sources, seed)
     if jax.process_count() > 1:  # the file is process 0's; every process reads it next
         from jax.experimental import multihost_utils

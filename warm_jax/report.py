@@ -18,11 +18,12 @@ from warm_jax.eval.figures import (  # noqa: F401
     corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
     fig_hacking, fig_rl, fig_winrates, winrate_matrix)
 from warm_jax.eval.claims_policy import rl_pair
-from warm_jax.eval.tables import (OUTCOME_MARK, claims_block, claims_tables, ci, effect, fmt,  # noqa: F401
-                                  per_seed, rewrite_readme, run_record)
-from warm_jax.layout import RunLayout, atomic_write, chain, read_json, write_json
+from warm_jax.eval.tables import (claims_block, claims_tables, ci, effect, fmt, per_seed,
+                                  rewrite_readme, run_record)
+from warm_jax.layout import RunLayout, chain, read_json, write_json
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
+from warm_jax.progress import note_work
 
 def diagnostics(claims: list[dict]) -> list[str]:
     """For each decided claim that did not reproduce, the statistics of its own decision: the
@@ -163,8 +164,71 @@ def m_section(d: dict) -> list[str]:
     return lines + [""]
 
 
+def select(d: dict, methods=None, seeds=None) -> dict:
+    """The loaded rows of `d` (`claims.load`) restricted to reward `methods` and chain `seeds`
+    (None: all), for drawing a subset (the notebook's pickers)."""
+    keep_s = (lambda s: True) if seeds is None else (lambda s: s in set(seeds))  # noqa: E731
+    keep_m = (lambda m: True) if methods is None else (lambda m: m in set(methods))  # noqa: E731
+
+    def rows(rs):
+        return [r for r in rs if keep_s(r.get("seed")) and keep_m(r.get("method"))]
+
+    def policy(p):
+        return {"bon": rows(p["bon"]), **{k: {m: [r for r in v if keep_s(r.get("seed"))]
+                                               for m, v in p[k].items() if keep_m(m)}
+                                           for k in ("train", "eval", "final")}}
+    out = dict(d, **policy(d), corrupt_policy=policy(d["corrupt_policy"]) if d.get(
+        "corrupt_policy") else d.get("corrupt_policy"))
+    out["analysis"] = {n: {s: r for s, r in v.items() if keep_s(s)}
+                       for n, v in d["analysis"].items()}
+    out["warp"] = {m: [r for r in v if keep_s(r.get("seed"))] for m, v in d["warp"].items()
+                   if keep_m(m)}
+    return out
+
+
+def draw_figures(d: dict, figdir: str) -> dict:
+    """Every report figure of the loaded rows `d` into `figdir`: {title: file name or None}."""
+    os.makedirs(figdir, exist_ok=True)
+    names, mat = winrate_matrix(d["final"])
+    figs = {
+        "Reward hacking: control and proxy reward of the single-RM and the WARM policy": fig_hacking(
+            d["eval"], rl_pair(d), f"{figdir}/hacking.png"),
+        "LMC (clean labels, OOD split)": fig_lmc(d["analysis"]["clean"], f"{figdir}/lmc.png"),
+        "Label corruption study (25% flipped)": fig_corruption(d["analysis"]["corrupt"],
+                                                               f"{figdir}/corruption.png"),
+        "Accuracy against M (clean labels)": fig_acc_vs_m(d["analysis"]["clean"],
+                                                          f"{figdir}/acc_vs_m.png"),
+        "Best-of-N": fig_bon(d["bon"], f"{figdir}/bon.png"),
+        "Gao et al. fits (best-of-N)": fig_gao(d["bon"], f"{figdir}/gao.png"),
+        "RL: held-out control reward against steps": fig_rl(d["eval"], f"{figdir}/rl_steps.png",
+                                                            "step"),
+        "RL: the KL–control-reward front": fig_rl(d["eval"], f"{figdir}/pareto.png", "kl"),
+        "Win rates of the final policies (gold comparison, descriptive)": fig_winrates(
+            names, mat, f"{figdir}/winrates.png"),
+        "RL: the α sweep (control reward at the best step)": fig_alpha(d["eval"],
+                                                                        f"{figdir}/alpha.png"),
+        "RL: WARM beyond M = 6 (held-out control reward against steps)": fig_m(
+            d["eval"], m_pair(d), f"{figdir}/m10.png"),
+        "WARP: control reward against KL to the SFT policy": fig_warp(d, f"{figdir}/warp.png"),
+    }
+    corrupt = d["corrupt_policy"]   # FULL=1: best-of-N and RL against the corrupt-label RMs
+    if corrupt:
+        figs.update({
+            "Best-of-N (reward models of 25% flipped labels)": fig_bon(
+                corrupt["bon"], f"{figdir}/bon_corrupt.png"),
+            "RL against reward models of 25% flipped labels: control reward against steps":
+                fig_rl(corrupt["eval"], f"{figdir}/rl_steps_corrupt.png", "step"),
+            "RL against reward models of 25% flipped labels: the KL–control-reward front": fig_rl(
+                corrupt["eval"], f"{figdir}/pareto_corrupt.png", "kl"),
+            "Win rates of the final policies, reward models of 25% flipped labels": fig_winrates(
+                *winrate_matrix(corrupt["final"]), f"{figdir}/winrates_corrupt.png"),
+        })
+    return figs
+
+
 def write_report(workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
+    note_work()   # always rewritten: a launch never skips it
     layout = RunLayout(workdir)
     with layout.locks([layout.report, layout.claims, layout.figures]):
         return _write_report(layout)
@@ -178,39 +242,7 @@ def _write_report(layout: RunLayout) -> dict:
     claims = compute_claims(workdir, d)
     write_json(layout.claims, claims)
     names, mat = winrate_matrix(d["final"])
-    figs = {
-        "Reward hacking: control and proxy reward of the single-RM and the WARM policy": fig_hacking(
-            d["eval"], rl_pair(d), f"{figdir}/hacking.png"),
-        "LMC (clean labels, OOD split)": fig_lmc(d["analysis"]["clean"], f"{figdir}/lmc.png"),
-        "Label corruption study (25% flipped)": fig_corruption(d["analysis"]["corrupt"],
-                                                               f"{figdir}/corruption.png"),
-        "Accuracy against M (corrupted labels)": fig_acc_vs_m(d["analysis"]["corrupt"],
-                                                              f"{figdir}/acc_vs_m.png"),
-        "Best-of-N": fig_bon(d["bon"], f"{figdir}/bon.png"),
-        "Gao et al. fits (best-of-N)": fig_gao(d["bon"], f"{figdir}/gao.png"),
-        "RL: held-out control reward against steps": fig_rl(d["eval"], f"{figdir}/rl_steps.png",
-                                                            "step"),
-        "RL: held-out control reward against KL to the SFT policy": fig_rl(
-            d["eval"], f"{figdir}/pareto.png", "kl"),
-        "Win rates of the final policies (gold comparison, descriptive)": fig_winrates(
-            names, mat, f"{figdir}/winrates.png"),
-        "RL: the α sweep (final held-out control reward)": fig_alpha(d["eval"],
-                                                                      f"{figdir}/alpha.png"),
-        "RL: WARM beyond M = 6 (held-out control reward against steps)": fig_m(
-            d["eval"], m_pair(d), f"{figdir}/m10.png"),
-        "WARP: control reward against KL to the SFT policy": fig_warp(d, f"{figdir}/warp.png"),
-    }
-    corrupt = d["corrupt_policy"]   # FULL=1: best-of-N and RL against the corrupt-label RMs
-    figs.update({
-        "Best-of-N (reward models of 25% flipped labels)": fig_bon(corrupt["bon"],
-                                                                   f"{figdir}/bon_corrupt.png"),
-        "RL against reward models of 25% flipped labels: control reward against steps": fig_rl(
-            corrupt["eval"], f"{figdir}/rl_steps_corrupt.png", "step"),
-        "RL against reward models of 25% flipped labels: control reward against KL": fig_rl(
-            corrupt["eval"], f"{figdir}/pareto_corrupt.png", "kl"),
-        "Win rates of the final policies, reward models of 25% flipped labels": fig_winrates(
-            *winrate_matrix(corrupt["final"]), f"{figdir}/winrates_corrupt.png"),
-    })
+    figs = draw_figures(d, figdir)
     timings = read_json(layout.timings, {})
     lines = [f"# WARM reproduction report — `{os.path.abspath(workdir)}`", ""]
     info = read_json(layout.run_info)

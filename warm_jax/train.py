@@ -22,7 +22,8 @@ from warm_jax import sharding as shd
 from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_shardings,  # noqa: F401
                                  path_str)
 from warm_jax.layout import Preempted, kill_point, preemption_requested
-from warm_jax.metrics import MetricsWriter, progress
+from warm_jax.metrics import MetricsWriter
+from warm_jax.progress import progress
 from warm_jax.models.config import check_range
 
 

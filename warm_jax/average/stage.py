@@ -19,6 +19,7 @@ from warm_jax.checkpoint import Checkpointer, restore_params
 from warm_jax.layout import RunLayout, chain, check_seeds, kill_point, write_jsonl
 from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.ood import splits_of, with_ood
+from warm_jax.progress import progress
 from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
 from warm_jax.rm.stage import seeded_task
 
@@ -97,7 +98,9 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: s
                                            os.path.join(layout.rm(c), "analysis.jsonl"))]
     with layout.stage(f"average {name}", os.path.join(rm_dir, "averaging"), config,
                       outputs=outputs):
-        for s, c in zip(seeds, chains):
+        todo = [(s, c) for s, c in zip(seeds, chains)
+                if not os.path.exists(os.path.join(layout.rm(c), "analysis.jsonl"))]
+        for s, c in progress(todo, desc=f"average {name}") if todo else ():
             _average_and_analyse(layout, c, seeded_task(task, s), model_cfg, m_values=m_values,
                                  rank_by=rank_by, greedy=greedy, lmc_pairs=lmc_pairs,
                                  n_lambdas=n_lambdas, random_orders=random_orders,

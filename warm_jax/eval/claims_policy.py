@@ -331,7 +331,7 @@ def rl_front_at_kl(d):
                   budgets={str(a): b for a, b in used.items()}, **left_out)
 
 
-# --- the α sweep (WARM.md, Fig. 8: α = 0.01, 0.003, 0.001) ------------------------------------
+# --- the α sweep (docs/method.md, Fig. 8: α = 0.01, 0.003, 0.001) ------------------------------------
 MIN_SWEEP_ALPHAS = 3
 
 

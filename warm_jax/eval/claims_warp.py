@@ -1,4 +1,4 @@
-"""WARP's findings (Ramé et al. 2024; issue 14) and the 2×2 of averaging on both sides, decided from
+"""WARP's findings (Ramé et al. 2024) and the 2×2 of averaging on both sides, decided from
 the `warp` stage's rows (`<workdir>/warp/<rm>/<method>/final.jsonl`) and the RL stage's. Registered
 into `warm_jax.eval.claims.REGISTRY` after the other claims; import `warm_jax.eval.claims`.
 
@@ -261,7 +261,7 @@ CELL_STAT = ("per seed, control reward of {a} − {b} at the KL budgets both cur
              "reach (WARP: its path over the iterations; RL: the RL stage's run at WARP's α)")
 
 
-@register(registry=REGISTRY, id="warp_helps_single", paper_ref="WARP §4 / issue 14 (2×2)",
+@register(registry=REGISTRY, id="warp_helps_single", paper_ref="WARP §4 / extension (2×2)",
           finding="With a single RM, WARP's front lies above standard RL's", figure="warp",
           statistic=CELL_STAT.format(a="WARP", b="RL, both against the single RM"), unit="seed",
           kind="directional", direction=+1)
@@ -269,7 +269,7 @@ def warp_helps_single(d):
     return _cell_gap(d, ("single", "WARP"), ("single", "RL"))
 
 
-@register(registry=REGISTRY, id="warp_warm_beats_rl_warm", paper_ref="issue 14 (2×2)",
+@register(registry=REGISTRY, id="warp_warm_beats_rl_warm", paper_ref="extension (2×2)",
           finding="Averaging on both sides beats averaging the reward models alone: WARP against "
                   "WARM lies above standard RL against WARM", figure="warp",
           statistic=CELL_STAT.format(a="WARP", b="RL, both against WARM M"), unit="seed",
@@ -278,7 +278,7 @@ def warp_warm_beats_rl_warm(d):
     return _cell_gap(d, ("warm", "WARP"), ("warm", "RL"))
 
 
-@register(registry=REGISTRY, id="warp_warm_beats_warp_single", paper_ref="issue 14 (2×2)",
+@register(registry=REGISTRY, id="warp_warm_beats_warp_single", paper_ref="extension (2×2)",
           finding="Averaging on both sides beats averaging the policies alone: WARP against WARM "
                   "lies above WARP against the single RM", figure="warp",
           statistic=CELL_STAT.format(a="WARM M", b="the single RM, both optimised by WARP"),
@@ -287,7 +287,7 @@ def warp_warm_beats_warp_single(d):
     return _cell_gap(d, ("warm", "WARP"), ("single", "WARP"))
 
 
-@register(registry=REGISTRY, id="warp_2x2_safe_kl", paper_ref="issue 14 (2×2)",
+@register(registry=REGISTRY, id="warp_2x2_safe_kl", paper_ref="extension (2×2)",
           finding="Averaging on both sides reaches a larger KL before hacking than either alone",
           figure="warp",
           statistic=f"per seed, a curve's safe KL: the largest KL of its points before it first "

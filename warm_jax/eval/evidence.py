@@ -1,5 +1,5 @@
 """Deciding WARM's findings: a claims registry, paired seed-aware intervals, three outcomes, and the
-curve summaries the claims are declared on. numpy only. The method is docs/EVIDENCE.md.
+curve summaries the claims are declared on. numpy only. The method is docs/evidence.md.
 
 Declare, then decide. Each claim is declared in code before any run (`register`): the statistic,
 the unit it is averaged over (pair, prompt or seed), the paper's sign, and for an equivalence claim
@@ -94,7 +94,7 @@ class Units:
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One of WARM's findings, declared before any run (docs/EVIDENCE.md, 'Before the run')."""
+    """One of WARM's findings, declared before any run (docs/evidence.md, 'Declare, then look')."""
     id: str
     finding: str            # the finding, in words
     paper_ref: str          # where the paper shows it, e.g. "Fig. 4-5"
@@ -520,7 +520,7 @@ def evaluate(data: Any, *, registry: dict[str, Claim] | None = None, **decide_kw
 
 
 # ----------------------------------------------------------------------------------------------
-# Curve summaries (docs/EVIDENCE.md, 'Curves, not points'): what curve claims are decided on.
+# Curve summaries (docs/evidence.md, 'Curves, not points'): what curve claims are decided on.
 
 
 def bon_unbiased(proxy_PxK: np.ndarray, control_PxK: np.ndarray, ns: Sequence[int]) -> np.ndarray:

@@ -57,28 +57,46 @@ def _seeds(by_seed):
     return sorted(by_seed)
 
 
+WA_COLOR, ENS_COLOR, DIAG_COLOR = COLORS["warm_M6"], COLORS["ens"], "#777777"
+
+
 def fig_lmc(by_seed, path):
-    """Accuracy on the run's OOD split along λ for each member pair (Fig. 3)."""
+    """Accuracy on the run's OOD split along λ for each member pair (Fig. 3): WA, ENS and the
+    diagonal, mean over seeds and 95% band; below, WA − diagonal, the claim's statistic."""
     ood = {s: ood_split(by_seed[s]) for s in _seeds(by_seed)}
     rows = [r for s in _seeds(by_seed) for r in by_seed[s]
             if r["analysis"] == "lmc" and r["split"] == ood[s]]
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     if not pairs:
         return None
-    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3), squeeze=False)
-    for ax, p in zip(axes[0], pairs):
-        for i, s in enumerate(_seeds(by_seed)):   # one thin line per chain seed
+    fig, axes = plt.subplots(2, len(pairs), figsize=(2.9 * len(pairs) + 1.2, 4.6), squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for j, p in enumerate(pairs):
+        curves = {}
+        for s in _seeds(by_seed):
             pr = sorted((r for r in by_seed[s] if r["analysis"] == "lmc" and r["split"] == ood[s]
                          and r["pair"] == p), key=lambda r: r["lambda"])
-            lam = [r["lambda"] for r in pr]
-            for key, style, c in (("wa", "-o", "tab:blue"), ("ens", "--s", "tab:orange"),
-                                  ("diag", ":", "gray")):
-                ax.plot(lam, [r[key] for r in pr], style, ms=2, lw=0.9, color=c, alpha=0.8,
-                        label=(key.upper() if key != "diag" else "diag") if i == 0 else None)
-        ax.set_title(p.replace("_", " "))
-        ax.set_xlabel("λ")
-    axes[0][0].set_ylabel(f"{'/'.join(sorted(set(ood.values())))} accuracy (one line per seed)")
-    axes[0][0].legend(fontsize=7)
+            if pr:
+                curves[s] = pr
+        n = min(len(v) for v in curves.values())
+        lam = np.array([r["lambda"] for r in next(iter(curves.values()))[:n]])
+        for key, ls, c, label in (("wa", "-", WA_COLOR, "WA"), ("ens", "--", ENS_COLOR, "ENS"),
+                                  ("diag", ":", DIAG_COLOR, "diagonal")):
+            mean, lo, hi = mean_band([[r[key] for r in v[:n]] for v in curves.values()])
+            axes[0][j].plot(lam, mean, ls, lw=1.5, color=c, label=label)
+            axes[0][j].fill_between(lam, lo, hi, color=c, alpha=0.12, lw=0)
+        mean, lo, hi = mean_band([[r["wa"] - r["diag"] for r in v[:n]] for v in curves.values()])
+        axes[1][j].plot(lam, mean, "-", lw=1.5, color=WA_COLOR)
+        axes[1][j].fill_between(lam, lo, hi, color=WA_COLOR, alpha=0.15, lw=0)
+        axes[1][j].axhline(0, color="k", lw=0.6)
+        axes[0][j].set_title(p.replace("_", " "), fontsize=9)
+        axes[1][j].set_xlabel("λ")
+    split = "/".join(sorted(set(ood.values())))
+    axes[0][0].set_ylabel(f"{split} accuracy", fontsize=8)
+    axes[1][0].set_ylabel("WA − diagonal", fontsize=8)
+    _legend_outside(axes[0][-1])
+    fig.suptitle(f"Linear mode connectivity: mean over {len(_seeds(by_seed))} seeds, 95% band",
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -89,7 +107,22 @@ def corruption_accuracy(rows, prefix, split):
                  and r["model"].startswith(prefix) and r["split"] == split), np.nan)
 
 
+def wa_minus_ens_by_split(by_seed) -> dict[str, np.ndarray]:
+    """{subset: per seed, mean over its evaluation pairs of WA − ENS correctness}: the paired
+    statistic the corruption claims are decided on, as the figure draws it."""
+    seeds = [s for s in _seeds(by_seed) if any(r["analysis"] == "units" for r in by_seed[s])]
+    out = {}
+    for s in seeds:
+        for r in by_seed[s]:
+            if r["analysis"] == "units" and r.get("what") == "wa_minus_ens":
+                out.setdefault(r["split"], []).append(float(np.mean(r["values"])))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def fig_corruption(by_seed, path):
+    """Per split, WA and ENS accuracy (mean over seeds, 95% interval) and WA − ENS, the paired
+    statistic of the claims (mean and 95% seed-level interval, dots: seeds): the gap is small
+    next to the accuracies, so it has its own axis (Figs. 4-5)."""
     seeds = [s for s in _seeds(by_seed) if any(r["analysis"] == "corruption" for r in by_seed[s])]
     if not seeds:
         return None
@@ -97,44 +130,54 @@ def fig_corruption(by_seed, path):
                                 if r["analysis"] == "corruption"))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     x = np.arange(len(splits))
-    for off, prefix, c in ((-0.2, "wa_M", "tab:blue"), (0.2, "ens_M", "tab:orange")):
+    for off, prefix, c in ((-0.2, "wa_M", WA_COLOR), (0.2, "ens_M", ENS_COLOR)):
         acc = np.array([[corruption_accuracy(by_seed[s], prefix, sp) for sp in splits]
                         for s in seeds])
-        ax.bar(x + off, acc.mean(0), 0.4, color=c, alpha=0.6,
-               label=prefix.rstrip("_M").upper() + " (mean; dots: seeds)")
-        for row in acc:
-            ax.plot(x + off, row, "k.", ms=3)
+        mean, lo, hi = mean_band(acc)
+        ax.bar(x + off, mean, 0.4, color=c, alpha=0.7, label=prefix.rstrip("_M").upper())
+        ax.errorbar(x + off, mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor="k", lw=0.8,
+                    capsize=2)
+    low = np.nanmin([corruption_accuracy(by_seed[s], p, sp) for s in seeds for sp in splits
+                     for p in ("wa_M", "ens_M")])
+    ax.set_ylim(max(0.0, low - 0.08), 1.0)
     ax.set_xticks(x, splits, rotation=20, fontsize=8)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0.0, 1.0)
-    ax.legend(fontsize=7)
-    for i, sp in enumerate(splits):   # the paired statistic the claims are decided on
-        d = [np.mean(r["values"]) for s in seeds for r in by_seed[s]
-             if r["analysis"] == "units" and r["split"] == sp
-             and r.get("what") == "wa_minus_ens"]
-        ax2.plot([i] * len(d), d, "o", ms=4, color="tab:blue")
+    ax.set_ylabel("accuracy (mean, 95% interval)")
+    ax.legend(fontsize=7, frameon=False)
+    gaps = wa_minus_ens_by_split({s: by_seed[s] for s in seeds})
+    for i, sp in enumerate(splits):
+        d = gaps.get(sp)
+        if d is None:
+            continue
+        mean, lo, hi = mean_band(d[:, None])
+        ax2.errorbar([i], mean, yerr=[mean - lo, hi - mean], fmt="o", color=WA_COLOR, capsize=3)
+        ax2.plot(np.full(len(d), i + 0.15), d, ".", ms=3, color="k", alpha=0.6)
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xticks(x, splits, rotation=20, fontsize=8)
-    ax2.set_ylabel("WA − ENS accuracy (one dot per seed)")
+    ax2.set_ylabel("WA − ENS accuracy (mean, 95%; dots: seeds)", fontsize=8)
     return _save(fig, path)
 
 
 def fig_acc_vs_m(by_seed, path):
-    """WA and ENS accuracy on the run's OOD split against M (best members first)."""
+    """WA and ENS accuracy on the run's OOD split against M (best members first): mean over
+    seeds and 95% band."""
     ood = {s: ood_split(by_seed[s]) for s in _seeds(by_seed)}
     rows = [(s, r) for s in _seeds(by_seed) for r in by_seed[s]
             if r["analysis"] == "acc_vs_m" and r["split"] == ood[s] and r["order"] == "ranked"]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for i, s in enumerate(_seeds(by_seed)):
-        pr = sorted((r for t, r in rows if t == s), key=lambda r: r["m"])
-        for key, c in (("wa", "tab:blue"), ("ens", "tab:orange")):
-            ax.plot([r["m"] for r in pr], [r[key] for r in pr], "-", lw=0.9, color=c,
-                    label=key.upper() if i == 0 else None)
-    ax.set_xlabel("M (best members first; one line per seed)")
+    fig, ax = plt.subplots(figsize=(5.4, 3.2))
+    per_seed = {s: sorted((r for t, r in rows if t == s), key=lambda r: r["m"])
+                for s in {t for t, _ in rows}}
+    n = min(len(v) for v in per_seed.values())
+    ms = [r["m"] for r in next(iter(per_seed.values()))[:n]]
+    for key, c in (("wa", WA_COLOR), ("ens", ENS_COLOR)):
+        mean, lo, hi = mean_band([[r[key] for r in v[:n]] for v in per_seed.values()])
+        ax.plot(ms, mean, "-o", ms=3, lw=1.5, color=c, label=key.upper())
+        ax.fill_between(ms, lo, hi, color=c, alpha=0.15, lw=0)
+    ax.set_xlabel("M (best members first)")
     ax.set_ylabel(f"{'/'.join(sorted(set(ood.values())))} accuracy")
-    ax.legend(fontsize=7)
+    ax.set_title(f"Accuracy against M: mean over {len(per_seed)} seeds, 95% band", fontsize=9)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -271,61 +314,59 @@ def fig_hacking(evals, pair, path):
 
 def fig_m(evals, pair, path):
     """WARM M = 10 against M = 6 (`claims_m.m_pair`): held-out control reward against RL step at
-    the α both ran at, one thin line per seed and the mean over seeds thick."""
+    the α both ran at, mean over seeds and 95% band."""
     if pair[0] is None:
         return None
-    by = {m: {(r["run_alpha"], r["seed"]): r for r in evals[m]} for m in pair}
-    alphas = sorted({a for a, _ in by[pair[0]]} & {a for a, _ in by[pair[1]]})
+    alphas = sorted({r["run_alpha"] for r in evals[pair[0]]} &
+                    {r["run_alpha"] for r in evals[pair[1]]})
     if not alphas:
         return None
-    fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas), 3.2), squeeze=False)
-    color = {pair[0]: COLORS.get(pair[0], "navy"), pair[1]: COLORS.get(pair[1], "tab:blue")}
+    fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas) + 1.4, 3.2),
+                             squeeze=False)
     for ax, a in zip(axes[0], alphas):
         for m in reversed(pair):
-            curves = []
-            for s in sorted({s for b, s in by[m] if b == a}):
-                pr = sorted((r for r in evals[m] if r["run_alpha"] == a and r["seed"] == s),
-                            key=lambda r: r["step"])
-                curves.append([r["control_reward"] for r in pr])
-                ax.plot([r["step"] for r in pr], curves[-1], "-", lw=0.6, alpha=0.5,
-                        color=color[m])
-            n = min(len(c) for c in curves)
-            ax.plot([r["step"] for r in pr][:n], np.mean([c[:n] for c in curves], 0),
-                    "--" if m == pair[0] else "-", lw=2.2, color=color[m],
-                    label=f"{m} (mean of {len(curves)} seeds)")
-        ax.set_title(f"α = {a}")
+            runs = _runs(evals, m, a)
+            _band_curve(ax, runs, "control_reward", "step", COLORS.get(m, "#000000"),
+                        f"{m} ({len(runs)} seeds)")
+        ax.set_title(f"α = {a}", fontsize=9)
         ax.set_xlabel("RL step")
     axes[0][0].set_ylabel("held-out control reward")
-    axes[0][0].legend(fontsize=7)
+    _legend_outside(axes[0][-1])
     return _save(fig, path)
 
 
 def fig_alpha(evals, path):
-    """The α sweep: final held-out control reward against α, one thin line per seed and method
-    (only methods run at two or more α)."""
+    """The α sweep: held-out control reward at each run's best RL step (picked on one half of the
+    prompts, measured on the other: what `warm_lower_best_alpha` reads) against α, mean over the
+    seeds that ran every α and 95% band (methods run at two or more α)."""
+    from warm_jax.eval.claims_policy import best_step_reward   # the claim's own statistic
     fig, ax, drawn = None, None, False
     for m, rows in evals.items():
-        last = {}
-        for r in rows:   # the latest evaluation of each (α, seed)
-            k = (r["run_alpha"], r["seed"])
-            if k not in last or r["step"] > last[k]["step"]:
-                last[k] = r
-        alphas = sorted({a for a, _ in last})
+        by = collections.defaultdict(dict)
+        for r in rows:
+            by[r["seed"]].setdefault(r["run_alpha"], []).append(r)
+        alphas = sorted({a for runs in by.values() for a in runs})
         if len(alphas) < 2 or any(a <= 0 for a in alphas):
             continue
+        full = [s for s, runs in by.items() if set(runs) == set(alphas)]
+        if not full:
+            continue
         if fig is None:
-            fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for i, s in enumerate(sorted({s for _, s in last})):
-            pts = [(a, last[(a, s)]["control_reward"]) for a in alphas if (a, s) in last]
-            ax.plot(*zip(*pts), "-o", ms=3, lw=0.9, alpha=0.8, color=COLORS.get(m),
-                    label=m if i == 0 else None)
+            fig, ax = plt.subplots(figsize=(5.4, 3.2))
+        ys = [[best_step_reward(sorted(by[s][a], key=lambda r: r["step"])) for a in alphas]
+              for s in full]
+        mean, lo, hi = mean_band(ys)
+        ax.plot(alphas, mean, "-o", ms=3, lw=1.5, color=COLORS.get(m), label=f"{m} ({len(full)} "
+                                                                             "seeds)")
+        ax.fill_between(alphas, lo, hi, color=COLORS.get(m), alpha=0.15, lw=0)
         drawn = True
     if not drawn:
         return None
     ax.set_xscale("log")
     ax.set_xlabel("KL penalty α")
-    ax.set_ylabel("final held-out control reward")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("control reward at the best step")
+    ax.set_title("The α sweep: mean over seeds, 95% band", fontsize=9)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -348,17 +389,24 @@ def winrate_matrix(final):
 
 
 def fig_winrates(names, mat, path):
+    """Win rate of each final policy (row) against each other (column) on the same held-out
+    prompts, every seed and α pooled, with its bootstrap interval over prompts (descriptive: the
+    decided win rates are the claims, at each policy's best step)."""
     if not names:
         return None
-    fig, ax = plt.subplots(figsize=(1 + 0.9 * len(names), 0.8 + 0.8 * len(names)))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 1.2 + 0.9 * len(names)))
     grid = np.array([[mat.get((a, b), {}).get("win_rate", np.nan) for b in names] for a in names])
     ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            cell = mat.get((a, b))
+            if cell:
+                ax.text(j, i, f"{cell['win_rate']:.2f}\n[{cell['ci_low']:.2f}, "
+                              f"{cell['ci_high']:.2f}]", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_title("final policies: win rate of row vs column\n(gold, all seeds pooled)", fontsize=9)
+    ax.set_title("Final policies: win rate of row against column\n(gold comparison, every seed "
+                 "pooled; 95% interval over prompts)", fontsize=9)
     return _save(fig, path)
 
 

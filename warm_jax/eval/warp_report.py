@@ -1,4 +1,4 @@
-"""The report's WARP section and figure (issue 14), from the rows `claims_warp` reads: per reward
+"""The report's WARP section and figure, from the rows `claims_warp` reads: per reward
 method and iteration, every point's KL to the SFT policy and held-out control reward (mean ± sd over
 chain seeds), and the 2×2 {single RM, WARM} × {RL, WARP} at the KL budgets. Descriptive: the
 decided comparisons are the `warp_*` claims."""
@@ -41,7 +41,7 @@ def warp_section(d: dict, cost_s: float | None = None) -> list[str]:
     if not W:
         return []
     seeds = sorted({s for per in W.values() for s in per})
-    lines = ["## WARP: averaging the policies (issue 14)", "",
+    lines = ["## WARP: averaging the policies", "",
              f"Per reward method and iteration: the WARP policies (EMA anchor) at their first and "
              f"last evaluation, the LITI points from the iteration's init to the SLERP of its "
              f"policies, and LERP. KL to the SFT policy and control reward on the held-out "

@@ -1,6 +1,6 @@
 """Stage: a declared calibration of the RL regime, from the single-RM baseline alone.
 
-WARM can only be shown to reduce reward hacking where the single RM hacks (docs/EVIDENCE.md,
+WARM can only be shown to reduce reward hacking where the single RM hacks (docs/evidence.md,
 "Choosing a regime without choosing the answer"). This stage picks that regime so that it cannot
 lean towards WARM's answer:
 

@@ -28,7 +28,8 @@ from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_sha
 from warm_jax.eval.evidence import auc_log2, bon_unbiased
 from warm_jax.layout import (Preempted, RewardSpec, RunLayout, atomic_write, chain, chain_seed,
                              check_seeds, kill_point, preemption_requested, write_jsonl)
-from warm_jax.metrics import MetricsWriter, progress
+from warm_jax.metrics import MetricsWriter
+from warm_jax.progress import progress
 from warm_jax.models import ModelConfig, RewardModel, SamplingConfig, jitted_sampler, unbox
 from warm_jax.rl.bon import kl_bon
 from warm_jax.rl.heldout import eval_rows, make_eval
@@ -124,7 +125,7 @@ def best_of_n(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "cle
                       outputs=[out_path]):
         if not os.path.exists(out_path):
             rows = []
-            for s in seeds:
+            for s in progress(seeds, desc=f"best_of_n {rm_name}"):
                 rows += _best_of_n(layout, task, model_cfg, rm_name, methods, n_prompts, N,
                                    chain_seed(seed, s), s, ensemble_impl, uwo_lambda,
                                    standardise_members)

@@ -1,4 +1,4 @@
-"""WARP's weight operations (Ramé et al. 2024, arXiv 2406.16768; `docs/WARM.md`, "WARP"), as pure
+"""WARP's weight operations (Ramé et al. 2024, arXiv 2406.16768; `docs/method.md`, "WARP"), as pure
 functions over parameter pytrees:
 
 - `ema_update`: the EMA anchor, θ_ema ← (1 − μ)·θ_ema + μ·θ, which replaces the SFT policy in the
@@ -11,7 +11,7 @@ functions over parameter pytrees:
 
 Every function maps over leaves with `jax.tree.map`, so it runs under `jit` and on sharded arrays
 as they are. `make_warp_rl` is the project's REINFORCE with the EMA anchor; the `warp` stage, its
-claims and the 2×2 with WARM build on these (issue 14).
+claims and the 2×2 with WARM build on these.
 """
 from __future__ import annotations
 

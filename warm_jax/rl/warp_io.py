@@ -1,4 +1,4 @@
-"""WARP's checkpoints (issue 14): each RL run's policy as its own checkpoint, and merges of such
+"""WARP's checkpoints: each RL run's policy as its own checkpoint, and merges of such
 policies read a slice of leaves at a time.
 
 The RL stage saves one stacked state per method (every (α, seed) run along a leading axis, with the

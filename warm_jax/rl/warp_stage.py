@@ -1,4 +1,4 @@
-"""Stage: WARP (Ramé et al. 2024; issue 14) against each reward function, on the RL stage's pieces.
+"""Stage: WARP (Ramé et al. 2024) against each reward function, on the RL stage's pieces.
 
 Per reward method (the 2×2's reward axis: `single`, `warm_M6`, ...) and chain seed, one iteration:
 1. `n_policies` policies from one init (the SFT policy, then the previous iteration's LITI point at
@@ -34,6 +34,7 @@ from warm_jax.checkpoint import Checkpointer, NonFiniteError, restore_params
 from warm_jax.layout import RewardSpec, RunLayout, check_seeds, kill_point, write_jsonl
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
+from warm_jax.progress import progress
 from warm_jax.rl import warp_io
 from warm_jax.rl.reinforce import RLConfig, run_chunk
 from warm_jax.rl.heldout import eval_rows, make_eval, metrics
@@ -118,7 +119,8 @@ def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n
             policies = {s: restore_params(inits[s])[0] for s in seeds}
             state = stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m, alpha)
                            for s, m in runs])
-            for s0 in range(0, num_steps, chunk):
+            for s0 in progress(range(0, num_steps, chunk), desc=f"warp {rm_name}/{method} "
+                               f"iteration {it}"):
                 if s0 == 0:
                     it_rows += _rows(evaluate, state.rl, fn_R, as_rl_runs, runs, method, it,
                                      "along")
