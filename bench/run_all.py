@@ -6,7 +6,7 @@ import os
 import platform
 import time
 
-BENCHES = ["bench.bench_models", "bench.bench_rm", "bench.bench_average"]
+BENCHES = ["bench.bench_models", "bench.bench_rm", "bench.bench_average", "bench.bench_rl"]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
 

@@ -37,6 +37,8 @@ def test_claims_blocks_are_generated_from_recorded_runs():
                                              (T.FULL_BEGIN, T.FULL_END)}, (
         "record the default demo, base seed 1 and FULL=1: python -m bench.record_demo")
     assert (T.PRIMARY_BEGIN, T.PRIMARY_END) in blocks[table.README]
+    if table.load(os.path.join(table.CLAIMS_DIR, f"{table.FULL_RUN}.json")) is None:
+        assert blocks[table.RESULTS_MD][(T.FULL_BEGIN, T.FULL_END)] == table.NO_FULL
     for path, file_blocks in blocks.items():
         text = open(path, encoding="utf-8").read()
         for (begin, end), want in file_blocks.items():
@@ -62,7 +64,7 @@ def test_readme_is_short_and_cites_only_what_exists():
 
 
 def test_base_seed_check_names_a_flip():
-    from warm_jax.report import base_seed_block
+    from warm_jax.eval.tables import base_seed_block
     c = lambda o, e, i="x": {"claim": i, "outcome": o, "effect": e}  # noqa: E731
     ok = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
                           {"base_seed": 1, "claims": [c("inconclusive", 0.02)]}])
