@@ -37,8 +37,13 @@ def test_claims_blocks_are_generated_from_recorded_runs():
                                              (T.FULL_BEGIN, T.FULL_END)}, (
         "record the default demo, base seed 1 and FULL=1: python -m bench.record_demo")
     assert (T.PRIMARY_BEGIN, T.PRIMARY_END) in blocks[table.README]
-    if table.load(os.path.join(table.CLAIMS_DIR, f"{table.FULL_RUN}.json")) is None:
+    recorded = {n for n in table.BASE_SEED_RUNS + (table.FULL_RUN,)
+                if table.load(os.path.join(table.CLAIMS_DIR, f"{n}.json")) is not None}
+    assert recorded, "no recorded run: python -m bench.record_demo"
+    if table.FULL_RUN not in recorded:
         assert blocks[table.RESULTS_MD][(T.FULL_BEGIN, T.FULL_END)] == table.NO_FULL
+    if not set(table.BASE_SEED_RUNS) <= recorded:
+        assert blocks[table.RESULTS_MD][(T.BASE_BEGIN, T.BASE_END)] == table.NO_BASE
     for path, file_blocks in blocks.items():
         text = open(path, encoding="utf-8").read()
         for (begin, end), want in file_blocks.items():
