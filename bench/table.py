@@ -143,8 +143,8 @@ CLAIMS_DIR = os.path.join(HERE, "claims")
 BASE_SEED_RUNS = ("demo", "demo_seed1")   # bench/claims/<name>.json, recorded by bench.record_demo
 FULL_RUN = "demo_full"                     # `make demo FULL=1`: python -m bench.record_demo --name
 NO_DEMO = "No `make demo` run is recorded in the calibrated RL regime yet."
-NO_BASE = ("Only one base seed is recorded in the calibrated RL regime so far (base seed 1); the "
-           "base-seed-0 demo is still to be recorded.")
+NO_BASE = ("Fewer than two base seeds are recorded in the calibrated RL regime so far: the "
+           "base-seed check needs both `demo` and `demo_seed1`.")
 NO_FULL = ("No `make demo FULL=1` run is recorded in the calibrated RL regime yet (its earlier "
            "record, from the 400-step regime, was withdrawn with that regime).")
 
@@ -168,7 +168,7 @@ def claims_blocks() -> dict[str, dict[tuple[str, str], str]]:
     for name, label in (("demo", "`make demo`"), ("demo_seed1", "`make demo`, base seed 1"),
                         (FULL_RUN, "`make demo FULL=1`")):
         if records[name] is not None:
-            runs.append((f"{label} ({len(T._chain_seeds(records[name]['claims']))} seeds)",
+            runs.append((f"{label} ({len(T.chain_seeds(records[name]['claims']))} seeds)",
                          records[name]))
     if runs:
         out[README][(T.PRIMARY_BEGIN, T.PRIMARY_END)] = T.primary_block(runs)

@@ -104,7 +104,7 @@ def run_record(layout: RunLayout) -> dict:
             "stages_s": round(sum(read_json(layout.timings, {}).values()), 1), "claims": claims}
 
 
-def _chain_seeds(claims) -> list:
+def chain_seeds(claims) -> list:
     return sorted({s for c in claims for s in c["extra"].get("seeds", [])})
 
 
@@ -113,7 +113,7 @@ def provenance(record: dict) -> str:
     where = f" on {record['cpu']}" if record.get("cpu") else ""
     commit = f", commit {record['commit'][:7]}" if record.get("commit") else ""
     return (f"{record['mode']}; base seed {record['base_seed']}, chain seeds "
-            f"{_chain_seeds(record['claims'])}; stages {record['stages_s']:.0f} s{where}{commit}")
+            f"{chain_seeds(record['claims'])}; stages {record['stages_s']:.0f} s{where}{commit}")
 
 
 def claims_block(record: dict) -> str:
