@@ -222,28 +222,50 @@ def _runs(evals, method, alpha) -> dict[int, list[dict]]:
 
 
 def _kl_grid(runs_by_method) -> np.ndarray:
-    """KL points from 0 to the smallest largest KL any run reaches (every run covers them)."""
-    reach = min(max(r["kl"] for r in rows) for runs in runs_by_method.values()
-                for rows in runs.values())
-    return np.linspace(0.0, max(reach, 1e-3), 60)
+    """KL points from 0 to the second-largest KL any run reaches: far enough that the runs that
+    collapse at a large KL are drawn, while at least two seeds of some method are there."""
+    reach = sorted(max(r["kl"] for r in rows) for runs in runs_by_method.values()
+                   for rows in runs.values())
+    top = reach[-2] if len(reach) > 1 else reach[-1]
+    return np.linspace(0.0, max(top, 1e-3), 80)
+
+
+def kl_band(runs, key, grid):
+    """Per point of `grid`: (mean, lo, hi, n) over the seeds whose run reaches that KL, each seed's
+    value where it first reaches it (`value_at_kl`, below its first evaluation its step-0 value);
+    mean and 95% seed-level t-band only where n >= 2 (NaN elsewhere)."""
+    ys = []
+    for rows in runs.values():
+        y = value_at_kl([r["kl"] for r in rows], [r[key] for r in rows], grid)
+        ys.append(np.where(np.isnan(y) & (grid <= rows[0]["kl"]), rows[0][key], y))
+    ys = np.asarray(ys)
+    n = np.isfinite(ys).sum(0)
+    mean, lo, hi = (np.full(grid.shape, np.nan) for _ in range(3))
+    for j in np.flatnonzero(n >= 2):
+        col = ys[np.isfinite(ys[:, j]), j]
+        mean[j], (lo[j], hi[j]) = col.mean(), seed_t_interval(col)
+    return mean, lo, hi, n
 
 
 def _band_curve(ax, runs, key, x_key, color, label, grid=None):
     """Mean over seeds and 95% band of `key` against step (evaluations shared by every seed) or
-    KL (each seed's value where it first reaches each point of `grid`, interpolated)."""
+    KL (`kl_band`: solid with the band where every seed reaches the KL, dashed without a band
+    where only some of them, at least two, do: a t-band on two or three seeds says little)."""
     if x_key == "step":
         n = min(len(rows) for rows in runs.values())
         x = np.array([r["step"] for r in next(iter(runs.values()))[:n]])
-        ys = [[r[key] for r in rows[:n]] for rows in runs.values()]
-    else:
-        x = grid
-        ys = [value_at_kl([r["kl"] for r in rows], [r[key] for r in rows], grid)
-              for rows in runs.values()]
-        ys = [np.where(np.isnan(y) & (grid <= rows[0]["kl"]), rows[0][key], y)
-              for y, rows in zip(ys, runs.values())]
-    mean, lo, hi = mean_band(ys)
-    ax.plot(x, mean, "-", lw=1.6, color=color, label=label)
-    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        mean, lo, hi = mean_band([[r[key] for r in rows[:n]] for rows in runs.values()])
+        ax.plot(x, mean, "-", lw=1.6, color=color, label=label)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        return
+    mean, lo, hi, n = kl_band(runs, key, grid)
+    full = n == len(runs)
+    part = (n >= 2) & ~full
+    part |= np.concatenate([part[1:], [False]]) & full   # join the dashed part to the solid one
+    ax.plot(grid, np.where(full, mean, np.nan), "-", lw=1.6, color=color, label=label)
+    ax.fill_between(grid, lo, hi, where=full, color=color, alpha=0.15, lw=0)
+    if part.any():
+        ax.plot(grid, np.where(part, mean, np.nan), "--", lw=1.2, color=color)
 
 
 def fig_rl(evals, path, x_key):
@@ -305,8 +327,8 @@ def fig_hacking(evals, pair, path):
                               for rows in r.values()])
                 ax.axhline(g0, color="k", lw=0.6, ls=":", label="SFT policy")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.suptitle(f"Reward hacking at α = {a}: mean over seeds, 95% band (seed-level t)",
-                 fontsize=10)
+    fig.suptitle(f"Reward hacking at α = {a}: mean over seeds, 95% band (seed-level t); "
+                 "dashed: the mean of the seeds (≥ 2) that reach that KL", fontsize=9)
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels),
                bbox_to_anchor=(0.5, -0.04), frameon=False)
     return _save(fig, path)
