@@ -269,3 +269,30 @@ def test_the_command_killed_from_outside_leaves_nothing_trusted_and_no_process(t
     got, _ = restore_params(out)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+
+
+def test_the_library_call_in_a_fresh_process_sums_early_like_the_command(tmp_path):
+    """`warm_jax.average.average` before JAX is imported: the early sum is used, the bits are
+    `soup.average_checkpoints`' own; after JAX is imported it sums in-process, same bits."""
+    import subprocess
+    import sys
+    trees = [_tree(i) for i in range(3)]
+    dirs = [_save(tmp_path / f"m{i}", t) for i, t in enumerate(trees)]
+    script = ("import sys, logging\n"
+              "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+              "if sys.argv[1] == 'late': import jax\n"
+              "from warm_jax.average import average\n"
+              "print(average(sys.argv[3:], sys.argv[2], [1, 2, 5]))\n")
+    for when in ("early", "late"):
+        run = subprocess.run([sys.executable, "-c", script, when, str(tmp_path / when), *dirs],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert ("used the early sum of 3 members" in run.stderr) == (when == "early"), run.stderr
+    (early, _), (late, _) = restore_params(str(tmp_path / "early")), restore_params(
+        str(tmp_path / "late"))
+    ref = str(tmp_path / "ref")
+    soup.average_checkpoints(dirs, ref, [1, 2, 5])
+    got_ref, _ = restore_params(ref)
+    for k in trees[0]:
+        np.testing.assert_array_equal(np.asarray(early[k]), np.asarray(got_ref[k]))
+        np.testing.assert_array_equal(np.asarray(late[k]), np.asarray(got_ref[k]))

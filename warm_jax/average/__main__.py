@@ -1,7 +1,8 @@
 """`python -m warm_jax.average OUT MEMBER [MEMBER ...] [--weights W ...]`: average checkpoints.
 
-The command-line face of `soup.average_checkpoints` (the pipeline's `average` stage calls the same
-function), for members trained elsewhere or averaged by hand, as one would run `mergekit-yaml`.
+The command-line face of `warm_jax.average.average` (the pipeline's `average` stage calls
+`soup.average_checkpoints`, the same function without the early sum), for members trained
+elsewhere or averaged by hand, as one would run `mergekit-yaml`.
 Before JAX and orbax are imported (about a second on a 2-core CPU) it forks a process that reads
 the members' raw arrays and sums them (`presum`), so the disk and the sum work while Python
 imports and the members are checked; the average uses that sum only where it matches what the
@@ -32,27 +33,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="say on stderr how long reading, summing and saving took")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    from warm_jax.average.presum import PreSum  # the standard library only: the fork is clean
-    presum = None if args.no_early_sum else PreSum.start(args.members, args.weights)
+    if args.verbose:
+        logging.basicConfig(format="%(message)s")
+        for name in ("warm_jax.average.soup", "warm_jax.average.presum"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    from warm_jax.average import average   # the standard library only: its fork is clean
     try:
-        if args.verbose:
-            logging.basicConfig(format="%(message)s")
-            for name in ("warm_jax.average.soup", "warm_jax.average.presum"):
-                logging.getLogger(name).setLevel(logging.INFO)
-
-        from warm_jax.average.soup import AverageError, average_checkpoints
+        out = average(args.members, args.out, args.weights, early_sum=not args.no_early_sum,
+                      allow_base_mismatch=args.allow_base_mismatch)
+    except Exception as e:  # noqa: BLE001 - only the two refusals below are the user's errors
+        from warm_jax.average.soup import AverageError
         from warm_jax.layout import LockedError
-        if args.verbose:
-            print(f"imports {time.perf_counter() - t0:.2f} s", file=sys.stderr)
-        try:
-            out = average_checkpoints(args.members, args.out, args.weights, presum=presum,
-                                      allow_base_mismatch=args.allow_base_mismatch)
-        except (AverageError, LockedError) as e:
-            print(f"python -m warm_jax.average: {e}", file=sys.stderr)
-            return 2
-    finally:
-        if presum is not None:
-            presum.cancel()
+        if not isinstance(e, (AverageError, LockedError)):
+            raise
+        print(f"python -m warm_jax.average: {e}", file=sys.stderr)
+        return 2
+    if args.verbose:
+        print(f"average {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     print(out)
     return 0
 
