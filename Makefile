@@ -33,10 +33,12 @@ test: venv
 test-slow: venv
 	$(TEST_ENV) $(PY) -m pytest -q -m slow tests
 
-# safetensors import vs transformers' PyTorch forward: torch is a multi-GB install, kept out of CI
+# safetensors imports against transformers (PyTorch lives in .venv-peers, kept out of CI):
+# regenerate tests/fixtures/hf/ with transformers' outputs, then check warm_jax against them
 test-parity: venv
-	$(PY) -m pip install -q torch transformers
-	$(TEST_ENV) $(PY) -m pytest -q -s tests/test_importers.py -k parity
+	bash tools/peers_env.sh
+	.venv-peers/bin/python tools/make_hf_fixtures.py
+	$(TEST_ENV) $(PY) -m pytest -q tests/test_hf.py
 
 # warm_jax against TRL / PyTorch (RM training) and mergekit (averaging) on this CPU, into
 # bench/results.json; the peers live in .venv-peers (python3.11: torch's CPU wheel), not in .venv

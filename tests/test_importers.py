@@ -274,29 +274,6 @@ def test_import_base_stage_imports_once_and_survives_a_crashed_save(tmp_path):
         import_base(workdir=str(wd), hf_dir=str(tmp_path / "moved"))
 
 
-def test_transformers_logit_parity(tmp_path):
-    """safetensors import vs the PyTorch Llama forward (`make test-parity`; torch is optional)."""
-    torch = pytest.importorskip("torch", reason="torch not installed: run `make test-parity`")
-    transformers = pytest.importorskip("transformers")
-    from warm_jax.models.importers import load_safetensors
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
-                                   max_position_embeddings=64, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
-    params, wcfg = load_safetensors(str(tmp_path / "hf"))
-    toks = np.random.default_rng(0).integers(0, 64, (2, 11))
-    with torch.no_grad():
-        ref = model(torch.tensor(toks)).logits.numpy()
-    ours = np.asarray(LanguageModel(wcfg).apply({"params": jax.tree.map(jnp.asarray, params)},
-                                                jnp.asarray(toks)))
-    err = float(np.abs(ours - ref).max())
-    print(f"max |logit difference| = {err:.2e}")
-    assert err < 1e-4, err
-
-
 @pytest.mark.slow
 @needs_smol
 def test_hh_smollm2_warm_smoke(tmp_path):

@@ -219,8 +219,11 @@ class StageConfigError(ValueError):
 def canonical(obj: Any) -> Any:
     """A JSON-able description of a stage argument: dataclasses by fields, tasks by their config."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        # a field added after runs were recorded (metadata record_if_set) is described only when
+        # it differs from its default, so those runs' recorded configurations still match
         return {"_type": type(obj).__name__,
-                **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+                **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                   if not (f.metadata.get("record_if_set") and getattr(obj, f.name) == f.default)}}
     if hasattr(obj, "cfg") and dataclasses.is_dataclass(obj.cfg):
         return {"_type": type(obj).__name__, "cfg": canonical(obj.cfg)}
     if isinstance(obj, Mapping):

@@ -35,6 +35,12 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: str = "float32"        # activation dtype
     param_dtype: str = "float32"
+    # added for Hugging Face families after runs were recorded: written into a stage's recorded
+    # configuration only when set (`layout.canonical`), so those records still match
+    qkv_bias: bool = dataclasses.field(default=False, metadata={"record_if_set": True})  # Qwen2
+    # Llama 3.x's rotary rescaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings); None for plain rotary embeddings
+    rope_llama3: tuple | None = dataclasses.field(default=None, metadata={"record_if_set": True})
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -56,6 +62,12 @@ class ModelConfig:
         for f in ("dtype", "param_dtype"):
             if getattr(self, f) not in _DTYPES:
                 raise ValueError(f"{o}.{f}={getattr(self, f)!r}: allowed {_DTYPES}")
+        if self.rope_llama3 is not None:
+            factor, low, high, old = (float(x) for x in self.rope_llama3)
+            if not (factor >= 1 and 0 < low < high and old >= 1):
+                raise ValueError(f"{o}.rope_llama3={self.rope_llama3!r}: want (factor >= 1, "
+                                 "0 < low_freq_factor < high_freq_factor, "
+                                 "original_max_position_embeddings >= 1)")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -75,6 +87,7 @@ class ModelConfig:
     def num_params(self, *, with_lm_head: bool = True) -> int:
         d, hd = self.d_model, self.resolved_head_dim
         attn = d * hd * (self.n_heads * 2 + self.n_kv_heads * 2)
+        attn += hd * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0
         layer = attn + 3 * d * self.d_ff + 2 * d
         head = 0 if (self.tie_embeddings or not with_lm_head) else d * self.vocab_size
         return self.vocab_size * d + self.n_layers * layer + d + head

@@ -1,4 +1,5 @@
-"""Import Llama-family weights into warm_jax's decoder: GGUF files and HF safetensors directories.
+"""Import pretrained weights into warm_jax's decoder: llama GGUF files here, HF safetensors
+directories (Llama, Mistral, Qwen2) in `warm_jax.models.hf`.
 
 Both map onto the same parameter tree as `LanguageModel(cfg)`. GGUF stores q/k projection rows
 permuted for llama.cpp's interleaved rotary embedding; they are un-permuted here to the HF
@@ -8,13 +9,15 @@ base fingerprint, so every later stage treats it as the shared pretrained init.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from warm_jax.models.config import ModelConfig
+from warm_jax.models.hf import load_safetensors, map_layer
+
+__all__ = ["load_gguf", "gguf_tokenizer", "load_safetensors", "import_checkpoint", "import_base"]
 
 
 def unpermute_rotary(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
@@ -22,20 +25,6 @@ def unpermute_rotary(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
     out, inp = w_out_in.shape
     return (w_out_in.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2)
             .reshape(out, inp))
-
-
-def _layer(params: dict, cfg: ModelConfig, i: int, get) -> None:
-    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
-    layer = params["body"][f"layer_{i}"] = {"attn": {}, "mlp": {}}
-    layer["attn_norm"] = {"scale": get("attn_norm")}
-    layer["mlp_norm"] = {"scale": get("ffn_norm")}
-    layer["attn"]["wq"] = get("q").T.reshape(D, H, K)
-    layer["attn"]["wk"] = get("k").T.reshape(D, G, K)
-    layer["attn"]["wv"] = get("v").T.reshape(D, G, K)
-    layer["attn"]["wo"] = get("o").T.reshape(H, K, D)
-    layer["mlp"]["wg"] = get("gate").T
-    layer["mlp"]["wu"] = get("up").T
-    layer["mlp"]["wd"] = get("down").T
 
 
 # --- GGUF -------------------------------------------------------------------------------------------
@@ -99,7 +88,7 @@ def load_gguf(path: str) -> tuple[dict, ModelConfig]:
             if key == "k":
                 return unpermute_rotary(w, cfg.n_kv_heads)
             return w
-        _layer(params, cfg, i, get)
+        map_layer(params, cfg, i, get)
     if not cfg.tie_embeddings:
         params["lm_head"] = dense("output.weight").T
     return params, cfg
@@ -128,88 +117,6 @@ def gguf_tokenizer(path: str):
     ids = {k: reader.fields[f"tokenizer.ggml.{k}_token_id"].contents()
            for k in ("bos", "eos") if f"tokenizer.ggml.{k}_token_id" in reader.fields}
     return tok, ids
-
-
-# --- HF safetensors ---------------------------------------------------------------------------------
-HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-            "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-            "down": "mlp.down_proj"}
-
-
-def hf_config(config: dict) -> ModelConfig:
-    if config.get("model_type") not in ("llama", None):
-        raise ValueError(f"config.json model_type {config.get('model_type')!r} is not llama")
-    return ModelConfig(vocab_size=config["vocab_size"], d_model=config["hidden_size"],
-                       n_layers=config["num_hidden_layers"],
-                       n_heads=config["num_attention_heads"],
-                       n_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-                       head_dim=config.get("head_dim"), d_ff=config["intermediate_size"],
-                       max_len=config.get("max_position_embeddings", 2048),
-                       rope_theta=float(config.get("rope_theta", 10000.0)),
-                       norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                       tie_embeddings=bool(config.get("tie_word_embeddings", False)))
-
-
-def _shard_files(directory: str, index: str) -> list[str]:
-    """The shard files an index's weight_map names, confined to the model directory: the index
-    comes with a downloaded model, and must not make the importer read files elsewhere
-    (`../x.safetensors`, absolute paths, symlinks out). The one exception is the Hugging Face hub
-    cache, whose `snapshots/<revision>/` files are symlinks into the repository's `blobs/`."""
-    try:
-        with open(index) as f:
-            doc = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{index}: not valid JSON: {e}") from None
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
-    root = os.path.realpath(directory)
-    roots = [root]
-    if os.path.basename(os.path.dirname(root)) == "snapshots":
-        roots.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
-    files = set()
-    for tensor, name in weight_map.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} is not a file name")
-        real = os.path.realpath(os.path.join(root, name))
-        if not any(os.path.commonpath([r, real]) == r for r in roots):
-            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} resolves to {real}, "
-                             f"outside the model directory {root}")
-        files.add(real)
-    return sorted(files)
-
-
-def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
-    """(params, config) from an HF Llama directory: config.json + model.safetensors, or the
-    sharded model.safetensors.index.json."""
-    try:
-        from safetensors.numpy import load_file
-    except ImportError as e:
-        raise ImportError("reading safetensors needs `safetensors`: pip install 'warm_jax[import]'") from e
-    cfg_path = os.path.join(directory, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} does not exist")
-    cfg = hf_config(json.load(open(cfg_path)))
-    index = os.path.join(directory, "model.safetensors.index.json")
-    files = _shard_files(directory, index) if os.path.exists(index) else \
-        [os.path.join(directory, "model.safetensors")]
-    raw: dict[str, np.ndarray] = {}
-    for f in files:
-        raw.update(load_file(f))
-
-    def dense(name):
-        if name not in raw:
-            raise ValueError(f"{directory}: tensor {name!r} missing")
-        return np.asarray(raw[name], np.float32)
-
-    params: dict[str, Any] = {"body": {"embedding": dense("model.embed_tokens.weight"),
-                                       "final_norm": {"scale": dense("model.norm.weight")}}}
-    for i in range(cfg.n_layers):
-        _layer(params, cfg, i, lambda key, i=i: dense(f"model.layers.{i}.{HF_NAMES[key]}.weight"))
-    if not cfg.tie_embeddings:
-        params["lm_head"] = dense("lm_head.weight").T
-    return params, cfg
 
 
 def check_out_dir(out_dir: str, force: bool = False) -> None:

@@ -55,11 +55,27 @@ def last_token_index(mask_BxT: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask_BxT.astype(bool), t_T, 0), axis=-1)
 
 
-def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
-    """(sin, cos) of the rotary angles, Bx T x1xF with F = head_dim / 2: computed once per forward
-    pass and shared by every layer (XLA:CPU evaluates sin/cos with scalar libm calls)."""
+def rope_frequencies(head_dim: int, theta: float, llama3: tuple | None = None) -> jax.Array:
+    """The F = head_dim / 2 rotary frequencies; with `llama3` = (factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings), Llama 3.x's rescaling as transformers
+    computes it: long wavelengths divided by the factor, short ones kept, a smooth blend between."""
     half = head_dim // 2
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if llama3 is None:
+        return freqs
+    factor, low, high, old = (float(x) for x in llama3)
+    wavelen = 2 * jnp.pi / freqs
+    scaled = jnp.where(wavelen > old / low, freqs / factor, freqs)
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float, llama3: tuple | None = None):
+    """(sin, cos) of the rotary angles, Bx T x1xF with F = head_dim / 2: computed once per forward
+    pass and shared by every layer (XLA:CPU evaluates sin/cos with scalar libm calls)."""
+    freqs = rope_frequencies(head_dim, theta, llama3)
     angles_BxTx1xF = (positions_BxT.astype(jnp.float32)[..., None] * freqs)[:, :, None, :]
     return jnp.sin(angles_BxTx1xF), jnp.cos(angles_BxTx1xF)
 
@@ -117,13 +133,22 @@ class Attention(nn.Module):
         wv = _param(self, "wv", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pd).astype(dt)
         wo = _param(self, "wo", (H, K, D), ("heads", "head_dim", "embed"), init, pd).astype(dt)
 
+        if cfg.qkv_bias:   # Qwen2's q/k/v projections have biases (its output projection not)
+            bq, bk, bv = (_param(self, n, shape, axes, nn.initializers.zeros, pd).astype(dt)
+                          for n, shape, axes in (("bq", (H, K), ("heads", "head_dim")),
+                                                 ("bk", (G, K), ("kv_heads", "head_dim")),
+                                                 ("bv", (G, K), ("kv_heads", "head_dim"))))
+        else:
+            bq = bk = bv = None
+        add = lambda y, b: y if b is None else y + b   # noqa: E731
+
         B, T = x_BxTxD.shape[:2]
-        k_BxTxGxK = rope(dense(x_BxTxD, wk.reshape(D, G * K)).reshape(B, T, G, K), sincos)
-        v_BxTxGxK = dense(x_BxTxD, wv.reshape(D, G * K)).reshape(B, T, G, K)
+        k_BxTxGxK = rope(add(dense(x_BxTxD, wk.reshape(D, G * K)).reshape(B, T, G, K), bk), sincos)
+        v_BxTxGxK = add(dense(x_BxTxD, wv.reshape(D, G * K)).reshape(B, T, G, K), bv)
         if rows_B is not None:
             x_BxTxD, sincos = pick_rows(x_BxTxD, rows_B), tuple(pick_rows(t, rows_B) for t in sincos)
         Tq = x_BxTxD.shape[1]
-        q_BxTxHxK = rope(dense(x_BxTxD, wq.reshape(D, H * K)).reshape(B, Tq, H, K), sincos)
+        q_BxTxHxK = rope(add(dense(x_BxTxD, wq.reshape(D, H * K)).reshape(B, Tq, H, K), bq), sincos)
         q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "length", "heads", "head_dim"))
         # head-major layouts, so that both attention products are batched (b, g) matmuls whose
         # rows are the R query heads of a group times Tq positions: M = R*Tq
@@ -221,7 +246,8 @@ class Decoder(nn.Module):
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         # a zero-valued hook: gradients w.r.t. it are gradients w.r.t. the input embeddings
         x_BxTxD = self.perturb("embedded", x_BxTxD)
-        sincos = rope_tables(positions_BxT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
+        sincos = rope_tables(positions_BxT, self.cfg.resolved_head_dim, self.cfg.rope_theta,
+                             self.cfg.rope_llama3)
         new_cache = []
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1

@@ -1,0 +1,101 @@
+"""Hugging Face checkpoints of each family against transformers' own outputs: the fixtures in
+tests/fixtures/hf/ are small random models and transformers' logits / scores on fixed inputs
+(tools/make_hf_fixtures.py, with torch; CI has none), and every config the importer cannot
+reproduce exactly is refused with one line naming the field."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("safetensors", reason="the `import` extra (safetensors) is not installed")
+
+from warm_jax.layout import canonical  # noqa: E402
+from warm_jax.models import LanguageModel, ModelConfig, RewardModel  # noqa: E402
+from warm_jax.models.hf import hf_config, load_safetensors  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+NAMES = sorted(os.listdir(FIXTURES)) if os.path.isdir(FIXTURES) else []
+
+
+def test_every_family_is_in_the_fixtures():
+    assert {"llama3_causal", "llama_rm", "mistral_causal", "qwen2_rm", "qwen2_causal"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_matches_transformers(name):
+    d = os.path.join(FIXTURES, name)
+    io = np.load(os.path.join(d, "io.npz"))
+    params, cfg = load_safetensors(d)
+    params = jax.tree.map(jnp.asarray, params)
+    toks, mask = jnp.asarray(io["tokens"]), jnp.asarray(io["mask"])
+    if "scores" in io:   # the score at the last real token: row 1 is right-padded
+        ours = np.asarray(RewardModel(cfg).apply({"params": params}, toks, mask))
+        ref = io["scores"]
+    else:
+        real = io["mask"].astype(bool)
+        ours = np.asarray(LanguageModel(cfg).apply({"params": params}, toks, mask))[real]
+        ref = io["logits"][real]
+    err = float(np.abs(ours - ref).max())
+    assert err < 1e-4, (name, err)
+    assert cfg.qkv_bias == name.startswith("qwen2")
+    assert (cfg.rope_llama3 is not None) == name.startswith("llama3")
+
+
+def _config(name, **change):
+    config = json.load(open(os.path.join(FIXTURES, name, "config.json")))
+    for k, v in change.items():
+        if v is None:
+            config.pop(k, None)
+        else:
+            config[k] = v
+    return config
+
+
+@pytest.mark.parametrize("name, change, field", [
+    ("llama_rm", {"model_type": "gemma2"}, "model_type"),
+    ("llama3_causal", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters"),
+    ("llama3_causal", {"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}},
+     "rope_scaling"),
+    ("llama_rm", {"hidden_act": "gelu"}, "hidden_act"),
+    ("llama_rm", {"attention_bias": True}, "attention_bias"),
+    ("mistral_causal", {"sliding_window": 16}, "sliding_window"),
+    ("qwen2_rm", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
+    ("llama_rm", {"num_labels": 2, "id2label": {"0": "a", "1": "b"}}, "num_labels"),
+])
+def test_what_cannot_be_reproduced_is_refused_naming_the_field(name, change, field):
+    with pytest.raises(ValueError) as e:
+        hf_config(_config(name, **change))
+    msg = str(e.value)
+    assert msg.startswith(f"config.json {field}=") and "\n" not in msg, msg
+
+
+def test_older_transformers_configs_and_a_window_the_model_never_needs(tmp_path):
+    # transformers 4.x: rope_theta and rope_scaling at the top level
+    old = _config("llama3_causal", rope_parameters=None, rope_theta=500000.0,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    assert hf_config(old) == hf_config(_config("llama3_causal"))
+    assert hf_config(old).rope_llama3 == (8.0, 1.0, 4.0, 16) and hf_config(old).rope_theta == 5e5
+    # a window as long as the positions changes nothing: imported
+    assert hf_config(_config("mistral_causal", sliding_window=64)).max_len == 64
+    # a directory whose config is refused reads no tensor
+    d = tmp_path / "m"
+    shutil.copytree(os.path.join(FIXTURES, "mistral_causal"), d)
+    json.dump(_config("mistral_causal", sliding_window=8), open(d / "config.json", "w"))
+    os.remove(d / "model.safetensors")
+    with pytest.raises(ValueError, match="sliding_window=8"):
+        load_safetensors(str(d))
+
+
+def test_new_model_fields_enter_recorded_configs_only_when_set():
+    base = canonical(ModelConfig())
+    assert "qkv_bias" not in base and "rope_llama3" not in base   # earlier records still match
+    assert canonical(ModelConfig(qkv_bias=True))["qkv_bias"] is True
+    assert canonical(ModelConfig(rope_llama3=(8.0, 1.0, 4.0, 16)))["rope_llama3"] == [8.0, 1.0,
+                                                                                      4.0, 16]
+    with pytest.raises(ValueError, match="rope_llama3"):
+        ModelConfig(rope_llama3=(8.0, 4.0, 1.0, 16))

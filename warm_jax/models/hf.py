@@ -1,0 +1,170 @@
+"""Hugging Face safetensors directories onto warm_jax's decoder: Llama (Llama 3.x's rotary
+rescaling included), Mistral and Qwen2, as `*ForCausalLM` (policy) or `*ForSequenceClassification`
+(reward model: `score.weight` becomes the reward head, read at the last real token as transformers
+reads the last non-pad one).
+
+Mapped exactly or refused: a config field that changes the forward pass in a way the decoder does
+not reproduce (another rotary scaling, a sliding window shorter than the positions the model takes,
+an activation other than SiLU, biases the decoder has no place for, more than one score) is a
+`ValueError` naming the field and its value, before any tensor is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from warm_jax.models.config import ModelConfig
+
+FAMILIES = ("llama", "mistral", "qwen2")
+NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+         "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+         "down": "mlp.down_proj"}
+
+
+def map_layer(params: dict, cfg: ModelConfig, i: int, get) -> None:
+    """Layer i's tensors (`get(key)`, HF's out x in layout) into `params["body"]["layer_i"]`."""
+    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+    layer = params["body"][f"layer_{i}"] = {"attn": {}, "mlp": {}}
+    layer["attn_norm"] = {"scale": get("attn_norm")}
+    layer["mlp_norm"] = {"scale": get("ffn_norm")}
+    layer["attn"]["wq"] = get("q").T.reshape(D, H, K)
+    layer["attn"]["wk"] = get("k").T.reshape(D, G, K)
+    layer["attn"]["wv"] = get("v").T.reshape(D, G, K)
+    layer["attn"]["wo"] = get("o").T.reshape(H, K, D)
+    layer["mlp"]["wg"] = get("gate").T
+    layer["mlp"]["wu"] = get("up").T
+    layer["mlp"]["wd"] = get("down").T
+
+
+def _refuse(config: dict, field: str, why: str):
+    raise ValueError(f"config.json {field}={config.get(field)!r} ({config.get('model_type')}): "
+                     f"{why}")
+
+
+def kind(config: dict) -> str:
+    """"reward_model" for a `*ForSequenceClassification` config, else "causal_lm"."""
+    archs = config.get("architectures") or []
+    return "reward_model" if any(a.endswith("ForSequenceClassification") for a in archs) \
+        else "causal_lm"
+
+
+def hf_config(config: dict) -> ModelConfig:
+    """The `ModelConfig` of an HF config.json, or a one-line refusal naming the field."""
+    family = config.get("model_type")
+    if family not in FAMILIES + (None,):
+        _refuse(config, "model_type", f"allowed {FAMILIES}")
+    family = family or "llama"
+    if config.get("hidden_act", "silu") != "silu":
+        _refuse(config, "hidden_act", "the decoder's MLP is SwiGLU (silu)")
+    for field in ("attention_bias", "mlp_bias"):
+        if config.get(field):
+            _refuse(config, field, "the decoder has no biases there")
+    max_pos = int(config.get("max_position_embeddings", 2048))
+    window = config.get("sliding_window")
+    uses_window = family == "mistral" or (family == "qwen2" and config.get("use_sliding_window"))
+    if uses_window and window is not None and int(window) < max_pos:
+        _refuse(config, "sliding_window", f"the decoder attends over every position, and this "
+                f"model attends over a window shorter than its {max_pos} positions")
+    if any(t != "full_attention" for t in config.get("layer_types") or []):
+        _refuse(config, "layer_types", "the decoder attends over every position in every layer")
+    # transformers >= 5 writes `rope_parameters` (the type and theta in it); earlier versions
+    # `rope_theta` and `rope_scaling`
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    if rope_type not in ("default", "llama3"):
+        _refuse(config, "rope_parameters" if "rope_parameters" in config else "rope_scaling",
+                "only the default rotary embedding and rope_type 'llama3' are reproduced")
+    llama3 = None if rope_type == "default" else (
+        float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+        int(rope["original_max_position_embeddings"]))
+    if kind(config) == "reward_model" and int(config.get("num_labels", 1)) != 1:
+        _refuse(config, "num_labels", "a reward model has one score")
+    heads = config["num_attention_heads"]
+    return ModelConfig(vocab_size=config["vocab_size"], d_model=config["hidden_size"],
+                       n_layers=config["num_hidden_layers"], n_heads=heads,
+                       n_kv_heads=config.get("num_key_value_heads") or heads,
+                       head_dim=config.get("head_dim"), d_ff=config["intermediate_size"],
+                       max_len=max_pos, rope_theta=theta,
+                       norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+                       tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+                       qkv_bias=family == "qwen2", rope_llama3=llama3)
+
+
+def shard_files(directory: str, index: str) -> list[str]:
+    """The shard files an index's weight_map names, confined to the model directory: the index
+    comes with a downloaded model, and must not make the importer read files elsewhere
+    (`../x.safetensors`, absolute paths, symlinks out). The one exception is the Hugging Face hub
+    cache, whose `snapshots/<revision>/` files are symlinks into the repository's `blobs/`."""
+    try:
+        with open(index) as f:
+            doc = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{index}: not valid JSON: {e}") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
+    root = os.path.realpath(directory)
+    roots = [root]
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
+    files = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} is not a file name")
+        real = os.path.realpath(os.path.join(root, name))
+        if not any(os.path.commonpath([r, real]) == r for r in roots):
+            raise ValueError(f"{index}: weight_map[{tensor!r}] = {name!r} resolves to {real}, "
+                             f"outside the model directory {root}")
+        files.add(real)
+    return sorted(files)
+
+
+def read_config(directory: str) -> dict:
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
+    """(params, config) from an HF directory: config.json + model.safetensors, or the sharded
+    model.safetensors.index.json. A causal LM gives `LanguageModel`'s tree, a sequence
+    classifier `RewardModel`'s (its `score.weight` as the reward head)."""
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise ImportError("reading safetensors needs `safetensors`: pip install 'warm_jax[import]'") from e
+    config = read_config(directory)
+    cfg = hf_config(config)
+    index = os.path.join(directory, "model.safetensors.index.json")
+    files = shard_files(directory, index) if os.path.exists(index) else \
+        [os.path.join(directory, "model.safetensors")]
+    raw: dict[str, np.ndarray] = {}
+    for f in files:
+        raw.update(load_file(f))
+
+    def dense(name):
+        if name not in raw:
+            raise ValueError(f"{directory}: tensor {name!r} missing")
+        return np.asarray(raw[name], np.float32)
+
+    params: dict[str, Any] = {"body": {"embedding": dense("model.embed_tokens.weight"),
+                                       "final_norm": {"scale": dense("model.norm.weight")}}}
+    for i in range(cfg.n_layers):
+        map_layer(params, cfg, i, lambda key, i=i: dense(f"model.layers.{i}.{NAMES[key]}.weight"))
+        if cfg.qkv_bias:
+            attn = params["body"][f"layer_{i}"]["attn"]
+            for key, heads in (("q", cfg.n_heads), ("k", cfg.n_kv_heads), ("v", cfg.n_kv_heads)):
+                attn[f"b{key}"] = dense(f"model.layers.{i}.{NAMES[key]}.bias").reshape(
+                    heads, cfg.resolved_head_dim)
+    if kind(config) == "reward_model":
+        params["reward_head"] = {"kernel": dense("score.weight").T}
+    elif not cfg.tie_embeddings:
+        params["lm_head"] = dense("lm_head.weight").T
+    return params, cfg
