@@ -34,11 +34,14 @@ test-slow: venv
 	$(TEST_ENV) $(PY) -m pytest -q -m slow tests
 
 # safetensors imports against transformers (PyTorch lives in .venv-peers, kept out of CI):
-# regenerate tests/fixtures/hf/ with transformers' outputs, then check warm_jax against them
+# regenerate tests/fixtures/hf/ with transformers' outputs, check warm_jax against them, then load
+# warm_jax's exports of them in transformers
 test-parity: venv
 	bash tools/peers_env.sh
 	.venv-peers/bin/python tools/make_hf_fixtures.py
 	$(TEST_ENV) $(PY) -m pytest -q tests/test_hf.py
+	JAX_PLATFORMS=cpu $(PY) tools/check_hf_export.py write .hf_export_check
+	.venv-peers/bin/python tools/check_hf_export.py load .hf_export_check
 
 # warm_jax against TRL / PyTorch (RM training) and mergekit (averaging) on this CPU, into
 # bench/results.json; the peers live in .venv-peers (python3.11: torch's CPU wheel), not in .venv

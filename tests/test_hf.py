@@ -99,3 +99,18 @@ def test_new_model_fields_enter_recorded_configs_only_when_set():
                                                                                       4.0, 16]
     with pytest.raises(ValueError, match="rope_llama3"):
         ModelConfig(rope_llama3=(8.0, 4.0, 1.0, 16))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_import_export_import_is_bitwise(name, tmp_path):
+    from warm_jax.models.hf import export
+    params, cfg = load_safetensors(os.path.join(FIXTURES, name))
+    out = export(params, cfg, str(tmp_path / "out"), pad_token_id=0,
+                 files_from=os.path.join(FIXTURES, name))
+    again, cfg2 = load_safetensors(out)
+    assert cfg2 == cfg
+    assert jax.tree.structure(again) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        export(params, cfg, out)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from warm_jax.models import safetensors_io
 from warm_jax.models.config import ModelConfig
 
 FAMILIES = ("llama", "mistral", "qwen2")
@@ -136,10 +137,6 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
     """(params, config) from an HF directory: config.json + model.safetensors, or the sharded
     model.safetensors.index.json. A causal LM gives `LanguageModel`'s tree, a sequence
     classifier `RewardModel`'s (its `score.weight` as the reward head)."""
-    try:
-        from safetensors.numpy import load_file
-    except ImportError as e:
-        raise ImportError("reading safetensors needs `safetensors`: pip install 'warm_jax[import]'") from e
     config = read_config(directory)
     cfg = hf_config(config)
     index = os.path.join(directory, "model.safetensors.index.json")
@@ -147,7 +144,7 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
         [os.path.join(directory, "model.safetensors")]
     raw: dict[str, np.ndarray] = {}
     for f in files:
-        raw.update(load_file(f))
+        raw.update(safetensors_io.read(f))
 
     def dense(name):
         if name not in raw:
@@ -168,3 +165,86 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
     elif not cfg.tie_embeddings:
         params["lm_head"] = dense("lm_head.weight").T
     return params, cfg
+
+
+# --- export -----------------------------------------------------------------------------------------
+def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The inverse of `load_safetensors`: a `LanguageModel` tree (with `lm_head` unless tied) or a
+    `RewardModel` tree (`reward_head`) as HF tensor names and layouts, in the tree's dtypes."""
+    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+    body = params["body"]
+    out = {"model.embed_tokens.weight": body["embedding"],
+           "model.norm.weight": body["final_norm"]["scale"]}
+    for i in range(cfg.n_layers):
+        layer, p = body[f"layer_{i}"], f"model.layers.{i}."
+        attn, mlp = layer["attn"], layer["mlp"]
+        out.update({p + NAMES["attn_norm"] + ".weight": layer["attn_norm"]["scale"],
+                    p + NAMES["ffn_norm"] + ".weight": layer["mlp_norm"]["scale"],
+                    p + NAMES["q"] + ".weight": np.asarray(attn["wq"]).reshape(D, H * K).T,
+                    p + NAMES["k"] + ".weight": np.asarray(attn["wk"]).reshape(D, G * K).T,
+                    p + NAMES["v"] + ".weight": np.asarray(attn["wv"]).reshape(D, G * K).T,
+                    p + NAMES["o"] + ".weight": np.asarray(attn["wo"]).reshape(H * K, D).T,
+                    p + NAMES["gate"] + ".weight": np.asarray(mlp["wg"]).T,
+                    p + NAMES["up"] + ".weight": np.asarray(mlp["wu"]).T,
+                    p + NAMES["down"] + ".weight": np.asarray(mlp["wd"]).T})
+        if cfg.qkv_bias:
+            for key in ("q", "k", "v"):
+                out[p + NAMES[key] + ".bias"] = np.asarray(attn[f"b{key}"]).reshape(-1)
+    if "reward_head" in params:
+        out["score.weight"] = np.asarray(params["reward_head"]["kernel"]).T
+    elif not cfg.tie_embeddings:
+        out["lm_head.weight"] = np.asarray(params["lm_head"]).T
+    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in out.items()}
+
+
+def config_of(cfg: ModelConfig, *, reward_model: bool, pad_token_id: int | None = None) -> dict:
+    """An HF config.json for `cfg`: Qwen2 where the decoder has q/k/v biases, else Llama."""
+    family = "qwen2" if cfg.qkv_bias else "llama"
+    arch = {"llama": "Llama", "qwen2": "Qwen2"}[family] + (
+        "ForSequenceClassification" if reward_model else "ForCausalLM")
+    config = {"architectures": [arch], "model_type": family, "vocab_size": cfg.vocab_size,
+              "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+              "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+              "num_key_value_heads": cfg.n_kv_heads,
+              "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps,
+              "rope_theta": cfg.rope_theta, "hidden_act": "silu",
+              "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": cfg.param_dtype}
+    if cfg.head_dim is not None:
+        config["head_dim"] = cfg.head_dim
+    if cfg.rope_llama3 is not None:
+        factor, low, high, old = cfg.rope_llama3
+        config["rope_scaling"] = {"rope_type": "llama3", "factor": factor,
+                                  "low_freq_factor": low, "high_freq_factor": high,
+                                  "original_max_position_embeddings": old}
+    if reward_model:
+        config["num_labels"] = 1
+    if pad_token_id is not None:
+        config["pad_token_id"] = pad_token_id
+    return config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def export(params: dict, cfg: ModelConfig, out_dir: str, *, config: dict | None = None,
+           pad_token_id: int | None = None, files_from: str | None = None) -> str:
+    """Write `params` as an HF directory loadable by `AutoModelFor…from_pretrained`: config.json
+    (`config`, e.g. a member's, else `config_of(cfg)`), model.safetensors, and the tokenizer files
+    of `files_from`. `out_dir` must be new or empty."""
+    import shutil
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise FileExistsError(f"export: {out_dir} exists and is not an empty directory")
+    reward_model = "reward_head" in params
+    tensors = to_hf_tensors(params, cfg)
+    config = dict(config) if config is not None else config_of(
+        cfg, reward_model=reward_model, pad_token_id=pad_token_id)
+    os.makedirs(out_dir, exist_ok=True)
+    safetensors_io.write(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    for name in TOKENIZER_FILES if files_from else ():
+        if os.path.isfile(os.path.join(files_from, name)):
+            shutil.copyfile(os.path.join(files_from, name), os.path.join(out_dir, name))
+    return out_dir
