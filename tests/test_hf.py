@@ -114,3 +114,88 @@ def test_import_export_import_is_bitwise(name, tmp_path):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     with pytest.raises(FileExistsError, match="not an empty directory"):
         export(params, cfg, out)
+
+
+def _members(tmp_path, n=3, scale=0.02):
+    """n fine-tunings of the qwen2_rm fixture (its weights plus small noise) and one unrelated
+    model of the same shapes."""
+    from warm_jax.models import safetensors_io
+    src = os.path.join(FIXTURES, "qwen2_rm")
+    base = safetensors_io.read(os.path.join(src, "model.safetensors"))
+    rng = np.random.default_rng(0)
+    dirs = []
+    for i in range(n + 1):
+        d = tmp_path / (f"m{i}" if i < n else "other")
+        shutil.copytree(src, d)
+        if i < n:
+            t = {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
+                 for k, v in base.items()}
+        else:
+            t = {k: (rng.standard_normal(v.shape) * v.std()).astype(v.dtype)
+                 for k, v in base.items()}
+        safetensors_io.write(str(d / "model.safetensors"), t, {"format": "pt"})
+        dirs.append(str(d))
+    return src, dirs[:n], dirs[n]
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "warm_jax.average", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hugging_face_reward_models_are_averaged_checked_and_exported(tmp_path):
+    from warm_jax.models import safetensors_io
+    base, members, other = _members(tmp_path)
+    out = str(tmp_path / "avg")
+    r = _cli(out, *members, "--weights", "1", "1", "2", "--base", base)
+    assert r.returncode == 0, r.stderr
+    got = safetensors_io.read(os.path.join(out, "model.safetensors"))
+    ms = [safetensors_io.read(os.path.join(m, "model.safetensors")) for m in members]
+    for k in got:   # the float32 weighted sum, in the members' order
+        expect = (np.float32(0.25) * ms[0][k] + np.float32(0.25) * ms[1][k]
+                  + np.float32(0.5) * ms[2][k])
+        np.testing.assert_array_equal(got[k], expect.astype(ms[0][k].dtype))
+    params, cfg = load_safetensors(out)   # a Hugging Face RM again, with the members' config
+    assert "reward_head" in params and cfg == load_safetensors(members[0])[1]
+    record = json.load(open(os.path.join(out, "warm_average.json")))
+    assert all(d < 0.5 for d in record["relative_distance_to_base"])
+    # the project's checkpoint instead
+    r = _cli(str(tmp_path / "wj"), *members, "--weights", "1", "1", "2", "--format", "warm_jax")
+    assert r.returncode == 0, r.stderr
+    from warm_jax.checkpoint import restore_params
+    wj, meta = restore_params(str(tmp_path / "wj"))   # the same average as the HF output's
+    flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)  # noqa: E731
+                      for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+    assert flat(wj).keys() == flat(params).keys()
+    for k, v in flat(params).items():
+        np.testing.assert_array_equal(flat(wj)[k], v, err_msg=k)
+    assert "base_fingerprint" in meta
+
+
+@pytest.mark.parametrize("case", ["twice", "unrelated", "config", "out_is_file", "mixed"])
+def test_hugging_face_averaging_refuses_in_one_line_and_writes_nothing(tmp_path, case):
+    base, members, other = _members(tmp_path)
+    out = tmp_path / "avg"
+    if case == "twice":
+        args, want = [members[0], members[1], members[0] + "/"], "member given more than once"
+    elif case == "unrelated":
+        args, want = [*members, other, "--base", base], "not fine-tunings of --base"
+    elif case == "config":
+        c = json.load(open(os.path.join(members[1], "config.json")))
+        c["rms_norm_eps"] = 1e-6
+        json.dump(c, open(os.path.join(members[1], "config.json"), "w"))
+        args, want = members, "config.json differs from"
+    elif case == "out_is_file":
+        out.write_text("x")
+        args, want = members, "exists and is not a directory"
+    else:
+        args, want = [members[0], str(tmp_path / "m_native")], "mix Hugging Face directories"
+        (tmp_path / "m_native").mkdir()
+    r = _cli(str(out), *args)
+    assert r.returncode == 2 and want in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (out.is_file() and out.read_text() == "x") if case == "out_is_file" else \
+        not out.exists()
+    assert not os.path.exists(str(out) + ".partial")

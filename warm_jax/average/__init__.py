@@ -9,7 +9,15 @@ disk's speed in a process that has everything imported (`avg_inproc_wall_over_di
 bench/results.json)."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
+
+
+def is_hf_dir(path: str) -> bool:
+    """A Hugging Face model directory (config.json and safetensors), not a warm_jax checkpoint."""
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.exists(os.path.join(path, n))
+        for n in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def average(member_dirs: Sequence[str], out_dir: str, weights: Sequence[float] | None = None, *,
