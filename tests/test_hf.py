@@ -199,3 +199,67 @@ def test_hugging_face_averaging_refuses_in_one_line_and_writes_nothing(tmp_path,
     assert (out.is_file() and out.read_text() == "x") if case == "out_is_file" else \
         not out.exists()
     assert not os.path.exists(str(out) + ".partial")
+
+
+def _char_tokenizer(path):
+    """A 64-token character tokenizer (the fixtures' vocabulary size) as a tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    chars = list("abcdefghijklmnopqrstuvwxyz .,?!")
+    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<s>", "<unk>"] + chars)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.save(str(path))
+
+
+def _pairs(path, n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    words = lambda k: " ".join("".join(rng.choice(list("abcdefgh"), 4)) for _ in range(k))  # noqa
+    with open(path, "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"prompt": words(3), "chosen": words(2), "rejected": words(2)})
+                    + "\n")
+    return str(path)
+
+
+def test_evaluate_scores_members_wa_and_ens_on_the_users_pairs(tmp_path):
+    from warm_jax.average.evaluate import evaluate, interval
+    _, members, _ = _members(tmp_path, n=3, scale=0.05)
+    _char_tokenizer(tmp_path / "tokenizer.json")
+    pairs = _pairs(tmp_path / "pairs.jsonl")
+    out = evaluate(pairs, members, tokenizer=str(tmp_path / "tokenizer.json"),
+                   max_prompt_len=8, max_response_len=12)
+    acc = out["accuracy"]
+    assert out["pairs"] == 80 and out["truncated_prompts"] == 80   # 15 characters + BOS > 8
+    assert set(acc) == {"member_0", "member_1", "member_2", "WA", "ENS", "WCO", "UWO"}
+    assert out["wa_minus_ens"]["mean"] == pytest.approx(acc["WA"] - acc["ENS"])
+    best = out["wa_minus_best_member"]["member"]
+    assert acc[best] == max(acc[f"member_{i}"] for i in range(3))
+    lo, hi = out["wa_minus_ens"]["ci"]
+    assert lo <= out["wa_minus_ens"]["mean"] <= hi
+    # three copies of one member: WA, ENS and the member are the same reward model
+    same = []
+    for i in range(3):
+        shutil.copytree(members[0], tmp_path / f"copy{i}")
+        same.append(str(tmp_path / f"copy{i}"))
+    out = evaluate(pairs, same, tokenizer=str(tmp_path / "tokenizer.json"), max_prompt_len=20,
+                   max_response_len=12)
+    assert out["truncated_prompts"] == 0
+    assert out["accuracy"]["WA"] == out["accuracy"]["ENS"] == out["accuracy"]["member_0"]
+    assert out["wa_minus_ens"]["ci"] == [0.0, 0.0]
+    # the pairs a 95% interval would need at the measured effect: (1.96 sd / mean)^2
+    d = np.array([1.0] * 6 + [-1.0] * 4 + [0.0] * 90)
+    r = interval(d)
+    assert r["ci"][0] < 0 < r["ci"][1]
+    assert r["pairs_needed"] == int(np.ceil((1.959963984540054 * d.std(ddof=1) / 0.02) ** 2))
+
+
+def test_evaluate_refuses_a_causal_lm_and_one_member_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    _, members, _ = _members(tmp_path, n=2)
+    pairs = _pairs(tmp_path / "pairs.jsonl", n=4)
+    for args, want in (([members[0], os.path.join(FIXTURES, "qwen2_causal")], "is a causal LM"),
+                       ([members[0]], "at least two members")):
+        r = subprocess.run([sys.executable, "-m", "warm_jax.average.evaluate", pairs, *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and want in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
