@@ -78,7 +78,9 @@ def evaluate(pairs_path: str, members: list[str], *, tokenizer: str | None = Non
     if not os.path.exists(tok_path):
         raise ValueError(f"no tokenizer: {tok_path} does not exist (give --tokenizer)")
     tok = JsonTokenizer(tok_path)
-    pairs, summary = read_preferences(pairs_path)
+    from warm_jax.data.conversations import chat_template_of
+    pairs, summary = read_preferences(pairs_path, chat_template=chat_template_of(
+        os.path.dirname(tok_path)))
     pairs = pairs[:limit] if limit else pairs
     split = encode_pairs(pairs, tok, max_prompt_len=max_prompt_len,
                          max_response_len=max_response_len, policy=LoadPolicy(), summary=summary)

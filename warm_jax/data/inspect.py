@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
+from warm_jax.data.conversations import chat_template_of
 from warm_jax.data.preferences import FORMATS, DataError, LoadPolicy, encode_pairs, read_preferences
 from warm_jax.data.tokenizer import ByteTokenizer, JsonTokenizer
 
@@ -26,7 +28,8 @@ def inspect(path: str, fmt: str = "auto", *, max_prompt_tokens: int = 256,
             max_response_tokens: int = 128, tokenizer_path: str | None = None,
             policy: LoadPolicy = LoadPolicy()) -> dict:
     tok = JsonTokenizer(tokenizer_path) if tokenizer_path else ByteTokenizer()
-    pairs, summary = read_preferences(path, fmt, policy)
+    template = chat_template_of(os.path.dirname(tokenizer_path)) if tokenizer_path else None
+    pairs, summary = read_preferences(path, fmt, policy, template)
     lengths = {"prompt_tokens": [len(tok.encode(p.prompt)) + 1 for p in pairs],
                "chosen_tokens": [len(tok.encode(p.chosen)) + 1 for p in pairs],
                "rejected_tokens": [len(tok.encode(p.rejected)) + 1 for p in pairs]}

@@ -18,10 +18,11 @@ from typing import Iterator
 
 import numpy as np
 
+from warm_jax.data.conversations import Renderer, render_record
 from warm_jax.data.pipeline import pad_rows
 from warm_jax.data.tokenizer import Tokenizer
 
-FORMATS = ("auto", "hh", "tldr", "jsonl")
+FORMATS = ("auto", "hh", "tldr", "jsonl", "trl")   # trl: conversational (warm_jax.data.conversations)
 ASSISTANT = "\n\nAssistant:"
 # a lone UTF-16 surrogate: what a JSON "\ud800" escape decodes to; not encodable as UTF-8
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -178,6 +179,8 @@ def _tldr(obj: dict, where: str) -> tuple[str, str, str]:
 def _detect(obj: dict, where: str) -> str:
     if "info" in obj and "summaries" in obj:
         return "tldr"
+    if isinstance(obj.get("chosen"), list) or isinstance(obj.get("prompt"), list):
+        return "trl"
     if {"prompt", "chosen", "rejected"} <= set(obj):
         return "jsonl"
     if {"chosen", "rejected"} <= set(obj):
@@ -185,10 +188,16 @@ def _detect(obj: dict, where: str) -> str:
     raise DataError(f"{where}: cannot tell the format from keys {sorted(obj)}; pass --format")
 
 
-def _record(obj: dict, f: str, where: str) -> tuple[tuple[str, str, str], bool]:
+def _record(obj: dict, f: str, where: str, renderer: Renderer
+            ) -> tuple[tuple[str, str, str], bool]:
     """((prompt, chosen, rejected), whether the HH split was repaired) of one record in format f."""
     if f == "tldr":
         return _tldr(obj, where), False
+    if f == "trl":
+        try:
+            return render_record(obj, renderer, where), False
+        except ValueError as e:
+            raise DataError(str(e)) from None
     if f == "jsonl":
         return tuple(_text(obj, k, where, f) for k in ("prompt", "chosen", "rejected")), False
     if "prompt" in obj:  # 'hh' splits the prompt off the conversations: this one would be lost
@@ -214,9 +223,11 @@ def _valid_unicode(texts: tuple[str, ...], where: str, policy: LoadPolicy
     return tuple(out), tuple(out) != tuple(texts)
 
 
-def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPolicy()
-                     ) -> tuple[list[PreferencePair], LoadSummary]:
-    """Load a preference file (.jsonl or .jsonl.gz) the way training does."""
+def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPolicy(),
+                     chat_template: str | None = None) -> tuple[list[PreferencePair], LoadSummary]:
+    """Load a preference file (.jsonl or .jsonl.gz) the way training does; conversational records
+    are rendered with `chat_template` where given (`conversations.Renderer`)."""
+    renderer = Renderer(chat_template)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: allowed {FORMATS}")
     summary = LoadSummary(path=path, format=fmt)
@@ -248,7 +259,7 @@ def read_preferences(path: str, fmt: str = "auto", policy: LoadPolicy = LoadPoli
             raise DataError(f"{where}: expected a JSON object, got {_kind(obj)}")
         if summary.format == "auto":
             summary.format = _detect(obj, where)
-        (prompt, chosen, rejected), repaired = _record(obj, summary.format, where)
+        (prompt, chosen, rejected), repaired = _record(obj, summary.format, where, renderer)
         summary.hh_split_repaired += repaired
         (prompt, chosen, rejected), replaced = _valid_unicode((prompt, chosen, rejected), where,
                                                               policy)

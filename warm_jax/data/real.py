@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from warm_jax.data.conversations import chat_template_of
 from warm_jax.data.preferences import (FORMATS, LoadPolicy, LoadSummary, encode_pairs,
                                        read_preferences)
 from warm_jax.data.tokenizer import ByteTokenizer, JsonTokenizer
@@ -60,7 +61,9 @@ class PreferenceFileTask:
         self.pad_id, self.eos_id, self.bos_id = (self.tokenizer.pad_id, self.tokenizer.eos_id,
                                                  self.tokenizer.bos_id)
         self.prompt_len, self.max_response_len = cfg.max_prompt_len, cfg.max_response_len
-        pairs, self.summary = read_preferences(cfg.path, cfg.format, cfg.policy)
+        template = chat_template_of(os.path.dirname(cfg.tokenizer_path)) \
+            if cfg.tokenizer_path else None   # conversational records use the model's template
+        pairs, self.summary = read_preferences(cfg.path, cfg.format, cfg.policy, template)
         self._arrays = encode_pairs(pairs, self.tokenizer, max_prompt_len=cfg.max_prompt_len,
                                     max_response_len=cfg.max_response_len, policy=cfg.policy,
                                     summary=self.summary)
