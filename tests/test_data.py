@@ -382,3 +382,24 @@ def test_toy_config_errors():
         ToyTaskConfig(flip_fraction=0.7)
     with pytest.raises(ValueError, match=r"ToyTaskConfig.max_salient=13 is out of range"):
         ToyTaskConfig(max_salient=13)
+
+
+def test_a_preference_file_task_says_what_its_length_limits_cut(tmp_path, capsys):
+    import json as _json
+    from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask
+    f = tmp_path / "p.jsonl"
+    rows = [{"prompt": "p" * n, "chosen": "c" * 5, "rejected": "r" * m}
+            for n, m in ((3, 4), (40, 4), (3, 30), (50, 50))]
+    f.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    task = PreferenceFileTask(PreferenceFileConfig(path=str(f), max_prompt_len=20,
+                                                   max_response_len=10,
+                                                   validation_fraction=0.25, test_fraction=0.25))
+    err = capsys.readouterr().err
+    # bytes + BOS: prompts of 40 and 50 exceed 20; responses of 30 and 50 (+ EOS) exceed 10
+    assert task.truncation in err and "of 4 pairs, 2 prompts cut to their last 20 tokens, " \
+        "2 responses to their first 10, 0 pairs dropped" in err
+    quiet = tmp_path / "q.jsonl"
+    quiet.write_text(_json.dumps(rows[0]) + "\n" + _json.dumps(dict(rows[0], chosen="x")) + "\n")
+    PreferenceFileTask(PreferenceFileConfig(path=str(quiet), validation_fraction=0.0,
+                                            test_fraction=0.0))
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -48,6 +49,19 @@ class PreferenceFileConfig:
         check_range(o, "test_fraction", self.test_fraction, 0.0, 0.5)
 
 
+def truncation_line(cfg: PreferenceFileConfig, summary: LoadSummary) -> str | None:
+    """One line on what the length limits cut (prompts keep their end, where the last turn is;
+    responses their start), or None when nothing was cut or dropped."""
+    cut, dropped = (summary.truncated_prompts, summary.truncated_responses), \
+        summary.skipped_over_length
+    if not any(cut) and not dropped:
+        return None
+    return (f"{cfg.path}: of {summary.pairs} pairs, {cut[0]} prompts cut to their last "
+            f"{cfg.max_prompt_len} tokens, {cut[1]} responses to their first "
+            f"{cfg.max_response_len}, {dropped} pairs dropped as over-length "
+            f"(policy over_length={cfg.policy.over_length!r})")
+
+
 class PreferenceFileTask:
     name = "preference_file"
     has_oracle = False
@@ -68,6 +82,9 @@ class PreferenceFileTask:
                                     max_response_len=cfg.max_response_len, policy=cfg.policy,
                                     summary=self.summary)
         n = len(self._arrays["prompt"])
+        self.truncation = truncation_line(cfg, self.summary)
+        if self.truncation:   # said at launch, before any stage reads the pairs
+            print(self.truncation, file=sys.stderr)
         order = np.random.default_rng(cfg.seed).permutation(n)
         n_val, n_test = int(round(cfg.validation_fraction * n)), int(round(cfg.test_fraction * n))
         self._index = {"validation": order[:n_val], "test": order[n_val:n_val + n_test],
