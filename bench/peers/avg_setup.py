@@ -29,43 +29,13 @@ def member_params(cfg, seed: int) -> dict:
     return jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape, dtype=np.float32)), shapes)
 
 
-def to_hf(params: dict, cfg) -> dict[str, np.ndarray]:
-    """The same weights under Hugging Face Llama names and layouts ([out, in] matrices)."""
-    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
-    body = params["body"]
-    out = {"model.embed_tokens.weight": body["embedding"],
-           "model.norm.weight": body["final_norm"]["scale"]}
-    for i in range(cfg.n_layers):
-        lay, p = body[f"layer_{i}"], f"model.layers.{i}."
-        a, m = lay["attn"], lay["mlp"]
-        out.update({
-            p + "self_attn.q_proj.weight": a["wq"].reshape(D, H * K).T,
-            p + "self_attn.k_proj.weight": a["wk"].reshape(D, G * K).T,
-            p + "self_attn.v_proj.weight": a["wv"].reshape(D, G * K).T,
-            p + "self_attn.o_proj.weight": a["wo"].reshape(H * K, D).T,
-            p + "mlp.gate_proj.weight": m["wg"].T, p + "mlp.up_proj.weight": m["wu"].T,
-            p + "mlp.down_proj.weight": m["wd"].T,
-            p + "input_layernorm.weight": lay["attn_norm"]["scale"],
-            p + "post_attention_layernorm.weight": lay["mlp_norm"]["scale"]})
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def hf_config(cfg) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
-            "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
-            "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
-            "head_dim": cfg.resolved_head_dim, "max_position_embeddings": cfg.max_len,
-            "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-            "tie_word_embeddings": True, "torch_dtype": "float32", "hidden_act": "silu"}
-
-
 def main(root: str) -> None:
     import jax
     from safetensors.numpy import save_file
 
     from warm_jax.checkpoint import Checkpointer
     from warm_jax.models.config import ModelConfig
+    from warm_jax.models.hf import config_of, to_hf_tensors
     cfg = ModelConfig(**CFG)
     n = None
     for i in range(M):
@@ -75,10 +45,10 @@ def main(root: str) -> None:
             1, {"params": params}, {"base_fingerprint": "bench-peers"})
         hf_dir = os.path.join(root, "hf", f"m{i}")
         os.makedirs(hf_dir, exist_ok=True)
-        save_file(to_hf(params, cfg), os.path.join(hf_dir, "model.safetensors"),
+        save_file(to_hf_tensors(params, cfg), os.path.join(hf_dir, "model.safetensors"),
                   metadata={"format": "pt"})
         with open(os.path.join(hf_dir, "config.json"), "w") as f:
-            json.dump(hf_config(cfg), f, indent=1)
+            json.dump(config_of(cfg, reward_model=False), f, indent=1)
         del params
     print("RESULT " + json.dumps({"n_params": n, "members": M}))
 
