@@ -93,8 +93,11 @@ def toy_init(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("toy_init"))
     task = ToyTask(ToyTaskConfig(**TOY_TEST_TASK))
     cfg = preset("toy", d_model=32, d_ff=64)
-    sft.pretrain(workdir=wd, task=task, model_cfg=cfg, num_steps=300, batch_size=32,
-                 optim=OptimConfig(learning_rate=3e-3, warmup_steps=20), ckpt_every=300)
-    sft.sft(workdir=wd, task=task, model_cfg=cfg, num_steps=200, batch_size=32,
-            trajectory=(100, 150, 200), optim=OptimConfig(learning_rate=3e-3), eval_samples=32)
+    sft.pretrain(workdir=wd, task=task, model_cfg=cfg,
+                 cfg=sft.PretrainConfig(num_steps=300, batch_size=32,
+                                        optim=OptimConfig(learning_rate=3e-3, warmup_steps=20),
+                                        ckpt_every=300))
+    sft.sft(workdir=wd, task=task, model_cfg=cfg,
+            cfg=sft.SFTConfig(num_steps=200, batch_size=32, trajectory=(100, 150, 200),
+                              optim=OptimConfig(learning_rate=3e-3), eval_samples=32))
     return wd, task, cfg

@@ -15,6 +15,8 @@ from warm_jax.metrics import read_jsonl
 from warm_jax.models import RewardModel, preset, unbox
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.rm.stage import train_reward_models
+from warm_jax.average.stage import AverageConfig
+from warm_jax.rm.stage import RMConfig
 
 
 def _tree(seed, shapes=None, dtype=np.float32):
@@ -146,11 +148,12 @@ def test_average_stage_writes_warm_soups_and_analyses(toy_init):
     wd, task, cfg = toy_init
     div = DiversityConfig(num_members=4, explicit=((3e-3, 0.0, 200), (3e-3, 0.0, 200),
                                                    (1e-3, 0.0, 200), (3e-3, 0.0, 100)))
-    train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="avg", diversity=div,
-                        num_steps=40, batch_size=16, probe_steps=20, ckpt_every=20,
-                        population_impl="map")
-    rm_dir = os.path.join(average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="avg",
-                                                m_values=(2, 4), same_run_step=20), "seed_0")
+    train_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                        cfg=RMConfig(name="avg", diversity=div, num_steps=40, batch_size=16,
+                                     probe_steps=20, ckpt_every=20, population_impl="map"))
+    rm_dir = os.path.join(average_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                                                cfg=AverageConfig(name="avg", m_values=(2, 4),
+                                                                  same_run_step=20)), "seed_0")
     for sub in ("warm_M2", "warm_M4", "greedy"):
         meta = Checkpointer(os.path.join(rm_dir, "averages", sub)).restore_meta()
         assert len(meta["members"]) == len(meta["member_indices"]) and meta["base_fingerprint"]

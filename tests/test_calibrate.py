@@ -8,6 +8,9 @@ import pytest
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.rl.calibrate import (Candidate, PassRule, check_pilot, judge_candidate, judge_run,
                                    record_table)
+from warm_jax.average.stage import AverageConfig
+from warm_jax.rm.stage import RMConfig
+from warm_jax.rl.calibrate import CalibrationConfig
 
 RULE = PassRule(min_rise=0.1, min_fall=0.3, max_final_kl=20.0, min_seeds=2)
 
@@ -80,12 +83,14 @@ def test_calibration_runs_in_order_stops_at_the_first_pass_and_reads_no_evaluati
     wd = src + "_calibrate"
     shutil.copytree(src, wd)
     pilot = (100, 101)
-    train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="clean", seeds=pilot,
-                        diversity=DiversityConfig(num_members=2, baklava_steps=(150, 200)),
-                        num_steps=4, batch_size=16, probe_steps=2, mode="population",
-                        population_impl="map")
-    average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="clean", seeds=pilot,
-                          m_values=(1,), analyses=False, greedy=False)
+    train_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                        cfg=RMConfig(name="clean", seeds=pilot,
+                                     diversity=DiversityConfig(num_members=2, baklava_steps=(150, 200)),
+                                     num_steps=4, batch_size=16, probe_steps=2, mode="population",
+                                     population_impl="map"))
+    average_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                          cfg=AverageConfig(name="clean", seeds=pilot, m_values=(1,),
+                                            analyses=False, greedy=False))
     analysis = os.path.join(wd, "rm", "clean", "seed_100", "analysis.jsonl")
     assert [r["analysis"] for r in __import__("warm_jax.metrics", fromlist=["x"]).read_jsonl(
         analysis)] == ["eval_sizes"]   # no WA or ENS was formed on a pilot seed
@@ -97,11 +102,13 @@ def test_calibration_runs_in_order_stops_at_the_first_pass_and_reads_no_evaluati
         os.makedirs(poison)
         open(os.path.join(poison, "garbage"), "w").write("not a checkpoint")
     cands = [(1e-4, 10, 0.001), (1e-3, 10, 0.001), (1e-3, 5, 0.001)]
-    kw = dict(workdir=wd, task=task, model_cfg=cfg, seeds=pilot, evaluation_seeds=range(10),
-              candidates=cands, rl=RLConfig(batch_size=8), chunk=5, eval_prompts=8)
+    kw = dict(seeds=pilot, evaluation_seeds=tuple(range(10)), candidates=cands,
+              rl=RLConfig(batch_size=8), chunk=5, eval_prompts=8)
+    run = lambda **more: calibrate_regime(workdir=wd, task=task, model_cfg=cfg,  # noqa: E731
+                                          cfg=CalibrationConfig(**kw, **more))
     # a rule every run meets: the first candidate is chosen, the later ones never run
     easy = PassRule(min_rise=-1e9, min_fall=-1e9, max_final_kl=1e9, min_seeds=2)
-    rec = calibrate_regime(rule=easy, record=os.path.join(wd, "rec.json"), **kw)
+    rec = run(rule=easy, record=os.path.join(wd, "rec.json"))
     assert rec["chosen"] == {"learning_rate": 1e-4, "steps": 10, "alpha": 0.001}
     assert [r["status"] for r in rec["results"]] == [
         "passed", "not run: an earlier candidate passed", "not run: an earlier candidate passed"]
@@ -114,7 +121,7 @@ def test_calibration_runs_in_order_stops_at_the_first_pass_and_reads_no_evaluati
     # candidates at lr 1e-3 are one program of 10 steps, the 5-step one judged on its prefix
     shutil.rmtree(os.path.join(wd, "calibration"))
     never = PassRule(min_rise=1e9, min_fall=0.3, max_final_kl=20.0, min_seeds=1)
-    rec = calibrate_regime(rule=never, **kw)
+    rec = run(rule=never)
     assert rec["chosen"] is None and [r["status"] for r in rec["results"]] == ["failed"] * 3
     assert sorted(d for d in os.listdir(os.path.join(wd, "calibration", "round1"))
                   if d.startswith("lr_")) == ["lr_0.0001", "lr_0.001"]

@@ -18,6 +18,8 @@ from warm_jax import layout as L
 from warm_jax.average.soup import AverageError, average_checkpoints, normalise_weights
 from warm_jax.checkpoint import Checkpointer, NonFiniteError
 from warm_jax.metrics import MetricsWriter, read_jsonl
+from warm_jax.average.stage import AverageConfig
+from warm_jax.rm.stage import RMConfig
 
 
 def test_atomic_write_full_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -188,10 +190,12 @@ def test_rl_stops_on_nan_and_keeps_its_last_finite_checkpoint(toy_init, monkeypa
     from warm_jax.rm.diversity import DiversityConfig
     from warm_jax.rm.stage import train_reward_models
     wd, task, cfg = toy_init
-    train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="nan", num_steps=10,
-                        batch_size=16, probe_steps=5, diversity=DiversityConfig(num_members=2))
-    average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="nan", m_values=(1,),
-                          greedy=False, lmc_pairs={}, max_eval_pairs=100)
+    train_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                        cfg=RMConfig(name="nan", num_steps=10, batch_size=16, probe_steps=5,
+                                     diversity=DiversityConfig(num_members=2)))
+    average_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                          cfg=AverageConfig(name="nan", m_values=(1,), greedy=False, lmc_pairs={},
+                                            max_eval_pairs=100))
     real = rl_stage.run_chunk
     calls = []
 
@@ -202,8 +206,9 @@ def test_rl_stops_on_nan_and_keeps_its_last_finite_checkpoint(toy_init, monkeypa
         return real(step, state, n, *reward_fn)
 
     monkeypatch.setattr(rl_stage, "run_chunk", poisoned)
-    kw = dict(task=task, model_cfg=cfg, rm_name="nan", methods=("single",), alphas=(0.01,),
-              rl=RLConfig(batch_size=16), num_steps=10, chunk=5, log_every=5, eval_prompts=16)
+    kw = dict(task=task, model_cfg=cfg, cfg=rl_stage.PolicyConfig(
+        rm_name="nan", methods=("single",), alphas=(0.01,), rl=RLConfig(batch_size=16),
+        num_steps=10, chunk=5, log_every=5, eval_prompts=16))
     # first call traces a clean chunk and saves step 5; the rerun traces a poisoned one
     monkeypatch.setattr(rl_stage, "preemption_requested", lambda: True)
     with pytest.raises(L.Preempted):
@@ -236,7 +241,7 @@ def test_reward_normalisation_refuses_a_nan_shift():
 def test_rl_refuses_reward_models_of_another_base(tmp_path):
     from warm_jax.models import RewardModel, preset
     from warm_jax.models.transformer import unbox
-    from warm_jax.rl.stage import build_reward_function
+    from warm_jax.rl.inputs import build_reward_function
     cfg = preset("toy", d_model=16, d_ff=32, n_layers=1)
     tok = jnp.ones((2, 4), jnp.int32)
     params = unbox(RewardModel(cfg).init(jax.random.PRNGKey(0), tok, tok)["params"])

@@ -10,6 +10,7 @@ from warm_jax.layout import RunLayout, StageConfigError
 from warm_jax.metrics import read_jsonl
 from warm_jax.ood import WithOOD, ood_pairs, oracle_accuracy, splits_of, with_ood
 from warm_jax.rm.loss import SPLITS
+from warm_jax.ood import OODConfig
 
 
 def test_oracle_accuracy_counts_ties_as_half():
@@ -28,7 +29,8 @@ def ood_workdir(toy_init, tmp_path):
 
 def test_stage_labels_sampled_pairs_by_the_oracle_and_states_the_ceiling(ood_workdir):
     wd, task, cfg = ood_workdir
-    path = ood_pairs(workdir=wd, task=task, model_cfg=cfg, seed=0)
+    path = ood_pairs(workdir=wd, task=task, model_cfg=cfg,
+                     cfg=OODConfig(seed=0))
     with np.load(path) as z:
         pairs = {k: z[k] for k in z.files}
     n = task.cfg.n_rm_test
@@ -54,21 +56,25 @@ def test_stage_labels_sampled_pairs_by_the_oracle_and_states_the_ceiling(ood_wor
     assert g[pairs["source"] == 0].mean() < g[pairs["source"] == 2].mean()
 
     before = os.path.getmtime(path)
-    assert ood_pairs(workdir=wd, task=task, model_cfg=cfg, seed=0) == path
+    assert ood_pairs(workdir=wd, task=task, model_cfg=cfg,
+                     cfg=OODConfig(seed=0)) == path
     assert os.path.getmtime(path) == before, "a finished stage was redone"
     with pytest.raises(StageConfigError, match="seed: 0 -> 1"):
-        ood_pairs(workdir=wd, task=task, model_cfg=cfg, seed=1)
+        ood_pairs(workdir=wd, task=task, model_cfg=cfg,
+                  cfg=OODConfig(seed=1))
 
 
 def test_bad_sources_and_tasks_without_an_oracle_are_refused(ood_workdir):
     wd, task, cfg = ood_workdir
     with pytest.raises(ValueError, match=r"ood_pairs.sources=.*policy in \('pretrain', 'sft'\)"):
-        ood_pairs(workdir=wd, task=task, model_cfg=cfg, sources=(("rl", 1.0),))
+        ood_pairs(workdir=wd, task=task, model_cfg=cfg,
+                  cfg=OODConfig(sources=(("rl", 1.0),)))
 
     class NoOracle:
         name, has_oracle = "hh", False
     with pytest.raises(ValueError, match="task 'hh' has no oracle labeller"):
-        ood_pairs(workdir=wd, task=NoOracle(), model_cfg=cfg)
+        ood_pairs(workdir=wd, task=NoOracle(), model_cfg=cfg,
+                  cfg=OODConfig())
     assert not os.path.exists(RunLayout(wd).ood)
 
 

@@ -9,23 +9,25 @@ import pytest
 from warm_jax.eval.metrics import (checkpoint_selection, gao_curve, gao_fit, pareto_front,
                                    win_rate)
 from warm_jax.metrics import read_jsonl
-from warm_jax.rl.bon import bon_expectation, kl_bon
+from warm_jax.rl.bon import kl_bon
 from warm_jax.rl.reinforce import (RLConfig, baseline_values, kl_per_token, make_rl,
                                    reinforce_loss, run_chunk)
+from warm_jax.average.stage import AverageConfig
+from warm_jax.rl.bon import BoNConfig
+from warm_jax.rl.stage import PolicyConfig
+from warm_jax.rm.stage import RMConfig
 
 
 def test_unbiased_best_of_n_equals_brute_force_enumeration():
+    from warm_jax.eval.evidence import bon_unbiased
     rng = np.random.default_rng(0)
-    proxy = rng.normal(size=(5, 7))
-    proxy[0, 2] = proxy[0, 5]  # a tie: the earlier sample wins, as argmax does
-    gold = rng.normal(size=(5, 7))
+    proxy, gold = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))   # no proxy ties
+    got = bon_unbiased(proxy, gold, range(1, 8))
     for n in range(1, 8):
-        brute = []
         for p in range(5):
-            vals = [gold[p, list(sub)[int(np.argmax(proxy[p, list(sub)]))]]
-                    for sub in itertools.combinations(range(7), n)]
-            brute.append(np.mean(vals))
-        assert bon_expectation(proxy, gold, n) == pytest.approx(np.mean(brute), abs=1e-12)
+            brute = [gold[p, list(sub)[int(np.argmax(proxy[p, list(sub)]))]]
+                     for sub in itertools.combinations(range(7), n)]
+            assert got[p, n - 1] == pytest.approx(np.mean(brute), abs=1e-12)
     assert kl_bon(1) == 0.0 and kl_bon(4) == pytest.approx(np.log(4) - 0.75)
 
 
@@ -120,18 +122,22 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     import signal
     from warm_jax import layout
     from warm_jax.average.stage import average_reward_models
-    from warm_jax.rl.stage import best_of_n, train_policies
+    from warm_jax.rl.bon import best_of_n
+    from warm_jax.rl.stage import train_policies
     from warm_jax.rm.diversity import DiversityConfig
     from warm_jax.rm.stage import train_reward_models
     wd, task, cfg = toy_init
-    train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="rl", num_steps=20,
-                        batch_size=16, probe_steps=10, population_impl="map", seeds=(0, 1),
-                        diversity=DiversityConfig(num_members=2))
-    average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="rl", m_values=(1, 2),
-                          greedy=False, lmc_pairs={}, max_eval_pairs=200, seeds=(0, 1))
-    kw = dict(task=task, model_cfg=cfg, rm_name="rl", methods=("single", "ens"),
-              alphas=(0.01, 0.1), seeds=(0, 1), rl=RLConfig(batch_size=16), num_steps=20,
-              chunk=10, log_every=5, eval_prompts=32, ensemble_impl="map")
+    train_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                        cfg=RMConfig(name="rl", num_steps=20, batch_size=16, probe_steps=10,
+                                     population_impl="map", seeds=(0, 1),
+                                     diversity=DiversityConfig(num_members=2)))
+    average_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                          cfg=AverageConfig(name="rl", m_values=(1, 2), greedy=False, lmc_pairs={},
+                                            max_eval_pairs=200, seeds=(0, 1)))
+    kw = dict(task=task, model_cfg=cfg, cfg=PolicyConfig(
+        rm_name="rl", methods=("single", "ens"), alphas=(0.01, 0.1), seeds=(0, 1),
+        rl=RLConfig(batch_size=16), num_steps=20, chunk=10, log_every=5, eval_prompts=32,
+        ensemble_impl="map"))
     a = train_policies(workdir=wd, **kw)
     # a second work dir whose run gets SIGTERM during its first chunk: it saves after that chunk,
     # stops, and the rerun resumes from there
@@ -166,8 +172,9 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
                    for r in ev)
         assert {r["kl"] for r in ev if r["step"] == 0} == {0.0}, "step 0 is the SFT policy"
         assert all(np.isfinite(r["control_reward"]) for r in rows)
-    out = best_of_n(workdir=wd, task=task, model_cfg=cfg, rm_name="rl", methods=("single",),
-                    n_prompts=16, N=8, seeds=(0, 1))
+    out = best_of_n(workdir=wd, task=task, model_cfg=cfg,
+                    cfg=BoNConfig(rm_name="rl", methods=("single",), n_prompts=16, N=8,
+                                  seeds=(0, 1)))
     rows = read_jsonl(out)
     curve = [r for r in rows if "n" in r and r["seed"] == 1]
     assert [r["n"] for r in curve] == [1, 2, 4, 8]
@@ -176,15 +183,21 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     assert [(r["seed"], len(r["values"])) for r in auc] == [(0, 16), (1, 16)]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(sweep_methods=("warm_M6",), sweep_alphas=(0.001, 0.01)), "not in methods"),
-    (dict(sweep_methods=("single",)), "without sweep_alphas"),
-    (dict(sweep_methods=("single",), sweep_alphas=(0.001, float("nan"))), "sweep_alphas must be"),
-    (dict(alphas=(0.01, 0.01)), "alphas must be distinct"),
-    (dict(alphas=()), "alphas is empty")])
-def test_alpha_sweep_arguments_are_checked_before_any_work(tmp_path, kw, msg):
-    from warm_jax.rl.stage import train_policies
-    with pytest.raises(ValueError, match=msg):
-        train_policies(workdir=str(tmp_path), task=None, model_cfg=None,
-                       methods=("single", "warm_M2"), **kw)
-    assert not os.path.exists(os.path.join(tmp_path, "rl"))
+@pytest.mark.parametrize("kw, field, msg", [
+    (dict(sweep_methods=("warm_M6",), sweep_alphas=(0.001, 0.01)), "sweep_methods",
+     "names among methods"),
+    (dict(sweep_methods=("single",)), "sweep_alphas", "when sweep_methods are given"),
+    (dict(sweep_methods=("single",), sweep_alphas=(0.001, float("nan"))), "sweep_alphas",
+     "finite numbers >= 0"),
+    (dict(alphas=(0.01, 0.01)), "alphas", "distinct finite"),
+    (dict(alphas=()), "alphas", "at least one"),
+    (dict(alphas=(-1.0,)), "alphas", ">= 0"),
+    (dict(num_steps=-5), "num_steps", "an integer >= 1"),
+    (dict(num_steps=30, chunk=25), "num_steps", "a positive multiple of chunk=25"),
+    (dict(seeds=()), "seeds", "at least one"),
+    (dict(methods=("single", "warm")), "methods", "names in single | warm_M<k>")])
+def test_rl_config_refuses_bad_values_naming_the_field(kw, field, msg):
+    from warm_jax.checks import ConfigError
+    with pytest.raises(ConfigError, match=msg) as e:
+        PolicyConfig(**{"methods": ("single", "warm_M2"), **kw})
+    assert (e.value.owner, e.value.field) == ("PolicyConfig", field)

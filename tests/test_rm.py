@@ -12,7 +12,7 @@ from warm_jax.metrics import read_jsonl
 from warm_jax.rm.diversity import DiversityConfig, expand
 from warm_jax.rm.loss import bradley_terry, split_accuracies
 from warm_jax.rm.population import set_learning_rate
-from warm_jax.rm.stage import train_reward_models
+from warm_jax.rm.stage import RMConfig, train_reward_models
 from warm_jax.train import OptimConfig, make_optimizer
 from conftest import TOY_TEST_TASK
 
@@ -57,10 +57,9 @@ def load_member(rm_dir, m, seed=0):
 
 
 def _train(wd, task, cfg, **kw):
-    args = dict(workdir=wd, task=task, model_cfg=cfg, diversity=DIV, num_steps=40, batch_size=16,
-                probe_steps=20, ckpt_every=20)
+    args = dict(diversity=DIV, num_steps=40, batch_size=16, probe_steps=20, ckpt_every=20)
     args.update(kw)
-    return train_reward_models(**args)
+    return train_reward_models(workdir=wd, task=task, model_cfg=cfg, cfg=RMConfig(**args))
 
 
 def test_population_member_equals_separate_run_and_every_rm_beats_chance(toy_init):
@@ -161,7 +160,7 @@ def test_bad_baklava_step_and_mode(toy_init):
     wd, task, cfg = toy_init
     with pytest.raises(ValueError, match=r"baklava_steps \[120\] are not SFT checkpoints \(have \[100, 150, 200\]\)"):
         _train(wd, task, cfg, name="bad", diversity=DiversityConfig(baklava_steps=(120,)))
-    with pytest.raises(ValueError, match="train_reward_models.mode='vmap': allowed"):
+    with pytest.raises(ValueError, match="RMConfig.mode='vmap': one of"):
         _train(wd, task, cfg, name="bad", mode="vmap")
 
 

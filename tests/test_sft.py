@@ -9,16 +9,21 @@ from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import preset
 from warm_jax.train import OptimConfig
+from warm_jax.sft import PretrainConfig
+from warm_jax.sft import SFTConfig
 
 
 def test_pretrain_then_sft_lowers_loss_and_raises_gold(tmp_path):
     wd = str(tmp_path)
     task = ToyTask(ToyTaskConfig(n_pretrain=4000, n_sft=1000, n_eval_prompts=512))
     cfg = preset("toy", d_model=32, d_ff=64)
-    sft.pretrain(workdir=wd, task=task, model_cfg=cfg, num_steps=300, batch_size=32,
-                 optim=OptimConfig(learning_rate=3e-3, warmup_steps=20), ckpt_every=100)
-    sft.sft(workdir=wd, task=task, model_cfg=cfg, num_steps=200, batch_size=32,
-            trajectory=(100, 150, 200), optim=OptimConfig(learning_rate=3e-3), eval_samples=512)
+    sft.pretrain(workdir=wd, task=task, model_cfg=cfg,
+                 cfg=PretrainConfig(num_steps=300, batch_size=32,
+                                    optim=OptimConfig(learning_rate=3e-3, warmup_steps=20),
+                                    ckpt_every=100))
+    sft.sft(workdir=wd, task=task, model_cfg=cfg,
+            cfg=SFTConfig(num_steps=200, batch_size=32, trajectory=(100, 150, 200),
+                          optim=OptimConfig(learning_rate=3e-3), eval_samples=512))
     pre = read_jsonl(os.path.join(wd, "pretrain", "train.jsonl"))
     assert pre[-1]["loss"] < pre[0]["loss"] - 0.3, (pre[0], pre[-1])
     s = read_jsonl(os.path.join(wd, "sft", "train.jsonl"))

@@ -2,6 +2,7 @@
 their export, SLERP / LERP merges and LITI points, evaluated with KL to the SFT policy; NaN in an
 iteration's policies stops the stage keeping nothing of that iteration; a rerun resumes at its first
 unfinished iteration and ends where an uninterrupted run does."""
+import dataclasses
 import os
 import shutil
 
@@ -13,6 +14,8 @@ import pytest
 from warm_jax.checkpoint import restore_params
 from warm_jax.metrics import read_jsonl
 from warm_jax.rl.reinforce import RLConfig
+from warm_jax.average.stage import AverageConfig
+from warm_jax.rm.stage import RMConfig
 
 
 
@@ -20,20 +23,23 @@ def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path, mo
     from warm_jax.average.stage import average_reward_models
     from warm_jax.checkpoint import NonFiniteError
     from warm_jax.rl import warp_stage
-    from warm_jax.rl.warp_stage import warp_policies
+    from warm_jax.rl.warp_stage import WARPConfig, warp_policies
     from warm_jax.rm.diversity import DiversityConfig
     from warm_jax.rm.stage import train_reward_models
     src, task, cfg = toy_init
     wd = str(tmp_path / "wd")
     shutil.copytree(src, wd, ignore=lambda d, names: [n for n in names if n in ("rm", "rl")])
-    train_reward_models(workdir=wd, task=task, model_cfg=cfg, name="wp", num_steps=10,
-                        batch_size=16, probe_steps=5, population_impl="map",
-                        diversity=DiversityConfig(num_members=2))
-    average_reward_models(workdir=wd, task=task, model_cfg=cfg, name="wp", m_values=(1,),
-                          greedy=False, lmc_pairs={}, max_eval_pairs=100, m_curve=False)
-    kw = dict(task=task, model_cfg=cfg, rm_name="wp", methods=("single",), n_policies=2,
-              iterations=2, num_steps=4, chunk=2, etas=(0.0, 0.3, 1.0), next_eta=0.3,
-              rl=RLConfig(batch_size=16), eval_prompts=16, ensemble_impl="map")
+    train_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                        cfg=RMConfig(name="wp", num_steps=10, batch_size=16, probe_steps=5,
+                                     population_impl="map",
+                                     diversity=DiversityConfig(num_members=2)))
+    average_reward_models(workdir=wd, task=task, model_cfg=cfg,
+                          cfg=AverageConfig(name="wp", m_values=(1,), greedy=False, lmc_pairs={},
+                                            max_eval_pairs=100, m_curve=False))
+    wcfg = WARPConfig(rm_name="wp", methods=("single",), n_policies=2, iterations=2, num_steps=4,
+                      chunk=2, etas=(0.0, 0.3, 1.0), next_eta=0.3, rl=RLConfig(batch_size=16),
+                      eval_prompts=16, ensemble_impl="map")
+    kw = dict(task=task, model_cfg=cfg, cfg=wcfg)
     root = warp_policies(workdir=wd, **kw)
     mdir = os.path.join(root, "single")
     rows = read_jsonl(os.path.join(mdir, "final.jsonl"))
@@ -83,5 +89,5 @@ def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path, mo
     warp_policies(workdir=wd, **kw)
     assert read_jsonl(os.path.join(mdir, "final.jsonl")) == rows
     assert os.path.getmtime(os.path.join(it1, "eval.jsonl")) == t1
-    with pytest.raises(ValueError, match=r"next_eta=0.5 must be one of etas"):
-        warp_policies(workdir=wd, **dict(kw, next_eta=0.5))
+    with pytest.raises(ValueError, match=r"WARPConfig.next_eta=0.5: one of etas"):
+        dataclasses.replace(wcfg, next_eta=0.5)

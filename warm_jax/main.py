@@ -23,7 +23,7 @@ import jax
 from absl import app, flags, logging
 
 from warm_jax import progress, sft
-from warm_jax.average.stage import average_reward_models
+from warm_jax.average.stage import AverageConfig, average_reward_models
 from warm_jax.checkpoint import NonFiniteError
 from warm_jax.data.preferences import DataError, LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
@@ -35,15 +35,16 @@ from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError
 from warm_jax.layout import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
-from warm_jax.rl.calibrate import Candidate, PassRule, calibrate_regime
+from warm_jax.rl.bon import BoNConfig, best_of_n
+from warm_jax.rl.calibrate import CalibrationConfig, Candidate, PassRule, calibrate_regime
 from warm_jax.rl.reinforce import RLConfig
-from warm_jax.rl.stage import best_of_n, train_policies
-from warm_jax.rl.warp_stage import warp_policies
-from warm_jax.rm.stage import train_reward_models
+from warm_jax.rl.stage import PolicyConfig, train_policies
+from warm_jax.rl.warp_stage import WARPConfig, warp_policies
+from warm_jax.rm.stage import RMConfig, train_reward_models
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base
 from warm_jax.models.sampling import SamplingConfig
-from warm_jax.ood import ood_pairs
+from warm_jax.ood import OODConfig, ood_pairs
 from warm_jax.sharding import make_mesh
 from warm_jax.train import OptimConfig
 
@@ -86,7 +87,12 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (write_report, "report"), (import_base, "import_base"),
                     (default_smollm2_path, "default_smollm2_path"),
                     (smollm2_config, "smollm2_config"),
-                    (tokenizer_in_workdir, "tokenizer_in_workdir")]:
+                    (tokenizer_in_workdir, "tokenizer_in_workdir"),
+                    (sft.PretrainConfig, "PretrainConfig"), (sft.SFTConfig, "SFTConfig"),
+                    (OODConfig, "OODConfig"), (RMConfig, "RMConfig"),
+                    (AverageConfig, "AverageConfig"), (BoNConfig, "BoNConfig"),
+                    (PolicyConfig, "PolicyConfig"), (WARPConfig, "WARPConfig"),
+                    (CalibrationConfig, "CalibrationConfig")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 

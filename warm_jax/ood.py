@@ -19,6 +19,7 @@ preference splits (`splits_of`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import checks
 from warm_jax.checkpoint import restore_params
 from warm_jax.layout import RunLayout, atomic_write, write_jsonl
 from warm_jax.models import ModelConfig, SamplingConfig, jitted_sampler
@@ -63,17 +65,29 @@ def sample_pairs(task, model_cfg: ModelConfig, params_by_source: Sequence, tempe
             "b_mask": pick(masks, 1), "source": source_N}
 
 
-def ood_pairs(*, workdir: str, task, model_cfg: ModelConfig,
-              sources: Sequence[Sequence] = SOURCES, seed: int = 0) -> str:
+@dataclasses.dataclass(frozen=True)
+class OODConfig:
+    """`sources`: (policy, temperature) pairs, policy 'pretrain' or 'sft', taking turns."""
+    sources: Sequence[Sequence] = SOURCES
+    seed: int = 0
+
+    def __post_init__(self):
+        src = tuple(tuple(s) for s in self.sources) if isinstance(self.sources, (list, tuple)) \
+            else None
+        if not src or any(len(s) != 2 or s[0] not in ("pretrain", "sft") or isinstance(s[1], bool)
+                          or not isinstance(s[1], (int, float)) or not s[1] > 0 for s in src):
+            checks.fail(self, "sources", "(policy, temperature) pairs, policy in ('pretrain', "
+                        "'sft'), temperature > 0")
+        object.__setattr__(self, "sources", src)
+        checks.integers(self, 0, "seed")
+
+
+def ood_pairs(*, workdir: str, task, model_cfg: ModelConfig, cfg: OODConfig) -> str:
     """The `ood_pairs` stage (see the module doc); skips if `ood/pairs.npz` exists."""
     if not getattr(task, "has_oracle", False) or not hasattr(task, "label_pairs"):
         raise ValueError(f"ood_pairs: task {getattr(task, 'name', task)!r} has no oracle labeller "
                          "to label sampled pairs with; drop the ood_pairs stage for it")
-    bad = [s for s in sources if len(s) != 2 or s[0] not in ("pretrain", "sft") or
-           not float(s[1]) > 0]
-    if bad or not sources:
-        raise ValueError(f"ood_pairs.sources={tuple(sources)!r}: need (policy, temperature) "
-                         "pairs, policy in ('pretrain', 'sft'), temperature > 0")
+    sources, seed = cfg.sources, cfg.seed
     layout = RunLayout(workdir)
     config = dict(task=task, model_cfg=model_cfg, sources=[list(s) for s in sources], seed=seed)
     with layout.stage("ood_pairs", layout.ood, config):

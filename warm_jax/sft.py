@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import checks
 from warm_jax import sharding as shd
+from warm_jax.checks import run_only
 from warm_jax.checkpoint import Checkpointer, fingerprint, restore_params
 from warm_jax.data.pipeline import batch_iterator
 from warm_jax.layout import RunLayout, write_jsonl
@@ -78,56 +80,80 @@ def _done(stage_dir: str, num_steps: int) -> bool:
     return os.path.isdir(d) and Checkpointer(d, read_only=True).latest_step() == num_steps
 
 
-def pretrain(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
-             num_steps: int = 1000, batch_size: int = 64, seed: int = 0,
-             mesh_shape: Mapping[str, int] | None = None, ckpt_every: int = 250) -> str:
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """The pretraining stage: next-token training on the task's corpus."""
+    optim: OptimConfig = OptimConfig()
+    num_steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    mesh_shape: Mapping[str, int] | None = run_only(None)
+    ckpt_every: int = run_only(250)
+
+    def __post_init__(self):
+        checks.integers(self, 1, "num_steps", "batch_size", "ckpt_every")
+        checks.integers(self, 0, "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """The SFT stage. `trajectory`: the steps kept (the Baklava inits). `min_gold_reward` (tasks
+    with an oracle): the declared floor for the SFT policy's gold reward at its last step; below it
+    the stage fails with `SFTQualityError`, as every later stage would study an unconverged policy
+    (the checkpoints and eval.jsonl are kept, so a rerun with another floor does not retrain)."""
+    optim: OptimConfig = OptimConfig()
+    num_steps: int = 600
+    batch_size: int = 64
+    seed: int = 0
+    trajectory: Sequence[int] = (400, 500, 600)
+    eval_samples: int = 256
+    sampling: SamplingConfig | None = None
+    mesh_shape: Mapping[str, int] | None = run_only(None)
+    allow_missing_fingerprint: bool = run_only(False)
+    min_gold_reward: float | None = run_only(None)
+
+    def __post_init__(self):
+        checks.integers(self, 1, "num_steps", "batch_size", "eval_samples")
+        checks.integers(self, 0, "seed")
+        checks.seeds(self, "trajectory")   # distinct integers, stored as a tuple
+        if min(self.trajectory) < 1 or max(self.trajectory) > self.num_steps:
+            checks.fail(self, "trajectory", f"steps in [1, num_steps={self.num_steps}]")
+
+
+def pretrain(*, workdir: str, task, model_cfg: ModelConfig, cfg: PretrainConfig) -> str:
     """Next-token pretraining on the task's corpus; the result is the pretrained base whose
     fingerprint every descendant records (every pretraining checkpoint is a base of its own)."""
     layout = RunLayout(workdir)
     stage_dir = layout.pretrain
     _check_vocab(task, model_cfg)
-    config = dict(task=task, model_cfg=model_cfg, optim=optim, num_steps=num_steps,
-                  batch_size=batch_size, seed=seed)
-    with layout.stage("pretrain", stage_dir, config):
-        if not _done(stage_dir, num_steps):
+    with layout.stage("pretrain", stage_dir, dict(task=task, model_cfg=model_cfg,
+                                                  **checks.recorded(cfg))):
+        if not _done(stage_dir, cfg.num_steps):
             train_lm(stage_dir=stage_dir, data=task.pretrain_corpus(), model_cfg=model_cfg,
-                     optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
-                     mesh_shape=mesh_shape, ckpt_every=ckpt_every,
+                     optim=cfg.optim, num_steps=cfg.num_steps, batch_size=cfg.batch_size,
+                     seed=cfg.seed, mesh_shape=cfg.mesh_shape, ckpt_every=cfg.ckpt_every,
                      save_meta=lambda st: {"base_fingerprint": fingerprint(st.params)})
     return layout.checkpoints(stage_dir)
 
 
-def sft(*, workdir: str, task, model_cfg: ModelConfig, optim: OptimConfig = OptimConfig(),
-        num_steps: int = 600, batch_size: int = 64, seed: int = 0,
-        trajectory: Sequence[int] = (400, 500, 600), mesh_shape: Mapping[str, int] | None = None,
-        eval_samples: int = 256, sampling: SamplingConfig | None = None,
-        allow_missing_fingerprint: bool = False, min_gold_reward: float | None = None) -> str:
-    """Fine-tune the pretrained base on demonstrations, keeping every `trajectory` checkpoint, and
-    log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`).
-
-    `min_gold_reward` (tasks with an oracle) is the declared floor for the SFT policy's gold reward
-    at its last step: below it the stage fails with `SFTQualityError`, as every later stage (reward
-    models from its checkpoints, best-of-N and RL from it) would study an unconverged policy. The
-    checkpoints and eval.jsonl are kept, so a rerun with another floor does not retrain."""
-    if not trajectory or max(trajectory) > num_steps or min(trajectory) < 1:
-        raise ValueError(f"sft.trajectory={tuple(trajectory)}: steps must lie in [1, num_steps="
-                         f"{num_steps}]")
+def sft(*, workdir: str, task, model_cfg: ModelConfig, cfg: SFTConfig) -> str:
+    """Fine-tune the pretrained base on demonstrations, keeping every `cfg.trajectory`
+    checkpoint, and log gold reward and KL-to-base of samples at each of them (`sft/eval.jsonl`);
+    then check `cfg.min_gold_reward`."""
     layout = RunLayout(workdir)
     stage_dir = layout.sft
     base_dir = layout.checkpoints(layout.pretrain)
-    config = dict(task=task, model_cfg=model_cfg, optim=optim, num_steps=num_steps,
-                  batch_size=batch_size, seed=seed, trajectory=trajectory,
-                  eval_samples=eval_samples, sampling=sampling)
-    with layout.stage("sft", stage_dir, config):
-        if not _done(stage_dir, num_steps):
+    with layout.stage("sft", stage_dir, dict(task=task, model_cfg=model_cfg,
+                                             **checks.recorded(cfg))):
+        if not _done(stage_dir, cfg.num_steps):
             train_lm(stage_dir=stage_dir, data=task.sft_demonstrations(), model_cfg=model_cfg,
-                     optim=optim, num_steps=num_steps, batch_size=batch_size, seed=seed,
-                     mesh_shape=mesh_shape, init_from=base_dir, ckpt_every=num_steps,
-                     keep_steps=trajectory, max_to_keep=None,
-                     allow_missing_fingerprint=allow_missing_fingerprint)
-        _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling)
-    if min_gold_reward is not None:
-        check_sft_floor(stage_dir, layout.pretrain, min_gold_reward)
+                     optim=cfg.optim, num_steps=cfg.num_steps, batch_size=cfg.batch_size,
+                     seed=cfg.seed, mesh_shape=cfg.mesh_shape, init_from=base_dir,
+                     ckpt_every=cfg.num_steps, keep_steps=cfg.trajectory, max_to_keep=None,
+                     allow_missing_fingerprint=cfg.allow_missing_fingerprint)
+        _sft_eval(stage_dir, base_dir, task, model_cfg, cfg.eval_samples, cfg.seed, cfg.sampling)
+    if cfg.min_gold_reward is not None:
+        check_sft_floor(stage_dir, layout.pretrain, cfg.min_gold_reward)
     return layout.checkpoints(stage_dir)
 
 
@@ -142,7 +168,7 @@ def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
     rows = read_jsonl(os.path.join(stage_dir, "eval.jsonl"))
     last = max(rows, key=lambda r: r["step"])
     if "gold_reward" not in last:
-        raise ValueError(f"sft.min_gold_reward={floor}: the task has no oracle, so "
+        raise ValueError(f"SFTConfig.min_gold_reward={floor}: the task has no oracle, so "
                          f"{stage_dir}/eval.jsonl holds no gold reward to check (unset the floor)")
     if last["gold_reward"] >= floor:
         return last
@@ -153,7 +179,7 @@ def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
     raise SFTQualityError(
         f"SFT policy at step {last['step']}: gold reward {last['gold_reward']:.3f} ± "
         f"{last.get('gold_reward_se', float('nan')):.3f} (s.e.), below the declared floor "
-        f"sft.min_gold_reward={floor} (the pretrained base: {first['gold_reward']:.3f}; "
+        f"SFTConfig.min_gold_reward={floor} (the pretrained base: {first['gold_reward']:.3f}; "
         f"pretraining ended at token accuracy {acc[-1] if acc else float('nan'):.3f}). Every later "
         "stage would study an unconverged policy, so the run stops here; the SFT checkpoints and "
         f"{stage_dir}/eval.jsonl are kept. Train longer (PRETRAIN_STEPS, SFT_STEPS) or, knowingly, "

@@ -24,7 +24,7 @@ from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_sha
 from warm_jax.layout import Preempted, kill_point, preemption_requested
 from warm_jax.metrics import MetricsWriter
 from warm_jax.progress import progress
-from warm_jax.models.config import check_range
+from warm_jax.checks import check_range
 
 
 @flax.struct.dataclass

@@ -13,7 +13,7 @@ from warm_jax.data.conversations import chat_template_of
 from warm_jax.data.preferences import (FORMATS, LoadPolicy, LoadSummary, encode_pairs,
                                        read_preferences)
 from warm_jax.data.tokenizer import ByteTokenizer, JsonTokenizer
-from warm_jax.models.config import check_range
+from warm_jax.checks import check_range
 
 HH_ENV = "WARM_HH_PATH"
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

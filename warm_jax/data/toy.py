@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from warm_jax.models.config import check_range
+from warm_jax.checks import check_range
 
 PAD, EOS, BOS, SEP = 0, 1, 2, 3
 FIRST = 4

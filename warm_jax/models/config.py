@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax.numpy as jnp
 
+from warm_jax.checks import check_range
+
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_range(owner: str, field: str, value: Any, lo: float | None = None,
-                hi: float | None = None, *, lo_open: bool = False) -> None:
-    """Raise a ValueError naming `owner.field`, its value and the allowed range."""
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
-    if bad:
-        left = "(" if lo_open else "["
-        rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise ValueError(f"{owner}.{field}={value!r} is out of range: allowed {rng}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from warm_jax.models.config import check_range
+from warm_jax.checks import check_range
 from warm_jax.models.transformer import LanguageModel, first_argmax, init_cache
 
 

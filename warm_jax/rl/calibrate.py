@@ -36,12 +36,14 @@ from typing import Sequence
 
 import numpy as np
 
-from warm_jax.layout import RunLayout, atomic_write, check_seeds, write_json
+from warm_jax import checks
+from warm_jax.checks import check_range, run_only
+from warm_jax.layout import RunLayout, atomic_write, write_json
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
-from warm_jax.models.config import check_range
 from warm_jax.rl.reinforce import RLConfig
-from warm_jax.rl.stage import shared_inputs, train_runs
+from warm_jax.rl.inputs import shared_inputs
+from warm_jax.rl.stage import PolicyConfig, train_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +133,7 @@ def check_pilot(task, seeds: Sequence[int], evaluation_seeds: Sequence[int], spl
     prompts; returns what was checked, for the record."""
     overlap = sorted(set(seeds) & set(int(s) for s in evaluation_seeds))
     if overlap:
-        raise ValueError(f"calibrate_regime.seeds {overlap} are evaluation seeds "
+        raise ValueError(f"CalibrationConfig.seeds {overlap} are evaluation seeds "
                          f"({tuple(evaluation_seeds)}): pilot seeds must be disjoint from them")
     if not getattr(task, "has_oracle", False):
         raise ValueError("calibrate_regime: the task has no oracle (control reward) to judge "
@@ -146,30 +148,50 @@ def check_pilot(task, seeds: Sequence[int], evaluation_seeds: Sequence[int], spl
             "evaluation_seeds": sorted(int(s) for s in evaluation_seeds)}
 
 
-def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, seeds: Sequence[int],
-                     evaluation_seeds: Sequence[int], candidates: Sequence[Candidate],
-                     rule: PassRule = PassRule(), rl: RLConfig = RLConfig(),
-                     rm_name: str = "clean", chunk: int = 25, eval_prompts: int = 256,
-                     eval_split: str = "pilot", record: str | None = None,
-                     name: str = "round1") -> dict:
-    """Judge `candidates` in order on the pilot `seeds` (module doc); returns the record."""
-    seeds = check_seeds("calibrate_regime", seeds)
-    cands = [c if isinstance(c, Candidate) else Candidate(*c) for c in candidates]
-    if not cands:
-        raise ValueError("calibrate_regime.candidates is empty")
-    if len(set(cands)) != len(cands):
-        raise ValueError("calibrate_regime.candidates: a candidate is listed twice")
-    bad = [c for c in cands if c.steps % chunk]
-    if bad:
-        raise ValueError(f"calibrate_regime: steps of {bad} are not multiples of chunk={chunk}")
-    if rule.min_seeds > len(seeds):
-        raise ValueError(f"PassRule.min_seeds={rule.min_seeds} exceeds the {len(seeds)} pilot seeds")
-    checked = check_pilot(task, seeds, evaluation_seeds, eval_split, eval_prompts)
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """The calibration stage (module doc): `candidates` judged in order on the pilot `seeds`,
+    none of which may be among `evaluation_seeds`, on the task's `eval_split` prompts."""
+    seeds: Sequence[int] = ()
+    evaluation_seeds: Sequence[int] = ()
+    candidates: Sequence[Candidate] = ()
+    rule: PassRule = PassRule()
+    rl: RLConfig = RLConfig()
+    rm_name: str = "clean"
+    chunk: int = 25
+    eval_prompts: int = 256
+    eval_split: str = "pilot"
+    record: str | None = run_only(None)
+    name: str = run_only("round1")
+
+    def __post_init__(self):
+        checks.seeds(self, "seeds")
+        checks.seeds(self, "evaluation_seeds", empty_ok=True)
+        checks.integers(self, 1, "chunk", "eval_prompts")
+        try:
+            cands = tuple(c if isinstance(c, Candidate) else Candidate(*c) for c in self.candidates)
+        except TypeError:
+            checks.fail(self, "candidates", "(learning_rate, steps, alpha) triples")
+        if not cands or len(set(cands)) != len(cands):
+            checks.fail(self, "candidates", "at least one candidate, none listed twice")
+        bad = [c for c in cands if c.steps % self.chunk]
+        if bad:
+            checks.fail(self, "candidates", f"steps that are multiples of chunk={self.chunk}",
+                        value=bad)
+        object.__setattr__(self, "candidates", cands)
+        if self.rule.min_seeds > len(self.seeds):
+            checks.fail(self, "seeds", f"at least PassRule.min_seeds={self.rule.min_seeds} seeds")
+
+
+def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, cfg: CalibrationConfig) -> dict:
+    """Judge `cfg.candidates` in order on the pilot seeds (module doc); returns the record."""
+    seeds, cands, rule, rl, chunk = cfg.seeds, cfg.candidates, cfg.rule, cfg.rl, cfg.chunk
+    eval_split, eval_prompts, name, record = cfg.eval_split, cfg.eval_prompts, cfg.name, cfg.record
+    checked = check_pilot(task, seeds, cfg.evaluation_seeds, eval_split, eval_prompts)
     code = _commit()   # the code as it starts, not as it may be edited while the stage runs
     layout = RunLayout(workdir)
     root = layout.calibration(name)
-    config = dict(task=task, model_cfg=model_cfg, seeds=seeds, candidates=cands, rule=rule, rl=rl,
-                  rm_name=rm_name, chunk=chunk, eval_prompts=eval_prompts, eval_split=eval_split)
+    config = dict(task=task, model_cfg=model_cfg, **checks.recorded(cfg, drop=("evaluation_seeds",)))
     groups = collections.defaultdict(list)   # learning rate -> its candidates
     for c in cands:
         groups[c.learning_rate].append(c)
@@ -185,13 +207,14 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, seeds: Seque
                 group = groups[c.learning_rate]
                 if not shared:
                     shared.update(shared_inputs(layout, task, model_cfg, rl, None))
-                train_runs(layout, gdir, rm_name, "single", task, model_cfg,
-                           dataclasses.replace(rl, learning_rate=c.learning_rate),
-                           alphas=sorted({g.alpha for g in group}), seeds=seeds,
-                           num_steps=max(g.steps for g in group), chunk=chunk, log_every=chunk,
-                           normalise=True, uwo_lambda=0.1, eval_prompts=eval_prompts,
-                           standardise_members=True, ensemble_impl="auto",
-                           allow_base_mismatch=False, eval_split=eval_split, **shared)
+                rl_cfg = PolicyConfig(
+                    rm_name=cfg.rm_name, methods=("single",),
+                    alphas=tuple(sorted({g.alpha for g in group})), seeds=seeds,
+                    rl=dataclasses.replace(rl, learning_rate=c.learning_rate),
+                    num_steps=max(g.steps for g in group), chunk=chunk, log_every=chunk,
+                    eval_prompts=eval_prompts, eval_split=eval_split)
+                train_runs(layout, gdir, "single", task, model_cfg, rl_cfg,
+                           runs=rl_cfg.runs("single"), **shared)
             runs = collections.defaultdict(list)
             for r in read_jsonl(os.path.join(gdir, "eval.jsonl")):
                 if r["run_alpha"] == c.alpha:

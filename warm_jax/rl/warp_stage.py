@@ -22,6 +22,7 @@ method done). A killed run resumes at its first unfinished iteration.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Sequence
@@ -30,96 +31,111 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import checks
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, restore_params
-from warm_jax.layout import RewardSpec, RunLayout, check_seeds, kill_point, write_jsonl
+from warm_jax.checks import run_only
+from warm_jax.layout import RunLayout, kill_point, write_jsonl
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
 from warm_jax.progress import progress
 from warm_jax.rl import warp_io
+from warm_jax.rl.bon import check_methods
 from warm_jax.rl.reinforce import RLConfig, run_chunk
 from warm_jax.rl.heldout import eval_rows, make_eval, metrics
-from warm_jax.rl.stage import GUARDED, seed_rewards, shared_inputs
+from warm_jax.rl.inputs import GUARDED, seed_rewards, shared_inputs
 from warm_jax.rl.warp import make_warp_rl
 from warm_jax.rm.population import stack
 
 
-def warp_policies(*, workdir: str, task, model_cfg: ModelConfig, rm_name: str = "clean",
-                  methods: Sequence[str] = ("single", "warm_M6"), seeds: Sequence[int] = (0,),
-                  n_policies: int = 2, mu: float = 0.01, alpha: float = 0.001,
-                  iterations: int = 2, num_steps: int = 200, chunk: int = 50,
-                  etas: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0), next_eta: float = 0.3,
-                  rl: RLConfig = RLConfig(), eval_prompts: int = 256, normalise: bool = True,
-                  uwo_lambda: float = 0.1, ensemble_impl: str = "auto",
-                  allow_base_mismatch: bool = False) -> str:
-    """WARP for each reward `method` (see the module doc); returns `<workdir>/warp/<rm_name>`."""
-    seeds = check_seeds("warp_policies", seeds)
-    for method in methods:
-        RewardSpec.parse(method)
-    etas = tuple(float(e) for e in etas)
-    problems = [
-        (n_policies < 2, f"n_policies={n_policies}: need at least 2 to merge"),
-        (iterations < 1, f"iterations={iterations}: need at least 1"),
-        (not 0.0 <= mu <= 1.0, f"mu={mu} out of range [0, 1]"),
-        (any(not 0.0 <= e <= 1.0 for e in etas) or len(set(etas)) != len(etas),
-         f"etas={etas}: need distinct values in [0, 1]"),
-        (float(next_eta) not in etas, f"next_eta={next_eta} must be one of etas={etas}"),
-        (num_steps % chunk != 0, f"num_steps={num_steps} must be a multiple of chunk={chunk}")]
-    for bad, msg in problems:
-        if bad:
-            raise ValueError(f"warp_policies.{msg}")
+@dataclasses.dataclass(frozen=True)
+class WARPConfig:
+    """The WARP stage (module doc): `n_policies` EMA-anchored policies (rate `mu`) per chain seed
+    and iteration, at KL penalty `alpha`, merged by SLERP / LERP; LITI points at `etas`, the one
+    at `next_eta` the next iteration's init."""
+    rm_name: str = "clean"
+    methods: Sequence[str] = ("single", "warm_M6")
+    seeds: Sequence[int] = (0,)
+    n_policies: int = 2
+    mu: float = 0.01
+    alpha: float = 0.001
+    iterations: int = 2
+    num_steps: int = 200
+    chunk: int = 50
+    etas: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
+    next_eta: float = 0.3
+    rl: RLConfig = RLConfig()
+    eval_prompts: int = 256
+    normalise: bool = True
+    uwo_lambda: float = 0.1
+    ensemble_impl: str = run_only("auto")
+    allow_base_mismatch: bool = run_only(False)
+
+    def __post_init__(self):
+        check_methods(self)
+        checks.seeds(self, "seeds")
+        checks.integers(self, 2, "n_policies")
+        checks.integers(self, 1, "iterations", "eval_prompts")
+        checks.multiple_of(self, "num_steps", "chunk")
+        checks.check_range("WARPConfig", "mu", self.mu, 0.0, 1.0)
+        checks.at_least(self, 0.0, "alpha", "uwo_lambda")
+        checks.numbers(self, "etas")
+        if max(self.etas) > 1.0:
+            checks.fail(self, "etas", "distinct values in [0, 1]")
+        object.__setattr__(self, "etas", tuple(float(e) for e in self.etas))
+        if isinstance(self.next_eta, bool) or not isinstance(self.next_eta, (int, float)) or \
+                float(self.next_eta) not in self.etas:
+            checks.fail(self, "next_eta", f"one of etas={self.etas}")
+        object.__setattr__(self, "next_eta", float(self.next_eta))
+        checks.one_of(self, "ensemble_impl", ("auto", "vmap", "map"))
+
+
+def warp_policies(*, workdir: str, task, model_cfg: ModelConfig, cfg: WARPConfig) -> str:
+    """WARP for each reward method of `cfg` (see the module doc); returns
+    `<workdir>/warp/<rm_name>`."""
+    rm_name = cfg.rm_name
     layout = RunLayout(workdir)
     root = layout.path("warp", rm_name)
     shared: dict = {}
-    for method in methods:
+    for method in cfg.methods:
         mdir = os.path.join(root, method)
-        config = dict(task=task, model_cfg=model_cfg, method=method, seeds=seeds,
-                      n_policies=n_policies, mu=mu, alpha=alpha, iterations=iterations,
-                      num_steps=num_steps, chunk=chunk, etas=etas, next_eta=float(next_eta),
-                      rl=rl, eval_prompts=eval_prompts, normalise=normalise,
-                      uwo_lambda=uwo_lambda)
+        config = dict(task=task, model_cfg=model_cfg, method=method,
+                      **checks.recorded(cfg, drop=("rm_name", "methods")))
         with layout.stage(f"warp {rm_name}/{method}", mdir, config):
             if os.path.exists(os.path.join(mdir, "final.jsonl")):
                 continue
             if not shared:
-                shared.update(shared_inputs(layout, task, model_cfg, rl, None))
-            _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, seeds=seeds,
-                         n_policies=n_policies, mu=mu, alpha=alpha, iterations=iterations,
-                         num_steps=num_steps, chunk=chunk, etas=etas, next_eta=float(next_eta),
-                         eval_prompts=eval_prompts, normalise=normalise, uwo_lambda=uwo_lambda,
-                         ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch,
-                         **shared)
+                shared.update(shared_inputs(layout, task, model_cfg, cfg.rl, None))
+            _warp_method(layout, mdir, method, task, model_cfg, cfg, **shared)
     return root
 
 
-def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n_policies, mu,
-                 alpha, iterations, num_steps, chunk, etas, next_eta, eval_prompts, normalise,
-                 uwo_lambda, ensemble_impl, allow_base_mismatch, sft_params, sft_meta, sampling,
-                 rl_prompts, value0, norm) -> None:
-    fns = seed_rewards(layout, rm_name, method, model_cfg, seeds, sft_meta=sft_meta, norm=norm,
-                       normalise=normalise, standardise_members=True, uwo_lambda=uwo_lambda,
-                       ensemble_impl=ensemble_impl, allow_base_mismatch=allow_base_mismatch)
-    runs = [(s, m) for s in seeds for m in range(n_policies)]
+def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_params, sft_meta,
+                 sampling, rl_prompts, value0, norm) -> None:
+    fns = seed_rewards(layout, cfg.rm_name, method, model_cfg, cfg.seeds, sft_meta=sft_meta, norm=norm,
+                       normalise=cfg.normalise, standardise_members=True, uwo_lambda=cfg.uwo_lambda,
+                       ensemble_impl=cfg.ensemble_impl, allow_base_mismatch=cfg.allow_base_mismatch)
+    runs = [(s, m) for s in cfg.seeds for m in range(cfg.n_policies)]
     fn_R = stack([fns[s] for s, _ in runs])
-    init_state, step = make_warp_rl(mu=mu, model_cfg=model_cfg, cfg=rl, sampling=sampling,
+    init_state, step = make_warp_rl(mu=cfg.mu, model_cfg=model_cfg, cfg=cfg.rl, sampling=sampling,
                                     ref_params=sft_params, prompts_NxP=rl_prompts,
                                     oracle=getattr(task, "gold_fn", None))
-    chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
-    evaluate = make_eval(task, model_cfg, sampling, sft_params, eval_prompts)
-    as_rl_runs = [(alpha, s) for s, _ in runs]   # the RL stage's (α, seed) row keys
-    inits = {s: layout.checkpoints(layout.sft) for s in seeds}
+    chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, cfg.chunk, fn)), donate_argnums=0)
+    evaluate = make_eval(task, model_cfg, sampling, sft_params, cfg.eval_prompts)
+    as_rl_runs = [(cfg.alpha, s) for s, _ in runs]   # the RL stage's (α, seed) row keys
+    inits = {s: layout.checkpoints(layout.sft) for s in cfg.seeds}
     rows: list[dict] = []
-    for it in range(1, iterations + 1):
+    for it in range(1, cfg.iterations + 1):
         idir = os.path.join(mdir, f"iter_{it}")
-        merges = {s: {eta: os.path.join(idir, f"seed_{s}", f"slerp_eta{eta:g}") for eta in etas}
-                  for s in seeds}
+        merges = {s: {eta: os.path.join(idir, f"seed_{s}", f"slerp_eta{eta:g}") for eta in cfg.etas}
+                  for s in cfg.seeds}
         done = os.path.join(idir, "eval.jsonl")
         if not os.path.exists(done):
             shutil.rmtree(idir, ignore_errors=True)   # an unfinished iteration starts afresh
             it_rows = []
-            policies = {s: restore_params(inits[s])[0] for s in seeds}
-            state = stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m, alpha)
+            policies = {s: restore_params(inits[s])[0] for s in cfg.seeds}
+            state = stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m, cfg.alpha)
                            for s, m in runs])
-            for s0 in progress(range(0, num_steps, chunk), desc=f"warp {rm_name}/{method} "
+            for s0 in progress(range(0, cfg.num_steps, cfg.chunk), desc=f"warp {cfg.rm_name}/{method} "
                                f"iteration {it}"):
                 if s0 == 0:
                     it_rows += _rows(evaluate, state.rl, fn_R, as_rl_runs, runs, method, it,
@@ -128,29 +144,29 @@ def _warp_method(layout, mdir, rm_name, method, task, model_cfg, rl, *, seeds, n
                 metrics = jax.device_get(metrics)
                 bad = [k for k in GUARDED if k in metrics and not np.isfinite(metrics[k]).all()]
                 if bad:
-                    raise NonFiniteError(f"warp {rm_name}/{method}, iteration {it}: non-finite "
-                                         f"{bad} in steps {s0 + 1}..{s0 + chunk}; nothing of "
+                    raise NonFiniteError(f"warp {cfg.rm_name}/{method}, iteration {it}: non-finite "
+                                         f"{bad} in steps {s0 + 1}..{s0 + cfg.chunk}; nothing of "
                                          "this iteration is kept")
                 it_rows += _rows(evaluate, state.rl, fn_R, as_rl_runs, runs, method, it, "along")
                 kill_point("warp.chunk")
             ck_dir = os.path.join(idir, "checkpoints")
-            Checkpointer(ck_dir, max_to_keep=1).save(num_steps, {"policy": state.rl.policy}, {
-                "method": method, "runs": [[alpha, s] for s, _ in runs],
-                "policy_index": [m for _, m in runs], "mu": mu, "iteration": it,
+            Checkpointer(ck_dir, max_to_keep=1).save(cfg.num_steps, {"policy": state.rl.policy}, {
+                "method": method, "runs": [[cfg.alpha, s] for s, _ in runs],
+                "policy_index": [m for _, m in runs], "cfg.mu": cfg.mu, "iteration": it,
                 "base_fingerprint": sft_meta.get("base_fingerprint")})
             exported = warp_io.export_policies(ck_dir, os.path.join(idir, "policies"))
             points = []   # (seed, kind, η, checkpoint)
-            for s in seeds:
+            for s in cfg.seeds:
                 members = [exported[r] for r, (s2, _) in enumerate(runs) if s2 == s]
                 warp_io.merge_checkpoints(inits[s], members, merges[s], how="slerp")
                 lerp = os.path.join(idir, f"seed_{s}", "lerp")
                 warp_io.merge_checkpoints(inits[s], members, {1.0: lerp}, how="lerp")
-                points += [(s, "slerp", eta, merges[s][eta]) for eta in etas]
+                points += [(s, "slerp", eta, merges[s][eta]) for eta in cfg.etas]
                 points.append((s, "lerp", 1.0, lerp))
-            it_rows += _point_rows(evaluate, fns, points, method, it, next_eta)
+            it_rows += _point_rows(evaluate, fns, points, method, it, cfg.next_eta)
             write_jsonl(done, it_rows)   # last: marks the iteration done
         rows += read_jsonl(done)
-        inits = {s: merges[s][next_eta] for s in seeds}
+        inits = {s: merges[s][cfg.next_eta] for s in cfg.seeds}
     write_jsonl(os.path.join(mdir, "final.jsonl"), rows)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from warm_jax.models.config import check_range
+from warm_jax.checks import check_range
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,16 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import checks
 from warm_jax import sharding as shd
+from warm_jax.checks import run_only
 from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_params
 from warm_jax.data.pipeline import batch_iterator
-from warm_jax.layout import RunLayout, chain, chain_seed, check_seeds, kill_point, write_jsonl
+from warm_jax.layout import RunLayout, chain, chain_seed, kill_point, write_jsonl
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel, unbox
 from warm_jax.ood import splits_of, with_ood
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
 from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies
-from warm_jax.rm.population import (StackedIterator, make_member_step, member_state,
+from warm_jax.rm.population import (POPULATION_IMPLS, StackedIterator, make_member_step, member_state,
                                     population_step, single_run_step, stack, unstack,
                                     with_member_axis)
 from warm_jax.train import OptimConfig, create_train_state, fit, make_optimizer, state_from_params
@@ -100,30 +102,53 @@ def member_init(probe_params: dict, sft_dir: str, spec: RunSpec,
     return params
 
 
-def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str = "rm",
-                        mode: str = "population", population_impl: str = "vmap",
-                        members: Sequence[int] | None = None, seeds: Sequence[int] = (0,),
-                        diversity: DiversityConfig = DiversityConfig(), num_steps: int = 300,
-                        batch_size: int = 32, probe_steps: int = 100,
-                        probe_learning_rate: float = 3e-3,
-                        mesh_shape: Mapping[str, int] | None = None, seed: int = 0,
-                        ckpt_every: int = 100, eval_batch_size: int = 256,
-                        max_eval_pairs: int | None = None, ood_pairs: bool = False,
-                        probe: bool = True) -> str:
-    """Train the M members of every chain seed (all members, or `members` only: one gin launch
-    per member in separate mode). Chain seed s (`rm/<name>/seed_<s>/`) has its own training-label
-    draw (`task.for_seed(s)`), linear probe, data orders and dropout keys; in population mode the
-    S x M members are ONE program over the member axis.
+@dataclasses.dataclass(frozen=True)
+class RMConfig:
+    """The reward-model stage. `seeds`: the chain seeds, each with its own training-label draw
+    (`task.for_seed(s)`), linear probe, data orders and dropout keys. `members`: train only these
+    (one launch per member in separate mode). `population_impl`: 'vmap' (accelerators) or 'map'
+    (a CPU; see `population_step`). `ood_pairs`: also evaluate the members on the sampled OOD
+    split (`warm_jax.ood`). `probe=False` (the paper's ablation): no linear probe; each member
+    starts from a fresh random head of its own (drawn from its `rng_seed`) on its SFT body."""
+    name: str = "rm"
+    seeds: Sequence[int] = (0,)
+    diversity: DiversityConfig = DiversityConfig()
+    num_steps: int = 300
+    batch_size: int = 32
+    probe_steps: int = 100
+    probe_learning_rate: float = 3e-3
+    seed: int = 0
+    max_eval_pairs: int | None = None
+    ood_pairs: bool = False
+    probe: bool = True
+    # how members are batched (mode, impl, which launch) does not change what they compute
+    mode: str = run_only("population")
+    population_impl: str = run_only("vmap")
+    members: Sequence[int] | None = run_only(None)
+    mesh_shape: Mapping[str, int] | None = run_only(None)
+    ckpt_every: int = run_only(100)
+    eval_batch_size: int = run_only(256)
 
-    `population_impl`: 'vmap' (accelerators) or 'map' (a CPU; see `population_step`).
-    `ood_pairs`: also evaluate the members on the sampled OOD split (`warm_jax.ood`).
-    `probe=False` (the paper's ablation): no linear probe; each member starts from a fresh random
-    head of its own (drawn from its `rng_seed`) on its SFT body."""
-    if mode not in MODES:
-        raise ValueError(f"train_reward_models.mode={mode!r}: allowed {MODES}")
-    seeds = check_seeds("train_reward_models", seeds)
+    def __post_init__(self):
+        checks.one_of(self, "mode", MODES)
+        checks.one_of(self, "population_impl", POPULATION_IMPLS)
+        checks.seeds(self, "seeds")
+        if self.members is not None:
+            checks.seeds(self, "members")
+        checks.integers(self, 1, "num_steps", "batch_size", "probe_steps", "ckpt_every",
+                        "eval_batch_size")
+        checks.integers(self, 0, "seed")
+        checks.optional_integer(self, 1, "max_eval_pairs")
+        checks.at_least(self, 0.0, "probe_learning_rate")
+
+
+def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: RMConfig) -> str:
+    """Train the M members of every chain seed (`rm/<name>/seed_<s>/`; all members or
+    `cfg.members`); in population mode the S x M members are ONE program over the member axis."""
+    name, diversity, seeds, seed, members = cfg.name, cfg.diversity, cfg.seeds, cfg.seed, \
+        cfg.members
     layout = RunLayout(workdir)
-    if ood_pairs:
+    if cfg.ood_pairs:
         task = with_ood(task, layout.ood_pairs)
     rm_dir = layout.rm(name)
     sft_dir = layout.checkpoints(layout.sft)
@@ -140,25 +165,16 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, name: str
                          f"(have {sft_ck.all_steps()})")
     chosen = [(c, sp) for c, (_, specs, _) in chains.items() for sp in specs
               if members is None or sp.member in members]
-    if mode == "population":
+    if cfg.mode == "population":
         groups, runs = [chosen], [layout.rm_train(name, "population")]
     else:
         groups = [[item] for item in chosen]
         runs = [layout.rm_train(c, f"member_{sp.member}") for c, sp in chosen]
-    # how members are batched (mode, impl, which launch) does not change what they compute
-    config = dict(task=task, model_cfg=model_cfg, diversity=diversity, num_steps=num_steps,
-                  batch_size=batch_size, probe_steps=probe_steps, seeds=seeds,
-                  probe_learning_rate=probe_learning_rate, seed=seed, max_eval_pairs=max_eval_pairs,
-                  ood_pairs=ood_pairs, probe=probe)
+    config = dict(task=task, model_cfg=model_cfg, **checks.recorded(cfg, drop=("name",)))
     outputs = [layout.member(c, sp.member) for c, sp in chosen] + runs
     with layout.stage(f"rm {name}", rm_dir, config, outputs=outputs):
         if not all(layout.member_done(c, sp.member) for c, sp in chosen):
-            _train_and_export(layout, task, model_cfg, chains, groups, runs,
-                              population_impl=population_impl, num_steps=num_steps,
-                              batch_size=batch_size, probe_steps=probe_steps,
-                              probe_learning_rate=probe_learning_rate, mesh_shape=mesh_shape,
-                              ckpt_every=ckpt_every, eval_batch_size=eval_batch_size,
-                              max_eval_pairs=max_eval_pairs, probe=probe)
+            _train_and_export(layout, task, model_cfg, chains, groups, runs, cfg)
         for c, (_, specs, _) in chains.items():
             with layout.lock(os.path.join(layout.rm(c), "eval.jsonl"), wait=True):
                 write_eval_table(layout, c, len(specs))
@@ -170,11 +186,12 @@ def seeded_task(task, seed: int):
     return task.for_seed(seed) if hasattr(task, "for_seed") else task
 
 
-def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, groups, runs, *,
-                      population_impl, num_steps, batch_size, probe_steps, probe_learning_rate,
-                      mesh_shape, ckpt_every, eval_batch_size, max_eval_pairs, probe) -> None:
+def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, groups, runs,
+                      cfg: RMConfig) -> None:
+    population_impl, num_steps, batch_size, probe = (cfg.population_impl, cfg.num_steps,
+                                                     cfg.batch_size, cfg.probe)
     sft_dir = layout.checkpoints(layout.sft)
-    mesh = shd.make_mesh(**(mesh_shape or {"data": -1}))
+    mesh = shd.make_mesh(**(cfg.mesh_shape or {"data": -1}))
     probes, metas, train_cols = {}, {}, {}
     for c, (task_c, _, seed_c) in chains.items():
         train_cols[c] = _columns(_pairs(task_c, "train"))
@@ -185,7 +202,8 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
         with layout.lock(layout.linear_probe(c), wait=True):
             probes[c], metas[c] = linear_probe(
                 probe_dir=layout.linear_probe(c), sft_dir=sft_dir, task=task_c,
-                model_cfg=model_cfg, num_steps=probe_steps, learning_rate=probe_learning_rate,
+                model_cfg=model_cfg, num_steps=cfg.probe_steps,
+                learning_rate=cfg.probe_learning_rate,
                 batch_size=batch_size, seed=seed_c, mesh=mesh)
     meta = next(iter(metas.values()))
     rm = RewardModel(model_cfg)
@@ -223,7 +241,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
                         data_iter=data_iter, num_steps=num_steps,
                         checkpointer=Checkpointer(layout.checkpoints(run_dir)), writer=w,
                         meta={"specs": [dict(s.as_dict(), chain=c) for c, s in group], **meta},
-                        ckpt_every=ckpt_every, leading=leading,
+                        ckpt_every=cfg.ckpt_every, leading=leading,
                         desc=f"rm {os.path.relpath(run_dir, layout.path('rm'))}")
         params = jax.device_get(state.params)
         for i, (c, s) in enumerate(group):
@@ -232,7 +250,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
     for c, (task_c, specs, _) in chains.items():
         if not trained[c]:
             continue
-        rows = evaluate_members(rm, task_c, trained[c], eval_batch_size, max_eval_pairs)
+        rows = evaluate_members(rm, task_c, trained[c], cfg.eval_batch_size, cfg.max_eval_pairs)
         for m in sorted(trained[c]):
             kill_point("rm.export")
             export_member(layout.member(c, m), specs[m], trained[c][m],
