@@ -77,8 +77,9 @@ def test_full_demo_stages_tiny(tiny_demo, tmp_path):
               "'rl': @warm_jax.train_policies, 'rl_corrupt': @corrupt/warm_jax.train_policies, "
               "'report': @warm_jax.report}")
     r = _run(wd, f"--gin.warm_jax.run.stages={stages}",
-             "--gin.warm_jax.train_policies.sweep_alphas=(0.001, 0.01, 0.1)",
-             "--gin.RL_METHODS=('single', 'warm_M2', 'warm_M7')", experiment="demo_full")
+             "--gin.warm_jax.PolicyConfig.sweep_alphas=(0.001, 0.01, 0.1)",
+             "--gin.RL_METHODS=('single', 'warm_M2', 'warm_M7')", experiment="demo_full",
+             tiny="tiny_full")
     assert r.returncode == 0, r.stderr[-3000:]
     # the clean population's own diversity (gin scope `clean/`): 7 members; corrupt keeps 2
     operative = open(os.path.join(wd, "operative_config.gin")).read()
@@ -286,7 +287,7 @@ def test_run_caches_compiled_programs_in_the_workdir(tmp_path):
     assert a["y"] == b["y"]
 
 
-@pytest.mark.parametrize("tiny", [(), ("experiments/tiny.gin",)])
+@pytest.mark.parametrize("tiny", [(), ("experiments/tiny_full.gin",)])
 def test_full_demo_clean_ladder_extends_the_demo_ladder(tiny):
     """FULL=1's clean members start with the demo's ladder (the first NUM_MEMBERS train as in the
     default demo), add members past the pinned WARM M = 6, and average up to all of them."""

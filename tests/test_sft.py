@@ -61,7 +61,7 @@ def test_sft_floor_passes_or_stops_with_the_numbers(tmp_path):
     with pytest.raises(sft.SFTQualityError) as e:
         sft.check_sft_floor(str(stage), str(pre), 0.0)
     msg = str(e.value)
-    for part in ("step 600", "-1.080 ± 0.090", "sft.min_gold_reward=0.0", "base: -2.500",
+    for part in ("step 600", "-1.080 ± 0.090", "SFTConfig.min_gold_reward=0.0", "base: -2.500",
                  "token accuracy 0.113", "eval.jsonl are kept"):
         assert part in msg, (part, msg)
     (stage / "eval.jsonl").write_text(json.dumps({"step": 5, "kl": 0.1}) + "\n")

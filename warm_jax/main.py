@@ -22,7 +22,7 @@ import gin
 import jax
 from absl import app, flags, logging
 
-from warm_jax import progress, sft
+from warm_jax import launch_check, progress, sft
 from warm_jax.average.stage import AverageConfig, average_reward_models
 from warm_jax.checkpoint import NonFiniteError
 from warm_jax.data.preferences import DataError, LoadPolicy
@@ -54,6 +54,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (also written --gin.NAME=VALUE).")
 flags.DEFINE_multi_string("gin_search_path", [GIN_DIR, "."], "Where gin files are looked up.")
+flags.DEFINE_boolean("traceback", False, "Show the traceback of a refused launch (debugging); "
+                     "also WARM_JAX_TRACEBACK=1.")
 
 
 def tokenizer_in_workdir(workdir: str) -> str:
@@ -230,7 +232,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
         if a.startswith("--gin."):
             name, sep, value = a[len("--gin."):].partition("=")
             if not sep:
-                raise ValueError(f"{a!r}: expected --gin.NAME=VALUE")
+                raise ValueError(f"{a!r}: expected --gin.NAME=VALUE (no space around '=')")
             out.append(f"--gin_bindings={name} = {value}")
         else:
             out.append(a)
@@ -259,42 +261,84 @@ class _DropGinProbeNoise(std_logging.Filter):
 
 std_logging.getLogger().addFilter(_DropGinProbeNoise())
 
+USAGE_EXIT = 2        # a launch refused before any stage ran: nothing was written
 # failures that are the user's to fix: one clear line, no traceback
 CLEAR_ERRORS = (LockedError, StageConfigError, WriteError, NonFiniteError, DataError,
                 sft.SFTQualityError)
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_path: Sequence[str]) -> None:
-    for p in search_path:
-        gin.add_config_file_search_path(p)
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    launch_check.parse(files, bindings, search_path)
+
+
+def check_launch() -> None:
+    """Everything a launch can refuse before its first stage (warm_jax.launch_check)."""
+    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
+    launch_check.check_macros()
+    root = launch_check.workdir()
+    launch_check.check_workdir(root)
+    launch_check.check_stage_configs()
+    launch_check.make_workdir(root)   # last: a refused launch makes nothing
+
+
+def tracebacks_wanted() -> bool:
+    return bool(FLAGS["traceback"].value if "traceback" in FLAGS else False) or \
+        os.environ.get("WARM_JAX_TRACEBACK", "") not in ("", "0")
+
+
+def refuse(message: str, status: int = USAGE_EXIT) -> None:
+    # gin appends "In call to configurable ..." lines to what a configurable raises
+    message = message.split("\n  In call to configurable")[0]
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        refuse(f"unexpected arguments {argv[1:]}: flags are --name=value (--help lists them)")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console readable
         logging.set_verbosity(logging.WARNING)
     maybe_initialize_distributed()
     install_preemption_handler()
     hold_locks_until_exit()
-    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
+    try:
+        check_launch()
+    except launch_check.UsageError as e:
+        if tracebacks_wanted():
+            raise
+        refuse(str(e))
     try:
         run()
     except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        print(f"preempted: {str(e).split(chr(10))[0]}", file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT)
     except CLEAR_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        if tracebacks_wanted():
+            raise
+        refuse(str(e), 1)
 
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: not a success (a runner must not mark the unit done)
 
 
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, a bad flag in one line (exit 2) instead of absl's usage dump."""
+    try:
+        return FLAGS(list(argv))
+    except flags.Error as e:
+        refuse(f"{launch_check.one_line(e)} (--help lists the flags)")
+
+
 def cli():
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
+        print(launch_check.help_text(GIN_DIR))
+        sys.exit(0)
+    try:
+        argv = rewrite_gin_args(sys.argv)
+    except ValueError as e:
+        refuse(str(e))
     tune_host_allocator()  # before JAX starts its threads; WARM_JAX_DEFAULT_MALLOC=1 opts out
-    app.run(main, argv=rewrite_gin_args(sys.argv))
+    app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
