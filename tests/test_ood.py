@@ -66,9 +66,8 @@ def test_stage_labels_sampled_pairs_by_the_oracle_and_states_the_ceiling(ood_wor
 
 def test_bad_sources_and_tasks_without_an_oracle_are_refused(ood_workdir):
     wd, task, cfg = ood_workdir
-    with pytest.raises(ValueError, match=r"ood_pairs.sources=.*policy in \('pretrain', 'sft'\)"):
-        ood_pairs(workdir=wd, task=task, model_cfg=cfg,
-                  cfg=OODConfig(sources=(("rl", 1.0),)))
+    with pytest.raises(ValueError, match=r"OODConfig.sources=.*policy in \('pretrain', 'sft'\)"):
+        OODConfig(sources=(("rl", 1.0),))
 
     class NoOracle:
         name, has_oracle = "hh", False

@@ -80,21 +80,32 @@ def check_macros() -> None:
         raise UsageError(f"macro {name} is set but nothing reads it{hint}")
 
 
-def _binding_of(scope: str, owner: str, field: str) -> str:
-    """How the user set `owner.field` under `scope`: `MACRO = value` if through a macro, else the
-    binding itself (`scope/warm_jax.Owner.field`)."""
+def _binding_of(scope: str, owner: str, field: str, value: Any = None) -> str:
+    """How the user set `owner.field`: `MACRO = value` if through a macro, else the binding itself
+    (`scope/warm_jax.Owner.field`). The stage's scope is tried first, then any other scope whose
+    binding holds the refused value (a config nested under its own scope, `@pretrain/...()`)."""
     base = field.split("[")[0].split(".")[0]
-    for sc in ([scope] if scope else []) + [""]:
+    others = sorted({sc for sc, sel in _config() if sel == f"warm_jax.{owner}"} - {scope, ""})
+    found = []
+    for sc in ([scope] if scope else []) + [""] + others:
         params = _config().get((sc, f"warm_jax.{owner}"), {})
-        if base in params:
-            v = params[base]
-            name = f"{sc + '/' if sc else ''}warm_jax.{owner}.{base}"
-            refs: set = set()
-            _macro_refs(v, refs)
-            if len(refs) == 1 and isinstance(v, gin.config.ConfigurableReference):
-                m = next(iter(refs))
-                return f"{m} = {macros().get(m)!r} (read as {name})"
-            return f"{name} = {v!r}"
+        if base not in params:
+            continue
+        v = params[base]
+        name = f"{sc + '/' if sc else ''}warm_jax.{owner}.{base}"
+        refs: set = set()
+        _macro_refs(v, refs)
+        if len(refs) == 1 and isinstance(v, gin.config.ConfigurableReference):
+            m = next(iter(refs))
+            found.append((sc, macros().get(m), f"{m} = {macros().get(m)!r} (read as {name})"))
+        else:
+            found.append((sc, v, f"{name} = {v!r}"))
+    for sc, v, text in found:
+        if value is not None and v == value:
+            return text
+    for sc, v, text in found:
+        if sc in (scope, ""):
+            return text
     return f"{owner}.{field} (its default)"
 
 
@@ -104,7 +115,7 @@ _OWNER_FIELD = re.compile(r"^(?:stage \w+: )?([A-Z]\w*)\.([\w\[\]\.]+)[= ]")
 def explain(e: Exception, scope: str = "") -> str:
     """One line for a config's refusal, naming the binding or macro the user typed."""
     if isinstance(e, ConfigError):
-        return f"{_binding_of(scope, e.owner, e.field)}: {e.allowed}"
+        return f"{_binding_of(scope, e.owner, e.field, e.value)}: {e.allowed}"
     m = _OWNER_FIELD.match(str(e))
     if m:
         return f"{_binding_of(scope, m.group(1), m.group(2))}: {one_line(e)}"

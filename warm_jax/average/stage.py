@@ -186,7 +186,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
                          "acc": acc, "kept": acc >= best})
             if acc >= best:
                 chosen, best = cand, acc
-        average_checkpoints([dirs[i] for i in chosen], layout.average(name, "cfg.greedy"),
+        average_checkpoints([dirs[i] for i in chosen], layout.average(name, "greedy"),
                             method=f"greedy_by_{cfg.rank_by}", allow_base_mismatch=cfg.allow_base_mismatch,
                             extra_meta={"member_indices": chosen})
     sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))

@@ -152,7 +152,7 @@ def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_
             ck_dir = os.path.join(idir, "checkpoints")
             Checkpointer(ck_dir, max_to_keep=1).save(cfg.num_steps, {"policy": state.rl.policy}, {
                 "method": method, "runs": [[cfg.alpha, s] for s, _ in runs],
-                "policy_index": [m for _, m in runs], "cfg.mu": cfg.mu, "iteration": it,
+                "policy_index": [m for _, m in runs], "mu": cfg.mu, "iteration": it,
                 "base_fingerprint": sft_meta.get("base_fingerprint")})
             exported = warp_io.export_policies(ck_dir, os.path.join(idir, "policies"))
             points = []   # (seed, kind, η, checkpoint)
