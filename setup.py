@@ -25,8 +25,8 @@ setuptools.setup(
         # pytest 9.2 keeps node ids in Item._id, where pytest-xdist 3.8's loadgroup cannot tag
         # them: tests sharing a pipeline-run fixture would each rebuild it on every worker
         "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5", "nbclient", "nbformat", "ipykernel", "gguf", "tokenizers",
-                 "safetensors", "jinja2"],
-        "import": ["tokenizers", "gguf", "safetensors", "jinja2"],
+                 "safetensors", "jinja2", "import-linter"],
+        "import": ["tokenizers", "gguf", "safetensors", "jinja2", "import-linter"],
         # `tensorboard --logdir runs/demo`: every training loop also writes TensorBoard events
         "tensorboard": ["tensorboard"],
         "xm": ["xmanager"],

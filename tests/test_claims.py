@@ -3,6 +3,7 @@ that ties, reversed effects and missing inputs come out as the rules say."""
 import numpy as np
 import pytest
 
+from warm_jax.eval import claim_data as D
 from warm_jax.eval import claims as C
 from warm_jax.eval.evidence import decide
 
@@ -64,8 +65,8 @@ def test_rl_claims_use_held_out_evaluations():
     hack = _decide("rl_single_hacking", d)
     # single's peak on the selection half is step 50 (1.0); judged half: a rise of 1.0 from step
     # 0 and a fall of 1.0 − 0.5 to the last step, each less its margin; both parts must hold
-    assert hack["parts"]["rise"]["per_seed"] == pytest.approx([1.0 - C.RISE_MARGIN] * 3)
-    assert hack["parts"]["fall"]["per_seed"] == pytest.approx([0.5 - C.FALL_MARGIN] * 3)
+    assert hack["parts"]["rise"]["per_seed"] == pytest.approx([1.0 - D.RISE_MARGIN] * 3)
+    assert hack["parts"]["fall"]["per_seed"] == pytest.approx([0.5 - D.FALL_MARGIN] * 3)
     assert hack["outcome"] == "reproduced" and hack["unit"] == "prompt"   # no spread: a sure drop
     assert hack["primary"] and not C.REGISTRY["rl_single_hacking_corrupt"].primary
     front = _decide("rl_front_at_kl", d)
@@ -96,7 +97,7 @@ def test_collapse_is_looked_for_after_the_peak_only():
 
 
 def test_fall_is_compared_at_matched_kl():
-    from warm_jax.eval.claims_policy import fall_at_kl, per_prompt_at_kl
+    from warm_jax.eval.claim_data import fall_at_kl, per_prompt_at_kl
     # the single RM's run travels to KL 4 and collapses; WARM's stops at KL 2, still on its peak
     single = _eval_rows("single", 0, [0, 1, 2, 4], [0, 1.0, 0.6, -1.0], [0, 1.0, 0.6, -1.0])
     warm = _eval_rows("warm_M6", 0, [0, 1, 2, 2], [0, 1.0, 1.0, 1.0], [0, 1.0, 1.0, 1.0])
@@ -229,7 +230,7 @@ def test_trend_claim_is_the_slope_of_wa_minus_ens_away_from_the_train_data():
     d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "eval": {}, "final": {}}
     for s, slope in ((0, 0.02), (1, 0.025), (2, 0.03)):
         d["analysis"]["corrupt"][s] = sum((_units_rows(k, np.full(50, slope * i - 0.02))
-                                           for i, k in enumerate(C.TREND_SUBSETS)), [])
+                                           for i, k in enumerate(D.TREND_SUBSETS)), [])
     r = _decide("wa_vs_ens_grows_off_train", d)
     assert r["unit"] == "seed" and r["per_seed"] == pytest.approx([0.02, 0.025, 0.03])
     assert r["outcome"] == "reproduced"

@@ -4,6 +4,7 @@ missing inputs."""
 import numpy as np
 import pytest
 
+from warm_jax.eval import claim_data as D
 from warm_jax.eval import claims as C
 from warm_jax.eval import claims_m as CM
 from warm_jax.eval.evidence import decide
@@ -31,16 +32,16 @@ def _empty():
 
 
 def test_main_warm_is_m6_where_run_else_the_largest_up_to_6():
-    assert C.main_warm(["single", "warm_M2", "warm_M6", "warm_M10", "ens"]) == "warm_M6"
-    assert C.beyond_warm(["single", "warm_M2", "warm_M6", "warm_M10"]) == "warm_M10"
+    assert D.main_warm(["single", "warm_M2", "warm_M6", "warm_M10", "ens"]) == "warm_M6"
+    assert D.beyond_warm(["single", "warm_M2", "warm_M6", "warm_M10"]) == "warm_M10"
     # the default demo and the tiny configs: their largest, as before the pin
-    assert C.main_warm(["warm_M2", "warm_M6"]) == "warm_M6"
-    assert C.beyond_warm(["warm_M2", "warm_M6"]) is None
-    assert C.main_warm(["warm_M1", "warm_M2", "warm_M4"]) == "warm_M4"
-    assert C.main_warm(["warm_M2", "warm_M7"]) == "warm_M2"    # tiny FULL=1
-    assert C.beyond_warm(["warm_M2", "warm_M7"]) == "warm_M7"
-    assert C.main_warm(["warm_M8"]) == "warm_M8" and C.beyond_warm(["warm_M8"]) is None
-    assert C.main_warm(["single", "ens", "warm_M1"]) is None
+    assert D.main_warm(["warm_M2", "warm_M6"]) == "warm_M6"
+    assert D.beyond_warm(["warm_M2", "warm_M6"]) is None
+    assert D.main_warm(["warm_M1", "warm_M2", "warm_M4"]) == "warm_M4"
+    assert D.main_warm(["warm_M2", "warm_M7"]) == "warm_M2"    # tiny FULL=1
+    assert D.beyond_warm(["warm_M2", "warm_M7"]) == "warm_M7"
+    assert D.main_warm(["warm_M8"]) == "warm_M8" and D.beyond_warm(["warm_M8"]) is None
+    assert D.main_warm(["single", "ens", "warm_M1"]) is None
 
 
 def _pinning_data():
@@ -136,7 +137,7 @@ def test_m10_same_peak_judges_each_peak_on_the_other_prompts():
     r = _decide("m10_same_peak", _m10_data(m6, m10))
     assert r["kind"] == "equivalence" and r["per_seed"] == pytest.approx([0.0] * 3)
     assert r["outcome"] == "reproduced" and r["n_units"] == 12      # judged prompts: 4 x 3 seeds
-    assert CM.PEAK_DELTA == C.HACK_MARGIN
+    assert CM.PEAK_DELTA == D.HACK_MARGIN
     # a peak higher by 0.5 on every judged prompt: beyond the margin, contradicted
     higher = _decide("m10_same_peak", _m10_data(m6, ([0, 1.0, 0.5], [0, 1.5, 0.5])))
     assert higher["per_seed"] == pytest.approx([0.5] * 3) and higher["outcome"] == "contradicted"

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("safetensors", reason="the `import` extra (safetensors) is not installed")
 
-from warm_jax.layout import canonical  # noqa: E402
+from warm_jax.guards import canonical  # noqa: E402
 from warm_jax.models import LanguageModel, ModelConfig, RewardModel  # noqa: E402
 from warm_jax.models.hf import hf_config, load_safetensors  # noqa: E402
 

@@ -269,7 +269,7 @@ def test_import_base_stage_imports_once_and_survives_a_crashed_save(tmp_path):
     shutil.move(hf_dir, str(tmp_path / "moved"))
     assert import_base(workdir=str(wd), hf_dir=hf_dir) == str(out)
     # another source for the same work directory is a configuration change, refused
-    from warm_jax.layout import StageConfigError
+    from warm_jax.guards import StageConfigError
     with pytest.raises(StageConfigError, match="hf_dir: .* -> .*moved"):
         import_base(workdir=str(wd), hf_dir=str(tmp_path / "moved"))
 

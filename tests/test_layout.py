@@ -1,6 +1,5 @@
 """The run directory's guarantees, one by one: atomic files, a full disk, torn and duplicated log
 rows, locks between processes, stage configurations, reward specs, NaN guards."""
-import errno
 import json
 import os
 import subprocess
@@ -14,7 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO
+from warm_jax import fileio, guards
 from warm_jax import layout as L
+from warm_jax.average.rewards import RewardSpec
 from warm_jax.average.soup import AverageError, average_checkpoints, normalise_weights
 from warm_jax.checkpoint import Checkpointer, NonFiniteError
 from warm_jax.metrics import MetricsWriter, read_jsonl
@@ -24,14 +25,14 @@ from warm_jax.rm.stage import RMConfig
 
 def test_atomic_write_full_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = str(tmp_path / "timings.json")
-    L.write_json(path, {"pretrain": 1.0})
+    fileio.write_json(path, {"pretrain": 1.0})
     monkeypatch.setenv("WARM_JAX_FAULT", "enospc:timings.json")
-    with pytest.raises(L.WriteError, match=r"could not write .*timings.json.*disk is full.*unchanged"):
-        L.write_json(path, {"pretrain": 1.0, "sft": 2.0})
+    with pytest.raises(fileio.WriteError, match=r"could not write .*timings.json.*disk is full.*unchanged"):
+        fileio.write_json(path, {"pretrain": 1.0, "sft": 2.0})
     assert json.load(open(path)) == {"pretrain": 1.0}
     assert os.listdir(tmp_path) == ["timings.json"], "a temporary file was left behind"
     monkeypatch.delenv("WARM_JAX_FAULT")  # space freed: the same write goes through
-    L.write_json(path, {"pretrain": 1.0, "sft": 2.0})
+    fileio.write_json(path, {"pretrain": 1.0, "sft": 2.0})
     assert json.load(open(path)) == {"pretrain": 1.0, "sft": 2.0}
 
 
@@ -46,9 +47,9 @@ def test_a_real_full_disk_on_a_tiny_filesystem(tmp_path):
                     "ENOSPC test covers the same path")
     try:
         path = str(mnt / "report.md")
-        L.atomic_write(path, "old")
-        with pytest.raises(L.WriteError, match="disk is full"):
-            L.atomic_write(path, b"x" * (1 << 20))
+        fileio.atomic_write(path, "old")
+        with pytest.raises(fileio.WriteError, match="disk is full"):
+            fileio.atomic_write(path, b"x" * (1 << 20))
         assert open(path).read() == "old" and os.listdir(mnt) == ["report.md"]
     finally:
         subprocess.run(["umount", str(mnt)])
@@ -92,7 +93,7 @@ def test_locks_exclude_a_second_process_and_allow_disjoint_outputs(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         lay = L.RunLayout(wd)
-        with pytest.raises(L.LockedError, match=r"member_0 is being written by another launch "
+        with pytest.raises(guards.LockedError, match=r"member_0 is being written by another launch "
                                                 r"\(pid \d+.*WORKDIR"):
             with lay.lock("rm/clean/members/member_0"):
                 pass
@@ -108,24 +109,24 @@ def test_locks_exclude_a_second_process_and_allow_disjoint_outputs(tmp_path):
 
 def test_stage_config_mismatch_names_fields_and_how_to_start_afresh(tmp_path):
     d = str(tmp_path / "rl" / "clean" / "single")
-    L.check_stage_config(d, "rl", {"alphas": (0.01,), "rl": {"lr": 1e-4}})
-    L.check_stage_config(d, "rl", {"alphas": [0.01], "rl": {"lr": 1e-4}})  # same, as JSON
-    with pytest.raises(L.StageConfigError, match=r"alphas: \[0.01\] -> \[0.003\].*remove .*single"):
-        L.check_stage_config(d, "rl", {"alphas": (0.003,), "rl": {"lr": 1e-4}})
+    guards.check_stage_config(d, "rl", {"alphas": (0.01,), "rl": {"lr": 1e-4}})
+    guards.check_stage_config(d, "rl", {"alphas": [0.01], "rl": {"lr": 1e-4}})  # same, as JSON
+    with pytest.raises(guards.StageConfigError, match=r"alphas: \[0.01\] -> \[0.003\].*remove .*single"):
+        guards.check_stage_config(d, "rl", {"alphas": (0.003,), "rl": {"lr": 1e-4}})
 
 
 def test_reward_spec_parses_and_prints():
     for text in ("single", "warm_M2", "warm_M10", "greedy", "ens", "wco", "uwo", "ens_M2",
                  "uwo_M3"):
-        assert str(L.RewardSpec.parse(text)) == text
-    assert L.RewardSpec.parse("single").average == "warm_M1"
-    assert L.RewardSpec.parse("warm_M6").m == 6 and L.RewardSpec.parse("ens").is_ensemble
+        assert str(RewardSpec.parse(text)) == text
+    assert RewardSpec.parse("single").average == "warm_M1"
+    assert RewardSpec.parse("warm_M6").m == 6 and RewardSpec.parse("ens").is_ensemble
     # an ensemble of k members reads the members WARM M=k averages; of all members, none
-    assert L.RewardSpec.parse("ens_M2").average == "warm_M2" and L.RewardSpec.parse("ens_M2").is_ensemble
-    assert L.RewardSpec.parse("ens").average is None
+    assert RewardSpec.parse("ens_M2").average == "warm_M2" and RewardSpec.parse("ens_M2").is_ensemble
+    assert RewardSpec.parse("ens").average is None
     for bad in ("warm_M0", "warm", "WARM_M2", "ens2", "ens_M0", "greedy_M2", ""):
         with pytest.raises(ValueError, match=r"allowed single \| warm_M<k>"):
-            L.RewardSpec.parse(bad)
+            RewardSpec.parse(bad)
 
 
 def _member(path, value, fingerprint="base0"):
@@ -211,7 +212,7 @@ def test_rl_stops_on_nan_and_keeps_its_last_finite_checkpoint(toy_init, monkeypa
         num_steps=10, chunk=5, log_every=5, eval_prompts=16))
     # first call traces a clean chunk and saves step 5; the rerun traces a poisoned one
     monkeypatch.setattr(rl_stage, "preemption_requested", lambda: True)
-    with pytest.raises(L.Preempted):
+    with pytest.raises(guards.Preempted):
         rl_stage.train_policies(workdir=wd, **kw)
     monkeypatch.undo()
     monkeypatch.setattr(rl_stage, "run_chunk", poisoned)

@@ -294,7 +294,7 @@ def test_full_demo_clean_ladder_extends_the_demo_ladder(tiny):
     """FULL=1's clean members start with the demo's ladder (the first NUM_MEMBERS train as in the
     default demo), add members past the pinned WARM M = 6, and average up to all of them."""
     import gin
-    from warm_jax.eval.claims import WARM_M
+    from warm_jax.eval.claim_data import WARM_M
     from warm_jax.main import GIN_DIR, parse_gin
     try:
         parse_gin(["experiments/demo_full.gin", *tiny], [], [GIN_DIR, "."])

@@ -6,10 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from warm_jax.layout import RunLayout, StageConfigError
+from warm_jax.guards import StageConfigError
+from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 from warm_jax.ood import WithOOD, ood_pairs, oracle_accuracy, splits_of, with_ood
-from warm_jax.rm.loss import SPLITS
+from warm_jax.data.task import SPLITS
 from warm_jax.ood import OODConfig
 
 

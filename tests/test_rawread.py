@@ -187,7 +187,7 @@ def test_an_early_sum_of_other_weights_or_of_unplannable_members_is_not_used(tmp
 
 
 def test_one_writer_per_average_and_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
-    from warm_jax.layout import LockedError
+    from warm_jax.guards import LockedError
     dirs = [_save(tmp_path / f"m{i}", _tree(i)) for i in range(2)]
     out = tmp_path / "avg"
     out.mkdir()

@@ -120,7 +120,7 @@ def test_kl_is_zero_at_step_zero_and_rl_on_gold_raises_gold(rl_setup):
 def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_path):
     import shutil
     import signal
-    from warm_jax import layout
+    from warm_jax import guards
     from warm_jax.average.stage import average_reward_models
     from warm_jax.rl.bon import best_of_n
     from warm_jax.rl.stage import train_policies
@@ -144,14 +144,14 @@ def test_rl_stage_resume_is_exact_and_alpha_sweep_is_one_program(toy_init, tmp_p
     wd2 = str(tmp_path / "wd2")
     shutil.copytree(wd, wd2, ignore=lambda d, names: ["rl"] if os.path.samefile(d, wd) else [])
     old = signal.getsignal(signal.SIGTERM)
-    layout.install_preemption_handler()
+    guards.install_preemption_handler()
     os.kill(os.getpid(), signal.SIGTERM)
     try:
-        with pytest.raises(layout.Preempted, match="after saving step 10"):
+        with pytest.raises(guards.Preempted, match="after saving step 10"):
             train_policies(workdir=wd2, **kw)
     finally:
         signal.signal(signal.SIGTERM, old)
-        layout._preempt.clear()
+        guards.clear_preemption()
     assert not os.path.exists(os.path.join(wd2, "rl", "rl", "single", "final.jsonl"))
     b = train_policies(workdir=wd2, **kw)
     for m in ("single", "ens"):

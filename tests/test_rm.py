@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 
 from warm_jax.checkpoint import Checkpointer, flatten, restore_params
-from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.metrics import read_jsonl
 from warm_jax.rm.diversity import DiversityConfig, expand
 from warm_jax.rm.loss import bradley_terry, split_accuracies
 from warm_jax.rm.population import set_learning_rate
 from warm_jax.rm.stage import RMConfig, train_reward_models
 from warm_jax.train import OptimConfig, make_optimizer
-from conftest import TOY_TEST_TASK
 
 
 def test_bradley_terry_against_hand_computed_values():
@@ -93,7 +91,7 @@ def test_population_member_equals_separate_run_and_every_rm_beats_chance(toy_ini
 def test_preempted_and_resumed_is_bit_identical(toy_init, monkeypatch, mode):
     """SIGTERM mid-training: the state is saved at the next step, the stage stops, a rerun ends
     exactly where an uninterrupted run does. (SIGKILL from outside: tests/test_faults.py.)"""
-    from warm_jax import layout, train
+    from warm_jax import guards, train
     wd, task, cfg = toy_init
     full = _train(wd, task, cfg, name=f"full_{mode}", mode=mode, members=[1])
     hits = []
@@ -104,14 +102,14 @@ def test_preempted_and_resumed_is_bit_identical(toy_init, monkeypatch, mode):
             os.kill(os.getpid(), signal.SIGTERM)
 
     old = signal.getsignal(signal.SIGTERM)
-    layout.install_preemption_handler()
+    guards.install_preemption_handler()
     monkeypatch.setattr(train, "kill_point", sigterm_at_step_23)
     try:
-        with pytest.raises(layout.Preempted, match="after saving step 23"):
+        with pytest.raises(guards.Preempted, match="after saving step 23"):
             _train(wd, task, cfg, name=f"part_{mode}", mode=mode, members=[1])
     finally:
         signal.signal(signal.SIGTERM, old)
-        layout._preempt.clear()
+        guards.clear_preemption()
     part = os.path.join(wd, "rm", f"part_{mode}")
     run = os.path.join(part, "train", "population") if mode == "population" else \
         os.path.join(part, "seed_0", "train", "member_1")
@@ -149,7 +147,7 @@ def test_chain_seeds_are_one_population_and_each_equals_its_own_run(toy_init):
 
 
 def test_changed_config_stops_the_stage_naming_the_field(toy_init):
-    from warm_jax.layout import StageConfigError
+    from warm_jax.guards import StageConfigError
     wd, task, cfg = toy_init
     _train(wd, task, cfg, name="cfg", members=[0], num_steps=20)
     with pytest.raises(StageConfigError, match=r"num_steps: 20 -> 40.*remove .*rm/cfg"):

@@ -65,7 +65,8 @@ def test_warp_stage_merges_evaluates_iterates_and_resumes(toy_init, tmp_path, mo
                  np.asarray(b)) / 2, rtol=1e-5, atol=1e-6), lerp, *pols)
     # the claims read these rows: SLERP − LERP of iteration 1, per prompt, from the stage's own rows
     from warm_jax.eval import evidence as E
-    from warm_jax.eval.claims import REGISTRY, load
+    from warm_jax.eval.claim_data import load
+    from warm_jax.eval.claims import REGISTRY
     claim = REGISTRY["warp_slerp_beats_lerp"]
     rec = E.decide(claim, claim.compute(load(wd, rm_name="wp")))
     gap = np.subtract(merged[(1, "slerp", 1.0)]["gold_per_prompt"],

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from warm_jax.layout import kill_point
+from warm_jax.fileio import kill_point
 
 
 class NonFiniteError(FloatingPointError):

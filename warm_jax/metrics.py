@@ -12,21 +12,9 @@ import math
 import os
 from typing import Any, Mapping
 
-import numpy as np
+from warm_jax.fileio import is_writer, plain, write_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def plain(v: Any) -> Any:
-    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
-        arr = np.asarray(v)
-        return arr.item() if arr.ndim == 0 else arr.tolist()
-    return v
-
-
-def _is_writer() -> bool:
-    from warm_jax.layout import is_writer
-    return is_writer()
 
 
 class MetricsWriter:
@@ -35,7 +23,7 @@ class MetricsWriter:
 
     def __init__(self, directory: str, name: str = "metrics", *, tensorboard: bool = True):
         self.path = os.path.join(directory, f"{name}.jsonl")
-        self._writer = _is_writer()
+        self._writer = is_writer()
         self._file = self._tb = None
         if not self._writer:
             return
@@ -74,7 +62,6 @@ class MetricsWriter:
             return
         log.info("%s: rewinding to step %d (%d rows dropped)", self.path, step,
                  len(rows) - len(kept))
-        from warm_jax.layout import write_jsonl
         self._file.close()
         write_jsonl(self.path, kept)
         self._file = open(self.path, "a", encoding="utf-8")

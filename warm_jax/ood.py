@@ -29,10 +29,11 @@ import numpy as np
 
 from warm_jax import checks
 from warm_jax.checkpoint import restore_params
-from warm_jax.layout import RunLayout, atomic_write, write_jsonl
+from warm_jax.fileio import atomic_write, write_jsonl
+from warm_jax.layout import RunLayout
 from warm_jax.models import ModelConfig, SamplingConfig, jitted_sampler
 from warm_jax.progress import note_work
-from warm_jax.rm.loss import SPLITS
+from warm_jax.data.task import SPLITS, Task
 
 SOURCES = (("pretrain", 1.0), ("sft", 1.5), ("sft", 1.0))
 SPLIT = "ood"
@@ -84,8 +85,8 @@ class OODConfig:
 
 def ood_pairs(*, workdir: str, task, model_cfg: ModelConfig, cfg: OODConfig) -> str:
     """The `ood_pairs` stage (see the module doc); skips if `ood/pairs.npz` exists."""
-    if not getattr(task, "has_oracle", False) or not hasattr(task, "label_pairs"):
-        raise ValueError(f"ood_pairs: task {getattr(task, 'name', task)!r} has no oracle labeller "
+    if not task.has_oracle:   # an OracleTask labels sampled pairs (warm_jax.data.task)
+        raise ValueError(f"ood_pairs: task {task.name!r} has no oracle labeller "
                          "to label sampled pairs with; drop the ood_pairs stage for it")
     sources, seed = cfg.sources, cfg.seed
     layout = RunLayout(workdir)
@@ -126,9 +127,9 @@ def _build(layout: RunLayout, task, model_cfg, sources, seed) -> None:
 
 # --- the task with the sampled split ---------------------------------------------------------
 
-def splits_of(task) -> tuple[str, ...]:
+def splits_of(task: Task) -> tuple[str, ...]:
     """The preference splits `task` provides (SPLITS, plus `ood` under `with_ood`)."""
-    return tuple(getattr(task, "splits", SPLITS))
+    return tuple(task.splits)
 
 
 class WithOOD:

@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 
-from warm_jax.eval.claims import BAKLAVA_ABLATION, PROBE_ABLATION, compute_claims, load, ood_split
+from warm_jax.eval.claim_data import BAKLAVA_ABLATION, PROBE_ABLATION, load, ood_split
+from warm_jax.eval.claims import compute_claims
 from warm_jax.eval.claims_m import m_pair, m_summary
 from warm_jax.eval.warp_report import fig_warp, warp_section
 from warm_jax.eval.figures import (  # noqa: F401
@@ -20,8 +21,9 @@ from warm_jax.eval.figures import (  # noqa: F401
 from warm_jax.eval.claims_policy import rl_pair
 from warm_jax.eval.tables import (claims_block, claims_tables, ci, effect, fmt, per_seed,
                                   rewrite_readme, run_record)
-from warm_jax.layout import RunLayout, chain, read_json, write_json
-from warm_jax.layout import atomic_write as write_text
+from warm_jax.fileio import read_json, write_json
+from warm_jax.layout import RunLayout, chain
+from warm_jax.fileio import atomic_write as write_text
 from warm_jax.metrics import read_jsonl
 from warm_jax.progress import note_work
 
@@ -73,7 +75,7 @@ def ood_section(layout: RunLayout, analysis: dict) -> list[str]:
     rows = read_jsonl(layout.ood_summary)
     whole = {r["split"]: r for r in rows if "source" not in r}
     evals = {s: read_jsonl(p) for s in analysis
-             if os.path.exists(p := os.path.join(layout.rm(chain("clean", s)), "eval.jsonl"))}
+             if os.path.exists(p := RunLayout.eval_rows(layout.rm(chain("clean", s))))}
     member = {sp: [np.mean([r[sp] for r in ev if sp in r]) if any(sp in r for r in ev) else None
                    for ev in evals.values()] for sp, _ in OOD_SPLITS}
     gap = {sp: f"{whole[sp]['oracle_accuracy'] - np.mean([m for m in v if m is not None]):.3f}"
@@ -226,7 +228,7 @@ def draw_figures(d: dict, figdir: str) -> dict:
     return figs
 
 
-def write_report(workdir: str) -> dict:
+def write_report(*, workdir: str) -> dict:
     """report.md, claims.json and figures/ from the run's JSONL alone."""
     note_work()   # always rewritten: a launch never skips it
     layout = RunLayout(workdir)
@@ -301,7 +303,7 @@ def main(argv=None):
     if not os.path.isdir(args.workdir):
         print(f"error: {args.workdir} is not a directory", file=sys.stderr)
         return 2
-    out = write_report(args.workdir)
+    out = write_report(workdir=args.workdir)
     for c in out["claims"]:
         print(f"{c['claim']:28s} {c['outcome']}")
     print(f"wrote {args.workdir}/report.md, claims.json and {len(out['figures'])} figures")

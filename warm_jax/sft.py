@@ -20,7 +20,8 @@ from warm_jax import sharding as shd
 from warm_jax.checks import run_only
 from warm_jax.checkpoint import Checkpointer, fingerprint, restore_params
 from warm_jax.data.pipeline import batch_iterator
-from warm_jax.layout import RunLayout, write_jsonl
+from warm_jax.fileio import write_jsonl
+from warm_jax.layout import RunLayout
 from warm_jax.losses import make_lm_loss, response_logprobs
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import LanguageModel, ModelConfig, SamplingConfig, make_sampler
@@ -165,7 +166,7 @@ def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
     """The last row of `stage_dir/eval.jsonl` if its gold reward is at least `floor`; otherwise an
     SFTQualityError that says how far off it is and what the pretraining reached."""
     from warm_jax.metrics import read_jsonl
-    rows = read_jsonl(os.path.join(stage_dir, "eval.jsonl"))
+    rows = read_jsonl(RunLayout.eval_rows(stage_dir))
     last = max(rows, key=lambda r: r["step"])
     if "gold_reward" not in last:
         raise ValueError(f"SFTConfig.min_gold_reward={floor}: the task has no oracle, so "
@@ -173,9 +174,9 @@ def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
     if last["gold_reward"] >= floor:
         return last
     first = min(rows, key=lambda r: r["step"])
-    acc = [r["token_accuracy"] for r in read_jsonl(os.path.join(pretrain_dir, "train.jsonl"))
+    acc = [r["token_accuracy"] for r in read_jsonl(RunLayout.train_rows(pretrain_dir))
            if "token_accuracy" in r] if os.path.exists(
-        os.path.join(pretrain_dir, "train.jsonl")) else []
+        RunLayout.train_rows(pretrain_dir)) else []
     raise SFTQualityError(
         f"SFT policy at step {last['step']}: gold reward {last['gold_reward']:.3f} ± "
         f"{last.get('gold_reward_se', float('nan')):.3f} (s.e.), below the declared floor "
@@ -188,7 +189,7 @@ def check_sft_floor(stage_dir: str, pretrain_dir: str, floor: float) -> dict:
 
 def _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling) -> None:
     """eval.jsonl: gold reward and KL to the base at the base and every kept SFT checkpoint."""
-    eval_path = os.path.join(stage_dir, "eval.jsonl")
+    eval_path = RunLayout.eval_rows(stage_dir)
     if not os.path.exists(eval_path):
         sampling = dataclasses.replace(sampling or SamplingConfig(
             max_new_tokens=task.max_response_len), eos_id=task.eos_id, pad_id=task.pad_id)
@@ -215,7 +216,7 @@ def evaluate_samples(task, model_cfg: ModelConfig, params, ref_params, sampling:
     kl = (score(params) - score(ref_params)).sum(-1)
     row = {"kl": float(jnp.mean(kl)), "length": float(jnp.mean(out.mask_BxN.sum(-1))),
            "sample": task.decode(out.tokens_BxN[0], out.mask_BxN[0])}
-    if getattr(task, "has_oracle", False):
+    if task.has_oracle:
         gold_B = np.asarray(task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN))
         row["gold_reward"] = float(np.mean(gold_B))
         row["gold_reward_se"] = float(np.std(gold_B, ddof=1) / np.sqrt(len(gold_B)))

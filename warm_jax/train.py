@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from warm_jax import sharding as shd
 from warm_jax.checkpoint import (Checkpointer, NonFiniteError, abstract_with_shardings,  # noqa: F401
                                  path_str)
-from warm_jax.layout import Preempted, kill_point, preemption_requested
+from warm_jax.fileio import kill_point
+from warm_jax.guards import Preempted, preemption_requested
 from warm_jax.metrics import MetricsWriter
 from warm_jax.progress import progress
 from warm_jax.checks import check_range

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                           allow_base_mismatch=args.allow_base_mismatch)
     except Exception as e:  # noqa: BLE001 - only the two refusals below are the user's errors
         from warm_jax.average.soup import AverageError
-        from warm_jax.layout import LockedError
+        from warm_jax.guards import LockedError
         if not isinstance(e, (AverageError, LockedError)):
             raise
         return _refuse(str(e))

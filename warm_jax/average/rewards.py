@@ -8,6 +8,8 @@ so the shift and scale are part of the function and are reported with every run.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Sequence
 
 import flax
@@ -19,6 +21,41 @@ from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.rm.population import platform_impl
 
 KINDS = ("single", "ens", "wco", "uwo")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """A reward function by name: `single | warm_M<k> | greedy | ens | wco | uwo`, where an
+    ensemble may name its size (`ens_M2`: the ensemble of the k members `warm_M<k>` averages)."""
+    kind: str          # single, warm, greedy, ens, wco, uwo
+    m: int | None = None
+
+    ENSEMBLES = ("ens", "wco", "uwo")
+    ALLOWED = "single | warm_M<k> | greedy | ens | wco | uwo | ens_M<k> | wco_M<k> | uwo_M<k>"
+
+    @classmethod
+    def parse(cls, text: str) -> "RewardSpec":
+        m = re.fullmatch(r"(warm|ens|wco|uwo)_M([1-9]\d*)", text)
+        if m:
+            return cls(m.group(1), int(m.group(2)))
+        if text in ("single", "greedy") + cls.ENSEMBLES:
+            return cls(text)
+        raise ValueError(f"reward {text!r}: allowed {cls.ALLOWED}")
+
+    def __str__(self) -> str:
+        return self.kind if self.m is None else f"{self.kind}_M{self.m}"
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.kind in self.ENSEMBLES
+
+    @property
+    def average(self) -> str | None:
+        """The averaged checkpoint it reads (`single` is the best member: the top-1 average); an
+        ensemble of k members reads the members `warm_M<k>` averages."""
+        if self.is_ensemble:
+            return None if self.m is None else f"warm_M{self.m}"
+        return "warm_M1" if self.kind == "single" else str(self)
 
 
 @flax.struct.dataclass

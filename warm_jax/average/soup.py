@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from warm_jax.average import hostsum, rawread
 from warm_jax.average.hostsum import AverageError, normalise_weights  # noqa: F401 - re-exported
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, flatten, nonfinite_leaves, path_str
-from warm_jax.layout import LockedError, output_lock
+from warm_jax.guards import LockedError, output_lock
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ from warm_jax.average import analysis as A
 from warm_jax.average.soup import average_checkpoints
 from warm_jax.checkpoint import Checkpointer, restore_params
 from warm_jax.checks import run_only
-from warm_jax.layout import RunLayout, chain, kill_point, write_jsonl
+from warm_jax.fileio import kill_point, write_jsonl
+from warm_jax.layout import RunLayout, chain
 from warm_jax.models import ModelConfig, RewardModel
 from warm_jax.ood import splits_of, with_ood
 from warm_jax.progress import progress
 from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
-from warm_jax.rm.stage import seeded_task
+from warm_jax.data.task import seeded_task
 
 DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
 
@@ -123,11 +124,11 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: Av
     config = dict(task=task, model_cfg=model_cfg, **checks.recorded(cfg, drop=("name",)))
     chains = [chain(name, s) for s in seeds]
     outputs = [p for c in chains for p in (os.path.join(layout.rm(c), "averages"),
-                                           os.path.join(layout.rm(c), "analysis.jsonl"))]
+                                           RunLayout.analysis_rows(layout.rm(c)))]
     with layout.stage(f"average {name}", os.path.join(rm_dir, "averaging"), config,
                       outputs=outputs):
         todo = [(s, c) for s, c in zip(seeds, chains)
-                if not os.path.exists(os.path.join(layout.rm(c), "analysis.jsonl"))]
+                if not os.path.exists(RunLayout.analysis_rows(layout.rm(c)))]
         for s, c in progress(todo, desc=f"average {name}") if todo else ():
             _average_and_analyse(layout, c, seeded_task(task, s), model_cfg, cfg,
                                  population_of=name)
@@ -137,7 +138,7 @@ def average_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: Av
 def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelConfig,
                          cfg: AverageConfig, *, population_of: str) -> None:
     rm_dir = layout.rm(name)
-    out_path = os.path.join(rm_dir, "analysis.jsonl")
+    out_path = RunLayout.analysis_rows(rm_dir)
     if os.path.exists(out_path):  # written last; the stage config vouches for what it holds
         return
     dirs = layout.member_dirs(name)

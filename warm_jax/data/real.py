@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from warm_jax.data.task import SPLITS
 from warm_jax.data.conversations import chat_template_of
 from warm_jax.data.preferences import (FORMATS, LoadPolicy, LoadSummary, encode_pairs,
                                        read_preferences)
@@ -65,6 +66,7 @@ def truncation_line(cfg: PreferenceFileConfig, summary: LoadSummary) -> str | No
 class PreferenceFileTask:
     name = "preference_file"
     has_oracle = False
+    splits = SPLITS
 
     def __init__(self, cfg: PreferenceFileConfig):
         if not cfg.path:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax.data.task import SPLITS
 from warm_jax.checks import check_range
 
 PAD, EOS, BOS, SEP = 0, 1, 2, 3
@@ -126,6 +127,7 @@ class ToyTask:
 
     name = "toy_summarisation"
     has_oracle = True
+    splits = SPLITS
 
     def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()):
         self.cfg = cfg

@@ -1,7 +1,6 @@
 """WARM beyond M = 6 (the paper trains 10 members, averages the best M on held-out accuracy): does
-M = 10, the four weakest members included, delay reward hacking without raising the peak? Registered
-into `warm_jax.eval.claims.REGISTRY` after the best-of-N and RL claims; import
-`warm_jax.eval.claims`, not this module. Both claims compare the run's largest WARM past the pinned
+M = 10, the four weakest members included, delay reward hacking without raising the peak? Assembled
+into `warm_jax.eval.claims.REGISTRY` after the best-of-N and RL claims. Both claims compare the run's largest WARM past the pinned
 one (`beyond_warm`: FULL=1's warm_M10) with the pinned one (`main_warm`: warm_M6) in RL against the
 clean-label reward models, at the α both ran at; without such a run they have no inputs."""
 from __future__ import annotations
@@ -10,15 +9,17 @@ import collections
 
 import numpy as np
 
-from warm_jax.eval.claims import (HACK_MARGIN, REGISTRY, _per_prompt, _units, beyond_warm,
-                                  main_warm)
-from warm_jax.eval.claims_policy import _best_step, _evals, _halves, fall_at_kl, reach
+from warm_jax.eval.claim_data import (HACK_MARGIN, best_step, beyond_warm, eval_runs, fall_at_kl,
+                                      halves, main_warm, prompt_means, reach, seed_units)
 from warm_jax.eval.evidence import register
 
 # Equivalence margin of `m10_same_peak`, declared before any FULL=1 run with M = 10: a difference of
 # peaks smaller than the fall that counts as hacking (HACK_MARGIN, in held-out control reward) is
 # below what the claims call a change of the curve at all.
 PEAK_DELTA = HACK_MARGIN
+
+
+REGISTRY: dict = {}   # assembled in order by warm_jax.eval.claims
 
 
 def m_pair(d) -> tuple[str, str] | tuple[None, None]:
@@ -29,7 +30,7 @@ def m_pair(d) -> tuple[str, str] | tuple[None, None]:
 
 def _shared_runs(d, a, b) -> tuple[dict, dict, list]:
     """Both methods' held-out evaluations and the (α, seed) runs they share, checked finished."""
-    A, B = _evals(d, a), _evals(d, b)
+    A, B = eval_runs(d, a), eval_runs(d, b)
     keys = sorted(set(A) & set(B))
     for k in keys:
         if [r["step"] for r in A[k]] != [r["step"] for r in B[k]]:
@@ -109,7 +110,7 @@ def m10_delays_hacking(d):
     summary = m_summary(d) or {}
     hack = {m: {f"alpha={r['alpha']},seed={r['seed']}": (r["hack_step"] if r["hacked"] else None)
                 for r in rows} for m, rows in summary.items()}
-    return _units(_per_prompt(per_seed), a=big, b=main, alphas=sorted({k[0] for k in keys}),
+    return seed_units(prompt_means(per_seed), a=big, b=main, alphas=sorted({k[0] for k in keys}),
                   hack_step=hack)
 
 
@@ -122,14 +123,14 @@ def m10_delays_hacking(d):
           unit="prompt", kind="equivalence", delta=PEAK_DELTA)
 def m10_same_peak(d):
     def gap(a, b):
-        select, judged = _halves(a)
+        select, judged = halves(a)
         peaks = []
         for rows in (a, b):
             trained = [r for r in rows if r["step"] > 0] or rows   # the peak is an RL step
-            peaks.append(np.asarray(_best_step(trained, select)["gold_per_prompt"][judged]))
+            peaks.append(np.asarray(best_step(trained, select)["gold_per_prompt"][judged]))
         return peaks[0] - peaks[1]
     got = _gaps(d, gap)
     if got is None:
         return None
     big, main, keys, per_seed = got
-    return _units(_per_prompt(per_seed), a=big, b=main, alphas=sorted({k[0] for k in keys}))
+    return seed_units(prompt_means(per_seed), a=big, b=main, alphas=sorted({k[0] for k in keys}))

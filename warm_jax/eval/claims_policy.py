@@ -1,6 +1,6 @@
 """WARM's best-of-N and RL findings (Figs. 1b, 6-9, the slides' win rates and Gao et al.'s fits),
-registered into `warm_jax.eval.claims.REGISTRY` after the reward-model claims. Import
-`warm_jax.eval.claims`, not this module: it loads these entries in registry order."""
+declared here and assembled into `warm_jax.eval.claims.REGISTRY` after the reward-model claims
+(which also mirrors some of them on the corrupted-label reward models)."""
 from __future__ import annotations
 
 import collections
@@ -8,10 +8,15 @@ import collections
 import numpy as np
 
 from warm_jax.eval import evidence as E
-from warm_jax.eval.claims import (FALL_MARGIN, KL_BUDGETS, LABEL_TEMPERATURE, REGISTRY,
-                                  RISE_MARGIN, _parts, _per_prompt, _units, main_warm, warm_names)
+from warm_jax.eval.claim_data import (FALL_MARGIN, KL_BUDGETS, LABEL_TEMPERATURE, RISE_MARGIN,
+                                      best_step, eval_runs, fall_at_kl, from_step0, halves,
+                                      main_warm, part_units, peak_row, prompt_means, reach,
+                                      rise_and_fall, seed_units, warm_names)
 from warm_jax.eval.evidence import register
 from warm_jax.eval.metrics import gao_fit
+
+REGISTRY: dict = {}   # assembled in order by warm_jax.eval.claims
+
 
 # --- best-of-N (Figs. 6-7) --------------------------------------------------------------------
 
@@ -24,7 +29,7 @@ def _bon_diff(d, a, b):
     if a is None or b is None:
         return None
     A, B = _bon_auc(d, a), _bon_auc(d, b)
-    return _units({s: A[s] - B[s] for s in sorted(set(A) & set(B))}, a=a, b=b)
+    return seed_units({s: A[s] - B[s] for s in sorted(set(A) & set(B))}, a=a, b=b)
 
 
 def _bon_methods(d):
@@ -101,84 +106,10 @@ def bon_warm_beats_uwo(d):
 
 # --- RL (Figs. 1b, 8-9), all on held-out prompts ---------------------------------------------
 
-def _evals(d, method) -> dict[tuple, list[dict]]:
-    """{(alpha, seed): held-out evaluation rows in step order}."""
-    out = collections.defaultdict(list)
-    for r in d["eval"].get(method, []):
-        out[(r["run_alpha"], r["seed"])].append(r)
-    return {k: sorted(v, key=lambda r: r["step"]) for k, v in out.items()}
-
-
 def rl_pair(d):
     """(the pinned WARM, `main_warm`: M = 6 where run, "single"), or (None, None)."""
     warm = main_warm(d["eval"])
     return (warm, "single") if warm and "single" in d["eval"] else (None, None)
-
-
-def _halves(rows):
-    """(selection, judged) slices of the held-out prompts: a step picked on the first half is
-    judged on the second, so the pick's luck on its own prompts does not inflate what is judged."""
-    n = len(rows[0]["gold_per_prompt"])
-    if n < 2 or any(len(r["gold_per_prompt"]) != n for r in rows):
-        raise ValueError(f"held-out evaluations need >= 2 prompts, the same at every step; got "
-                         f"{sorted({len(r['gold_per_prompt']) for r in rows})}")
-    return slice(0, n // 2), slice(n // 2, None)
-
-
-def _best_step(rows, select):
-    """The evaluation row of highest mean control reward on the selection prompts."""
-    return max(rows, key=lambda r: np.mean(r["gold_per_prompt"][select]))
-
-
-def peak_row(rows, select):
-    """The RL evaluation (step > 0) of highest mean control reward on the selection prompts."""
-    return _best_step([r for r in rows if r["step"] > 0] or rows, select)
-
-
-def _from_step0(rows):
-    if not rows or rows[0]["step"] != 0:
-        raise ValueError(f"held-out evaluations must start at step 0 (the SFT policy), got steps "
-                         f"{[r['step'] for r in rows][:3]}...")
-    return rows
-
-
-def rise_and_fall(rows) -> tuple[np.ndarray, np.ndarray]:
-    """Per judged prompt: control reward at the peak RL step (picked on the selection prompts)
-    − at step 0, and at the peak − at the last evaluation."""
-    rows = _from_step0(rows)
-    select, judged = _halves(rows)
-    peak = np.asarray(peak_row(rows, select)["gold_per_prompt"][judged])
-    return (peak - np.asarray(rows[0]["gold_per_prompt"][judged]),
-            peak - np.asarray(rows[-1]["gold_per_prompt"][judged]))
-
-
-def per_prompt_at_kl(rows, kl: float) -> np.ndarray:
-    """Each prompt's control reward where the run first reaches KL `kl` (`value_at_kl`'s rule:
-    the running maximum of KL, linear between evaluations), from its `gold_per_prompt`."""
-    kl_E = np.asarray([r["kl"] for r in rows], np.float64)
-    keep = np.concatenate([[True], kl_E[1:] > np.maximum.accumulate(kl_E)[:-1]])
-    g_ExP = np.asarray([r["gold_per_prompt"] for r in rows], np.float64)[keep]
-    x = kl_E[keep]
-    if not x[0] <= kl <= x[-1]:
-        raise ValueError(f"KL {kl} outside the run's reach [{x[0]}, {x[-1]}]")
-    j = min(int(np.searchsorted(x, kl, side="right")), len(x) - 1)
-    i = max(j - 1, 0)
-    w = 0.0 if x[j] == x[i] else (kl - x[i]) / (x[j] - x[i])
-    return (1 - w) * g_ExP[i] + w * g_ExP[j]
-
-
-def fall_at_kl(rows, kl: float) -> np.ndarray:
-    """Per judged prompt: control reward at the run's peak among its evaluations up to KL `kl`
-    (picked on the selection prompts) − where it first reaches `kl`."""
-    rows = _from_step0(rows)
-    select, judged = _halves(rows)
-    upto = [r for r in rows if r["kl"] <= kl] or rows[:1]
-    peak = np.asarray(peak_row(upto, select)["gold_per_prompt"][judged])
-    return peak - per_prompt_at_kl(rows, kl)[judged]
-
-
-def reach(rows) -> float:
-    return float(max(r["kl"] for r in rows))
 
 
 @register(registry=REGISTRY, id="rl_single_hacking", paper_ref="Fig. 1b",
@@ -192,16 +123,16 @@ def reach(rows) -> float:
           unit="prompt", kind="directional", direction=+1, primary=True)
 def rl_single_hacking(d):
     rise, fall = collections.defaultdict(list), collections.defaultdict(list)
-    for (a, s), rows in _evals(d, "single").items():
+    for (a, s), rows in eval_runs(d, "single").items():
         r, f = rise_and_fall(rows)
         rise[s].append(r - RISE_MARGIN)
         fall[s].append(f - FALL_MARGIN)
-    return _parts({"rise": _per_prompt(rise), "fall": _per_prompt(fall)})
+    return part_units({"rise": prompt_means(rise), "fall": prompt_means(fall)})
 
 
 def _paired_runs(d, a, b):
     """{(α, seed): (rows of a, rows of b)} over the runs both methods finished at one step."""
-    A, B = _evals(d, a), _evals(d, b)
+    A, B = eval_runs(d, a), eval_runs(d, b)
     out = {}
     for k in sorted(set(A) & set(B)):
         if A[k][-1]["step"] != B[k][-1]["step"]:
@@ -217,8 +148,8 @@ def collapse_kl(rows) -> tuple[float, bool]:
     SFT policy's, linearly interpolated in KL between the evaluations either side; a run that
     never falls below it after its peak is censored at its largest KL (collapsed False). Only
     after the peak: a noisy dip while the reward is still rising is not a collapse."""
-    rows = _from_step0(rows)
-    select, _ = _halves(rows)
+    rows = from_step0(rows)
+    select, _ = halves(rows)
     g0 = rows[0]["control_reward"]
     start = rows.index(peak_row(rows, select))
     for prev, r in zip(rows[start:], rows[start + 1:]):
@@ -257,7 +188,7 @@ def warm_delays_collapse(d):
         detail[f"alpha={a},seed={s}"] = {m: [round(x, 4) if isinstance(x, float) else x
                                              for x in collapse_kl(rows)]
                                          for m, rows in ((warm, W), (single, S))}
-    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, a=warm, b=single,
+    return seed_units({s: [np.mean(v)] for s, v in per_seed.items()}, a=warm, b=single,
                   collapse_kl_and_collapsed=detail)
 
 
@@ -280,7 +211,7 @@ def warm_smaller_fall(d):
         cap = min(reach(W), reach(S))
         per_seed[s].append(fall_at_kl(S, cap) - fall_at_kl(W, cap))
         kls[f"alpha={a},seed={s}"] = {warm: round(reach(W), 4), single: round(reach(S), 4)}
-    return _units(_per_prompt(per_seed), a=warm, b=single, largest_kl=kls)
+    return seed_units(prompt_means(per_seed), a=warm, b=single, largest_kl=kls)
 
 
 def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
@@ -289,7 +220,7 @@ def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
     An α where no budget is reached by every run is left out (each α's seeds share one set of
     budgets, so no seed that stopped short is silently judged on fewer). A budget below a run's
     first RL evaluation is interpolated from step 0, where both methods are the SFT policy."""
-    W, S = _evals(d, warm), _evals(d, single)
+    W, S = eval_runs(d, warm), eval_runs(d, single)
     at = lambda rows: E.value_at_kl([r["kl"] for r in rows],  # noqa: E731
                                     [r["control_reward"] for r in rows], budgets)
     gaps, used = {}, {}
@@ -304,7 +235,7 @@ def front_gaps(d, warm, single, budgets=KL_BUDGETS) -> tuple[dict, dict]:
 
 def _alphas_and_seeds(d, warm, single, gaps):
     """(α judged, seeds judged at every one of them, what was left out) for the front claims."""
-    keys = set(_evals(d, warm)) & set(_evals(d, single))
+    keys = set(eval_runs(d, warm)) & set(eval_runs(d, single))
     all_alphas, all_seeds = sorted({a for a, _ in keys}), sorted({s for _, s in keys})
     seeds = sorted(set.intersection(*(set(g) for g in gaps.values()))) if gaps else []
     return seeds, {"alphas_without_budget": [a for a in all_alphas if a not in gaps],
@@ -327,7 +258,7 @@ def rl_front_at_kl(d):
     if not gaps:
         return None
     seeds, left_out = _alphas_and_seeds(d, warm, single, gaps)
-    return _units({s: [np.mean([g[s] for g in gaps.values()])] for s in seeds}, a=warm, b=single,
+    return seed_units({s: [np.mean([g[s] for g in gaps.values()])] for s in seeds}, a=warm, b=single,
                   budgets={str(a): b for a, b in used.items()}, **left_out)
 
 
@@ -340,7 +271,7 @@ def _sweep(d):
     warm, single = rl_pair(d)
     if warm is None:
         return None
-    alphas = sorted({k[0] for k in _evals(d, warm)} & {k[0] for k in _evals(d, single)})
+    alphas = sorted({k[0] for k in eval_runs(d, warm)} & {k[0] for k in eval_runs(d, single)})
     return (warm, single, alphas) if len(alphas) >= MIN_SWEEP_ALPHAS else None
 
 
@@ -362,7 +293,7 @@ def rl_front_every_alpha(d):
     if sorted(gaps) != alphas:   # an α whose front cannot be compared: "every α" is undecidable
         return None
     seeds, left_out = _alphas_and_seeds(d, warm, single, gaps)
-    return _units({s: [min(gaps[a][s] for a in alphas)] for s in seeds}, a=warm, b=single,
+    return seed_units({s: [min(gaps[a][s] for a in alphas)] for s in seeds}, a=warm, b=single,
                   alphas=alphas, gap_per_alpha={str(a): round(float(np.mean(list(g.values()))), 4)
                                                 for a, g in gaps.items()},
                   budgets={str(a): b for a, b in used.items()}, **left_out)
@@ -371,7 +302,7 @@ def rl_front_every_alpha(d):
 def best_by_alpha(d, method, alphas) -> dict[int, dict]:
     """Per seed with a run at every α: each α's rows (in step order)."""
     by_seed = collections.defaultdict(dict)
-    for (a, s), rows in _evals(d, method).items():
+    for (a, s), rows in eval_runs(d, method).items():
         by_seed[s][a] = rows
     return {s: v for s, v in by_seed.items() if set(v) >= set(alphas)}
 
@@ -379,7 +310,7 @@ def best_by_alpha(d, method, alphas) -> dict[int, dict]:
 def best_step_reward(rows) -> float:
     """Held-out control reward at the run's best RL step: picked on the selection prompts,
     measured on the judged ones (not the last step, where a hacking run has collapsed)."""
-    select, judged = _halves(rows)
+    select, judged = halves(rows)
     return float(np.mean(peak_row(rows, select)["gold_per_prompt"][judged]))
 
 
@@ -412,7 +343,7 @@ def warm_lower_best_alpha(d):
             slope[m] = float(np.polyfit(x, y, 1)[0])
             best[m][str(s)] = alphas[int(np.argmax(y))]
         per_seed[s] = [slope[single] - slope[warm]]
-    return _units(per_seed, a=warm, b=single, alphas=alphas, best_alpha=best)
+    return seed_units(per_seed, a=warm, b=single, alphas=alphas, best_alpha=best)
 
 
 def win_rate_units(d, method, reference, *, judge="gold"):
@@ -421,18 +352,18 @@ def win_rate_units(d, method, reference, *, judge="gold"):
     the other half (the selection prompts), so neither gains from a lucky pick. judge 'gold': 1 /
     ½ / 0 by gold comparison; 'oracle': the Bradley–Terry preference probability at the
     labeller's temperature."""
-    R, X = _evals(d, reference), _evals(d, method)
+    R, X = eval_runs(d, reference), eval_runs(d, method)
     per_seed = collections.defaultdict(list)
     for k in sorted(set(R) & set(X)):
-        select, judged = _halves(R[k])
-        g_ref = np.asarray(_best_step(R[k], select)["gold_per_prompt"][judged])
-        g_x = np.asarray(_best_step(X[k], select)["gold_per_prompt"][judged])
+        select, judged = halves(R[k])
+        g_ref = np.asarray(best_step(R[k], select)["gold_per_prompt"][judged])
+        g_x = np.asarray(best_step(X[k], select)["gold_per_prompt"][judged])
         if judge == "gold":
             p = np.where(g_ref > g_x, 1.0, np.where(g_ref == g_x, 0.5, 0.0))
         else:
             p = 1.0 / (1.0 + np.exp(-(g_ref - g_x) / LABEL_TEMPERATURE))
         per_seed[k[1]].append(p - 0.5)
-    return _per_prompt(per_seed)
+    return prompt_means(per_seed)
 
 
 @register(registry=REGISTRY, id="win_rate_warm_vs_single", paper_ref="Fig. 9",
@@ -446,7 +377,7 @@ def win_rate_warm_vs_single(d):
     if warm is None:
         return None
     oracle = win_rate_units(d, single, warm, judge="oracle")
-    return _units(win_rate_units(d, single, warm), reference=warm, method=single,
+    return seed_units(win_rate_units(d, single, warm), reference=warm, method=single,
                   oracle_judge_win_rate=(0.5 + float(np.mean([v.mean() for v in oracle.values()]))
                                          if oracle else None))
 
@@ -455,14 +386,14 @@ def _against_sft(d, method):
     """Per judged prompt, P(`method` at its best step beats the SFT policy) − 1/2, by gold
     comparison. The SFT policy is the run's own step-0 evaluation (its parameters before RL)."""
     per_seed = collections.defaultdict(list)
-    for (a, s), rows in _evals(d, method).items():
+    for (a, s), rows in eval_runs(d, method).items():
         if rows[0]["step"] != 0:
             continue
-        select, judged = _halves(rows)
-        g = np.asarray(_best_step(rows, select)["gold_per_prompt"][judged])
+        select, judged = halves(rows)
+        g = np.asarray(best_step(rows, select)["gold_per_prompt"][judged])
         g0 = np.asarray(rows[0]["gold_per_prompt"][judged])
         per_seed[s].append(np.where(g > g0, 1.0, np.where(g == g0, 0.5, 0.0)) - 0.5)
-    return _units(_per_prompt(per_seed), method=method)
+    return seed_units(prompt_means(per_seed), method=method)
 
 
 @register(registry=REGISTRY, id="win_rate_warm_vs_sft", paper_ref="slides (99.8%)",
@@ -501,23 +432,4 @@ def gao_fits(d):
         fits[f"seed={s}/{m}"] = fit
         if np.isfinite(fit["r2"]):
             per_seed[s].append(fit["r2"])
-    return _units({s: [np.mean(v)] for s, v in per_seed.items()}, fits=fits)
-
-
-# --- the same best-of-N and RL claims with the reward models of 25% flipped labels (Figs. 6-8b) --
-CORRUPT_MIRRORED = ("bon_warm_beats_smaller_m", "bon_warm_beats_single", "bon_warm_beats_ens",
-                    "rl_single_hacking", "warm_delays_collapse", "warm_smaller_fall",
-                    "rl_front_at_kl", "win_rate_warm_vs_single", "win_rate_warm_vs_sft")
-
-
-def _on_corrupt(compute):
-    return lambda d: compute(d["corrupt_policy"]) if d.get("corrupt_policy") else None
-
-
-for _id in CORRUPT_MIRRORED:
-    _c = REGISTRY[_id]
-    register(registry=REGISTRY, id=f"{_id}_corrupt", paper_ref=f"{_c.paper_ref} (corrupt labels)",
-             finding=f"{_c.finding} — reward models trained on 25% flipped labels",
-             figure=f"{_c.figure}_corrupt", statistic=_c.statistic, unit=_c.unit, kind=_c.kind,
-             direction=_c.direction, delta=_c.delta,
-             can_contradict=_c.can_contradict)(_on_corrupt(_c.compute))
+    return seed_units({s: [np.mean(v)] for s, v in per_seed.items()}, fits=fits)

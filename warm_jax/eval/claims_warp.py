@@ -1,6 +1,6 @@
 """WARP's findings (Ramé et al. 2024) and the 2×2 of averaging on both sides, decided from
-the `warp` stage's rows (`<workdir>/warp/<rm>/<method>/final.jsonl`) and the RL stage's. Registered
-into `warm_jax.eval.claims.REGISTRY` after the other claims; import `warm_jax.eval.claims`.
+the `warp` stage's rows (`<workdir>/warp/<rm>/<method>/final.jsonl`) and the RL stage's. Assembled
+into `warm_jax.eval.claims.REGISTRY` after the other claims.
 
 Declared before any run that decides them (the statistic, unit and sign of each below). Every
 number is held-out control reward and KL to the SFT policy. Fronts are compared the way
@@ -28,9 +28,12 @@ import collections
 import numpy as np
 
 from warm_jax.eval import evidence as E
-from warm_jax.eval.claims import HACK_MARGIN, KL_BUDGETS, REGISTRY, _per_prompt, _units, main_warm
-from warm_jax.eval.claims_policy import _evals, _halves
+from warm_jax.eval.claim_data import (HACK_MARGIN, KL_BUDGETS, eval_runs, halves, main_warm,
+                                      prompt_means, seed_units)
 from warm_jax.eval.evidence import register
+
+
+REGISTRY: dict = {}   # assembled in order by warm_jax.eval.claims
 
 
 def warp_runs(d) -> dict[str, dict[int, dict]]:
@@ -85,9 +88,9 @@ def front_gap(pairs: dict, budgets=KL_BUDGETS, over_budgets=np.mean):
 def safe_kl(rows, margin: float = HACK_MARGIN) -> tuple[float, bool]:
     """(the largest KL of the curve's points before it first falls more than `margin` below its
     running peak, hacked). The peak so far is picked on the first half of the held-out prompts and
-    the fall judged on the second (`_halves`), so the noise of a maximum over points does not count
+    the fall judged on the second (`halves`), so the noise of a maximum over points does not count
     as a fall. A curve that never falls that far is censored at its largest KL (hacked False)."""
-    select, judged = _halves(rows)
+    select, judged = halves(rows)
     peak = None
     for i, r in enumerate(rows):
         if peak is None or np.mean(r["gold_per_prompt"][select]) > np.mean(
@@ -122,7 +125,7 @@ def _per_method(d, pairs_of, over_budgets=np.mean):
         for s, g in gaps.items():
             per_seed[s].append(g)
     seeds = [s for s, v in per_seed.items() if len(v) == len(by_method)]
-    return _units({s: [np.mean(per_seed[s])] for s in seeds}, methods=sorted(by_method),
+    return seed_units({s: [np.mean(per_seed[s])] for s in seeds}, methods=sorted(by_method),
                   methods_left_out=sorted(set(W) - set(by_method)),
                   seeds_left_out=sorted(set(per_seed) - set(seeds)), budgets=budgets,
                   per_method=by_method, gap_at_budget=at)
@@ -136,7 +139,7 @@ def _per_method(d, pairs_of, over_budgets=np.mean):
                     "reaches; mean over the policies, then over the WARP reward methods",
           unit="seed", kind="directional", direction=+1)
 def warp_ema_front(d):
-    rl_runs = {m: (_alpha(per), _evals(d, m)) for m, per in warp_runs(d).items()}
+    rl_runs = {m: (_alpha(per), eval_runs(d, m)) for m, per in warp_runs(d).items()}
 
     def pairs(method, s, runs):
         alpha, evals = rl_runs[method]
@@ -157,7 +160,7 @@ def _points(d, compute):
         for s, runs in sorted(per.items()):
             if 1 in runs["lerp"] and 1 in runs["liti"]:
                 per_seed[s].append(np.asarray(compute(runs), np.float64))
-    return _per_prompt(per_seed), sorted(W)
+    return prompt_means(per_seed), sorted(W)
 
 
 def _slerp1(runs):
@@ -180,7 +183,7 @@ def warp_slerp_beats_policies(d):
         last = [rows[-1]["gold_per_prompt"] for (i, _), rows in runs["along"].items() if i == 1]
         return np.subtract(_slerp1(runs)["gold_per_prompt"], max(last, key=np.mean))
     per_seed, methods = _points(d, gap)
-    return _units(per_seed, methods=methods)
+    return seed_units(per_seed, methods=methods)
 
 
 @register(registry=REGISTRY, id="warp_slerp_beats_lerp", paper_ref="WARP §3.2 (Fig. 4)",
@@ -192,7 +195,7 @@ def warp_slerp_beats_policies(d):
 def warp_slerp_beats_lerp(d):
     per_seed, methods = _points(d, lambda runs: np.subtract(
         _slerp1(runs)["gold_per_prompt"], runs["lerp"][1]["gold_per_prompt"]))
-    return _units(per_seed, methods=methods)
+    return seed_units(per_seed, methods=methods)
 
 
 @register(registry=REGISTRY, id="warp_lerp_lower_kl", paper_ref="WARP §3.2 (Fig. 4)",
@@ -202,7 +205,7 @@ def warp_slerp_beats_lerp(d):
           kind="directional", direction=-1)
 def warp_lerp_lower_kl(d):
     per_seed, methods = _points(d, lambda runs: [runs["lerp"][1]["kl"] - _slerp1(runs)["kl"]])
-    return _units(per_seed, methods=methods)
+    return seed_units(per_seed, methods=methods)
 
 
 @register(registry=REGISTRY, id="warp_liti_front", paper_ref="WARP §3.3 (Fig. 5)",
@@ -235,7 +238,7 @@ def cells(d) -> dict:
     out = {}
     for reward in [m for m in ("single", warm) if m in W]:
         alpha = _alpha(W[reward])
-        rl = {s: rows for (a, s), rows in _evals(d, reward).items() if a == alpha}
+        rl = {s: rows for (a, s), rows in eval_runs(d, reward).items() if a == alpha}
         out[(reward, "WARP")] = {s: warp_path(r) for s, r in W[reward].items()}
         if rl:
             out[(reward, "RL")] = rl
@@ -253,7 +256,7 @@ def _cell_gap(d, a, b):
     gaps, used, at = front_gap({s: [(c[a][s], c[b][s])] for s in seeds})
     if gaps is None:
         return None
-    return _units({s: [g] for s, g in gaps.items()}, a=list(a), b=list(b), budgets=used,
+    return seed_units({s: [g] for s, g in gaps.items()}, a=list(a), b=list(b), budgets=used,
                   gap_at_budget=at)
 
 
@@ -311,7 +314,7 @@ def warp_2x2_safe_kl(d):
         cap = min(reach[keys[0]][s], reach[k][s])
         return min(safe[keys[0]][s][0], cap) - min(safe[k][s][0], cap)
     per_seed = {s: [min(capped_gap(k, s) for k in keys[1:])] for s in seeds}
-    return _units(per_seed, cells={f"{r}/{o}": {str(s): {"safe_kl": round(v[0], 4),
+    return seed_units(per_seed, cells={f"{r}/{o}": {str(s): {"safe_kl": round(v[0], 4),
                                                           "hacked": v[1],
                                                           "largest_kl": round(reach[(r, o)][s], 4)}
                                                 for s, v in safe[(r, o)].items()}

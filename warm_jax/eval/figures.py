@@ -12,10 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from warm_jax.eval.claims import ood_split  # noqa: E402
+from warm_jax.eval.claim_data import ood_split  # noqa: E402
 from warm_jax.eval.evidence import seed_t_interval, value_at_kl  # noqa: E402
 from warm_jax.eval.metrics import gao_curve, gao_fit, win_rate  # noqa: E402
-from warm_jax.layout import atomic_write  # noqa: E402
+from warm_jax.fileio import atomic_write  # noqa: E402
 
 # one colour per method in every figure: the Okabe-Ito colour-blind-safe palette
 COLORS = {"single": "#D55E00", "warm_M2": "#56B4E9", "warm_M6": "#0072B2", "warm_M10": "#000000",
@@ -24,7 +24,7 @@ COLORS = {"single": "#D55E00", "warm_M2": "#56B4E9", "warm_M6": "#0072B2", "warm
 DPI = 150
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     """`path` (PNG, DPI dots per inch) and the same figure as PDF beside it."""
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight"))
@@ -97,7 +97,7 @@ def fig_lmc(by_seed, path):
     _legend_outside(axes[0][-1])
     fig.suptitle(f"Linear mode connectivity: mean over {len(_seeds(by_seed))} seeds, 95% band",
                  fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def corruption_accuracy(rows, prefix, split):
@@ -154,7 +154,7 @@ def fig_corruption(by_seed, path):
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xticks(x, splits, rotation=20, fontsize=8)
     ax2.set_ylabel("WA − ENS accuracy (mean, 95%; dots: seeds)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_acc_vs_m(by_seed, path):
@@ -178,7 +178,7 @@ def fig_acc_vs_m(by_seed, path):
     ax.set_ylabel(f"{'/'.join(sorted(set(ood.values())))} accuracy")
     ax.set_title(f"Accuracy against M: mean over {len(per_seed)} seeds, 95% band", fontsize=9)
     _legend_outside(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bon_curves(bon):
@@ -210,7 +210,7 @@ def fig_bon(bon, path):
     ax.set_ylabel("control reward gain over n = 1")
     ax.set_title("Best-of-n: mean over seeds, 95% band", fontsize=9)
     _legend_outside(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _runs(evals, method, alpha) -> dict[int, list[dict]]:
@@ -287,7 +287,7 @@ def fig_rl(evals, path, x_key):
         ax.set_xlabel("RL step" if x_key == "step" else "KL(π ‖ π_SFT), held-out prompts")
     axes[0][0].set_ylabel("held-out control reward")
     _legend_outside(axes[0][-1])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def hacking_alpha(evals, pair) -> float | None:
@@ -331,7 +331,7 @@ def fig_hacking(evals, pair, path):
                  "dashed: the mean of the seeds (≥ 2) that reach that KL", fontsize=9)
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels),
                bbox_to_anchor=(0.5, -0.04), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_m(evals, pair, path):
@@ -354,7 +354,7 @@ def fig_m(evals, pair, path):
         ax.set_xlabel("RL step")
     axes[0][0].set_ylabel("held-out control reward")
     _legend_outside(axes[0][-1])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_alpha(evals, path):
@@ -389,7 +389,7 @@ def fig_alpha(evals, path):
     ax.set_ylabel("control reward at the best step")
     ax.set_title("The α sweep: mean over seeds, 95% band", fontsize=9)
     _legend_outside(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def winrate_matrix(final):
@@ -429,7 +429,7 @@ def fig_winrates(names, mat, path):
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_title("Final policies: win rate of row against column\n(gold comparison, every seed "
                  "pooled; 95% interval over prompts)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_gao(bon, path):
@@ -451,4 +451,4 @@ def fig_gao(bon, path):
     ax.set_ylabel("control reward gain (every seed)")
     ax.set_title("best-of-N with fits d(α − βd)", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

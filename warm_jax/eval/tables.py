@@ -8,7 +8,8 @@ import collections
 import os
 
 from warm_jax.eval.evidence import chance_decisions
-from warm_jax.layout import RunLayout, atomic_write, read_json
+from warm_jax.fileio import atomic_write, read_json
+from warm_jax.layout import RunLayout
 
 
 def fmt(v):

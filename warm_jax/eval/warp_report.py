@@ -8,9 +8,9 @@ import collections
 
 import numpy as np
 
-from warm_jax.eval.claims import KL_BUDGETS
+from warm_jax.eval.claim_data import KL_BUDGETS
 from warm_jax.eval.claims_warp import cells, front, safe_kl, warp_runs
-from warm_jax.eval.figures import COLORS, _save, plt
+from warm_jax.eval.figures import COLORS, save_figure, plt
 
 
 def _ms(values) -> str:
@@ -114,4 +114,4 @@ def fig_warp(d: dict, path: str):
         ax.set_xlabel("KL to the SFT policy (held-out)")
     axes[0][0].set_ylabel("held-out control reward")
     axes[0][0].legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)

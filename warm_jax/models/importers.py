@@ -161,7 +161,8 @@ def import_base(*, workdir: str, gguf_path: str | None = None, hf_dir: str | Non
     if (gguf_path is None) == (hf_dir is None):
         raise ValueError("import_base: give exactly one of gguf_path, hf_dir")
     from warm_jax.checkpoint import Checkpointer
-    from warm_jax.layout import RunLayout, atomic_write
+    from warm_jax.fileio import atomic_write
+    from warm_jax.layout import RunLayout
     layout = RunLayout(workdir)
     out = layout.checkpoints(layout.sft)
     with layout.stage("import_base", layout.sft, {"gguf_path": gguf_path, "hf_dir": hf_dir}):

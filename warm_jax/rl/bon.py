@@ -17,7 +17,10 @@ import numpy as np
 from warm_jax import checks
 from warm_jax.average.rewards import aggregate, member_call, score_call
 from warm_jax.eval.evidence import auc_log2, bon_unbiased
-from warm_jax.layout import RewardSpec, RunLayout, chain, chain_seed, write_jsonl
+from warm_jax.average.rewards import RewardSpec
+from warm_jax.data.task import chain_seed
+from warm_jax.fileio import write_jsonl
+from warm_jax.layout import RunLayout, chain
 from warm_jax.models import ModelConfig
 from warm_jax.progress import progress
 from warm_jax.rl.inputs import build_reward_function, ensemble_members, sft_policy, sft_samples

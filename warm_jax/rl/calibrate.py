@@ -38,7 +38,8 @@ import numpy as np
 
 from warm_jax import checks
 from warm_jax.checks import check_range, run_only
-from warm_jax.layout import RunLayout, atomic_write, write_json
+from warm_jax.fileio import atomic_write, write_json
+from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
 from warm_jax.rl.reinforce import RLConfig
@@ -135,7 +136,7 @@ def check_pilot(task, seeds: Sequence[int], evaluation_seeds: Sequence[int], spl
     if overlap:
         raise ValueError(f"CalibrationConfig.seeds {overlap} are evaluation seeds "
                          f"({tuple(evaluation_seeds)}): pilot seeds must be disjoint from them")
-    if not getattr(task, "has_oracle", False):
+    if not task.has_oracle:
         raise ValueError("calibrate_regime: the task has no oracle (control reward) to judge "
                          "over-optimisation by")
     pilot = np.asarray(task.prompts(split)[:n_prompts])
@@ -203,7 +204,7 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, cfg: Calibra
                                 "status": "not run: an earlier candidate passed"})
                 continue
             gdir = os.path.join(root, f"lr_{c.learning_rate:g}")
-            if not os.path.exists(os.path.join(gdir, "final.jsonl")):
+            if not os.path.exists(RunLayout.final_rows(gdir)):
                 group = groups[c.learning_rate]
                 if not shared:
                     shared.update(shared_inputs(layout, task, model_cfg, rl, None))
@@ -216,7 +217,7 @@ def calibrate_regime(*, workdir: str, task, model_cfg: ModelConfig, cfg: Calibra
                 train_runs(layout, gdir, "single", task, model_cfg, rl_cfg,
                            runs=rl_cfg.runs("single"), **shared)
             runs = collections.defaultdict(list)
-            for r in read_jsonl(os.path.join(gdir, "eval.jsonl")):
+            for r in read_jsonl(RunLayout.eval_rows(gdir)):
                 if r["run_alpha"] == c.alpha:
                     runs[r["seed"]].append(r)
             verdict = judge_candidate({s: sorted(v, key=lambda r: r["step"])

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax.data.task import oracle_of
 from warm_jax.losses import response_logprobs
 from warm_jax.models import LanguageModel, make_sampler
 
@@ -20,7 +21,7 @@ def make_eval(task, model_cfg, sampling, sft_params, n, split: str = "eval"):
     prompts = jnp.asarray(task.prompts(split)[:n])
     sample = make_sampler(lm, sampling)
     logp = lambda p, r, m: response_logprobs(lm, p, prompts, r, m, sampling.temperature)  # noqa
-    oracle = getattr(task, "gold_fn", None)
+    oracle = oracle_of(task)
 
     def one(policy, fn, key):
         out = sample(policy, prompts, jnp.ones_like(prompts), key)

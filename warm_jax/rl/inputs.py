@@ -15,7 +15,8 @@ import numpy as np
 
 from warm_jax.average.rewards import make_reward_function, normalised, standardised_members
 from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_params
-from warm_jax.layout import RewardSpec, RunLayout, chain
+from warm_jax.average.rewards import RewardSpec
+from warm_jax.layout import RunLayout, chain
 from warm_jax.models import ModelConfig, RewardModel, SamplingConfig, jitted_sampler, unbox
 
 # the training metrics a non-finite value of stops RL and WARP

@@ -17,7 +17,6 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from warm_jax.losses import token_logprobs
 from warm_jax.models import LanguageModel, ModelConfig, RewardModel, SamplingConfig, make_sampler
 from warm_jax.checks import check_range
 from warm_jax.train import OptimConfig, make_optimizer

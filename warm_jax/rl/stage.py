@@ -19,8 +19,10 @@ from warm_jax import checks
 from warm_jax.average.rewards import describe
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, abstract_with_shardings
 from warm_jax.checks import run_only
-from warm_jax.layout import Preempted, RunLayout, atomic_write, kill_point, preemption_requested, \
-    write_jsonl
+from warm_jax.data.task import oracle_of
+from warm_jax.fileio import atomic_write, kill_point, write_jsonl
+from warm_jax.guards import Preempted, preemption_requested
+from warm_jax.layout import RunLayout
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig
 from warm_jax.progress import progress
@@ -98,7 +100,7 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, cfg: PolicyCon
                       **checks.recorded(cfg, drop=("rm_name", "methods", "alphas", "sweep_methods",
                                                    "sweep_alphas", "sweep_seeds")))
         with layout.stage(f"rl {cfg.rm_name}/{method}", mdir, config):
-            if os.path.exists(os.path.join(mdir, "final.jsonl")):
+            if os.path.exists(RunLayout.final_rows(mdir)):
                 continue
             if not shared:
                 shared.update(shared_inputs(layout, task, model_cfg, cfg.rl, cfg.max_new_tokens))
@@ -119,7 +121,7 @@ def train_runs(layout, mdir, method, task, model_cfg, cfg: PolicyConfig, *, runs
     fn_R = stack([fns[s] for _, s in runs])   # run r optimises its chain seed's reward
     init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
                                ref_params=sft_params, prompts_NxP=rl_prompts,
-                               oracle=getattr(task, "gold_fn", None))
+                               oracle=oracle_of(task))
     state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
     # committed like the chunk's outputs, so that its second call does not compile it again
     state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
@@ -181,11 +183,11 @@ def _write_final(mdir, task, last, runs, fns, method):
                       "reward_scale": float(fns[s].scale)})
         toks[f"a{alpha}_s{s}"] = np.asarray(out["tokens_BxN"][i])
         masks[f"a{alpha}_s{s}"] = np.asarray(out["mask_BxN"][i])
-    atomic_write(os.path.join(mdir, "eval_samples.npz"),
+    atomic_write(RunLayout.eval_samples(mdir),
                  lambda f: np.savez(f, prompts=prompts,
                                     **{f"tokens/{k}": v for k, v in toks.items()},
                                     **{f"mask/{k}": v for k, v in masks.items()}))
-    write_jsonl(os.path.join(mdir, "final.jsonl"), final)  # last: it marks the method done
+    write_jsonl(RunLayout.final_rows(mdir), final)  # last: it marks the method done
 
 
 

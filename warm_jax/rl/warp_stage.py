@@ -34,7 +34,9 @@ import numpy as np
 from warm_jax import checks
 from warm_jax.checkpoint import Checkpointer, NonFiniteError, restore_params
 from warm_jax.checks import run_only
-from warm_jax.layout import RunLayout, kill_point, write_jsonl
+from warm_jax.data.task import oracle_of
+from warm_jax.fileio import kill_point, write_jsonl
+from warm_jax.layout import RunLayout
 from warm_jax.metrics import read_jsonl
 from warm_jax.models import ModelConfig
 from warm_jax.progress import progress
@@ -94,14 +96,14 @@ def warp_policies(*, workdir: str, task, model_cfg: ModelConfig, cfg: WARPConfig
     `<workdir>/warp/<rm_name>`."""
     rm_name = cfg.rm_name
     layout = RunLayout(workdir)
-    root = layout.path("warp", rm_name)
+    root = layout.warp(rm_name)
     shared: dict = {}
     for method in cfg.methods:
         mdir = os.path.join(root, method)
         config = dict(task=task, model_cfg=model_cfg, method=method,
                       **checks.recorded(cfg, drop=("rm_name", "methods")))
         with layout.stage(f"warp {rm_name}/{method}", mdir, config):
-            if os.path.exists(os.path.join(mdir, "final.jsonl")):
+            if os.path.exists(RunLayout.final_rows(mdir)):
                 continue
             if not shared:
                 shared.update(shared_inputs(layout, task, model_cfg, cfg.rl, None))
@@ -118,7 +120,7 @@ def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_
     fn_R = stack([fns[s] for s, _ in runs])
     init_state, step = make_warp_rl(mu=cfg.mu, model_cfg=model_cfg, cfg=cfg.rl, sampling=sampling,
                                     ref_params=sft_params, prompts_NxP=rl_prompts,
-                                    oracle=getattr(task, "gold_fn", None))
+                                    oracle=oracle_of(task))
     chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, cfg.chunk, fn)), donate_argnums=0)
     evaluate = make_eval(task, model_cfg, sampling, sft_params, cfg.eval_prompts)
     as_rl_runs = [(cfg.alpha, s) for s, _ in runs]   # the RL stage's (α, seed) row keys
@@ -128,7 +130,7 @@ def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_
         idir = os.path.join(mdir, f"iter_{it}")
         merges = {s: {eta: os.path.join(idir, f"seed_{s}", f"slerp_eta{eta:g}") for eta in cfg.etas}
                   for s in cfg.seeds}
-        done = os.path.join(idir, "eval.jsonl")
+        done = RunLayout.eval_rows(idir)
         if not os.path.exists(done):
             shutil.rmtree(idir, ignore_errors=True)   # an unfinished iteration starts afresh
             it_rows = []
@@ -167,7 +169,7 @@ def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_
             write_jsonl(done, it_rows)   # last: marks the iteration done
         rows += read_jsonl(done)
         inits = {s: merges[s][cfg.next_eta] for s in cfg.seeds}
-    write_jsonl(os.path.join(mdir, "final.jsonl"), rows)
+    write_jsonl(RunLayout.final_rows(mdir), rows)
 
 
 def _rows(evaluate, rl_state, fn_R, as_rl_runs, runs, method, it, kind) -> list[dict]:

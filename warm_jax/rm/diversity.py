@@ -3,7 +3,6 @@ rate, dropout, and Baklava inits (bodies from different checkpoints of one SFT r
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 from warm_jax.checks import check_range
 

@@ -10,7 +10,6 @@ import numpy as np
 from warm_jax.models.transformer import RewardModel
 
 PAIR_KEYS = ("prompt", "prompt_mask", "chosen", "chosen_mask", "rejected", "rejected_mask")
-SPLITS = ("train", "validation", "test")  # the preference splits every task provides
 
 
 def bradley_terry(r_chosen_B: jax.Array, r_rejected_B: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -22,7 +22,9 @@ from warm_jax import sharding as shd
 from warm_jax.checks import run_only
 from warm_jax.checkpoint import Checkpointer, assign_with_fallback, restore_params
 from warm_jax.data.pipeline import batch_iterator
-from warm_jax.layout import RunLayout, chain, chain_seed, kill_point, write_jsonl
+from warm_jax.data.task import chain_seed, seeded_task
+from warm_jax.fileio import kill_point, write_jsonl
+from warm_jax.layout import RunLayout, chain
 from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel, unbox
 from warm_jax.ood import splits_of, with_ood
@@ -176,14 +178,9 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: RMCo
         if not all(layout.member_done(c, sp.member) for c, sp in chosen):
             _train_and_export(layout, task, model_cfg, chains, groups, runs, cfg)
         for c, (_, specs, _) in chains.items():
-            with layout.lock(os.path.join(layout.rm(c), "eval.jsonl"), wait=True):
+            with layout.lock(RunLayout.eval_rows(layout.rm(c)), wait=True):
                 write_eval_table(layout, c, len(specs))
     return rm_dir
-
-
-def seeded_task(task, seed: int):
-    """The task as chain seed `seed` sees it (a task without seed-dependent labels: itself)."""
-    return task.for_seed(seed) if hasattr(task, "for_seed") else task
 
 
 def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, groups, runs,
@@ -260,7 +257,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
 def write_eval_table(layout: RunLayout, name: str, num_members: int) -> None:
     """eval.jsonl: one row per exported member (spec + per-split accuracy), written whole; kept
     if it already lists exactly the exported members."""
-    path = os.path.join(layout.rm(name), "eval.jsonl")
+    path = RunLayout.eval_rows(layout.rm(name))
     done = [m for m in range(num_members) if layout.member_done(name, m)]
     if os.path.exists(path):
         from warm_jax.metrics import read_jsonl
