@@ -19,7 +19,7 @@ from warm_jax.checkpoint import Checkpointer
 from warm_jax.metrics import read_jsonl
 
 # each entry: what the next launch meets. ("kill", point): the process SIGKILLs itself there
-# (`layout.kill_point`; "@ms" = from a timer, so it lands inside the operation that follows)
+# (`fileio.kill_point`; "@ms" = from a timer, so it lands inside the operation that follows)
 CHAIN_FAST = [
     ("kill", "fit.step#12"),            # inside pretraining, before its first checkpoint
     ("kill", "checkpoint.save#2@3"),    # mid-save (the SFT trajectory's first checkpoint)
