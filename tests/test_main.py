@@ -189,6 +189,26 @@ def test_rerun_skips_finished_stages(tiny_demo):
     assert info["commit"] and info["cpu"]
 
 
+def test_a_refused_launch_leaves_the_runs_record_as_it_was(tiny_demo, tmp_path):
+    """`--gin.SEED=1` onto the finished seed-0 run: the first stage refuses (its recorded
+    configuration differs) and config.gin, operative_config.gin, run_info.json and timings.json
+    are byte for byte what they were."""
+    wd = tmp_path / "run"
+    records = ("config.gin", "operative_config.gin", "run_info.json", "timings.json")
+    wd.mkdir()
+    for f in records:
+        shutil.copy(os.path.join(tiny_demo, f), wd / f)
+    (wd / "pretrain").mkdir()
+    shutil.copy(os.path.join(tiny_demo, "pretrain", "stage_config.json"), wd / "pretrain")
+    before = {f: (wd / f).read_bytes() for f in records}
+    r = _run(str(wd), "--gin.SEED=1")
+    assert r.returncode == 1, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and "stage pretrain:" in line[0] and "seed: 0 -> 1" in line[0], line
+    assert {f: (wd / f).read_bytes() for f in records} == before
+    assert sorted(os.listdir(wd / "pretrain")) == ["stage_config.json"]
+
+
 @pytest.mark.skipif(default_hh_path() is None, reason="HH-RLHF sample not found (WARM_HH_PATH)")
 def test_hh_experiment_tiny_smoke(tmp_path):
     wd = str(tmp_path / "hh")

@@ -118,27 +118,13 @@ class RunLayout:
         """WARP against `rm_name`: one directory per method, one per iteration (rl/warp_stage)."""
         return self.path("warp", rm_name)
 
-    # the files inside a stage's, a chain's or a method's directory
-    @staticmethod
-    def train_rows(d: str) -> str:
-        return os.path.join(d, "train.jsonl")
-
-    @staticmethod
-    def eval_rows(d: str) -> str:
-        return os.path.join(d, "eval.jsonl")
-
-    @staticmethod
-    def final_rows(d: str) -> str:
-        """A method's last evaluation; written last, it marks the method done."""
-        return os.path.join(d, "final.jsonl")
-
-    @staticmethod
-    def analysis_rows(d: str) -> str:
-        return os.path.join(d, "analysis.jsonl")
-
-    @staticmethod
-    def eval_samples(d: str) -> str:
-        return os.path.join(d, "eval_samples.npz")
+    # the files inside a stage's, a chain's or a method's directory (final.jsonl, written last,
+    # marks a method done)
+    train_rows = staticmethod(lambda d: os.path.join(d, "train.jsonl"))
+    eval_rows = staticmethod(lambda d: os.path.join(d, "eval.jsonl"))
+    final_rows = staticmethod(lambda d: os.path.join(d, "final.jsonl"))
+    analysis_rows = staticmethod(lambda d: os.path.join(d, "analysis.jsonl"))
+    eval_samples = staticmethod(lambda d: os.path.join(d, "eval_samples.npz"))
 
     # locks
     def lock(self, output: str, *, wait: bool = False):
