@@ -22,7 +22,8 @@ NAMES = sorted(os.listdir(FIXTURES)) if os.path.isdir(FIXTURES) else []
 
 
 def test_every_family_is_in_the_fixtures():
-    assert {"llama3_causal", "llama_rm", "mistral_causal", "qwen2_rm", "qwen2_causal"} <= set(NAMES)
+    assert {"llama3_causal", "llama_rm", "mistral_causal", "qwen2_rm", "qwen2_causal",
+            "gemma2_causal", "gemma2_rm"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,6 +44,7 @@ def test_forward_matches_transformers(name):
     assert err < 1e-4, (name, err)
     assert cfg.qkv_bias == name.startswith("qwen2")
     assert (cfg.rope_llama3 is not None) == name.startswith("llama3")
+    assert cfg.post_norms == (cfg.layer_windows == (4, None)) == name.startswith("gemma2")
 
 
 def _config(name, **change):
@@ -56,7 +58,11 @@ def _config(name, **change):
 
 
 @pytest.mark.parametrize("name, change, field", [
-    ("llama_rm", {"model_type": "gemma2"}, "model_type"),
+    ("llama_rm", {"model_type": "gemma3"}, "model_type"),
+    ("gemma2_rm", {"hidden_activation": "gelu"}, "hidden_activation"),
+    ("gemma2_causal", {"layer_types": ["sliding_attention"]}, "layer_types"),
+    ("gemma2_rm", {"sliding_window": None}, "sliding_window"),
+    ("gemma2_rm", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
     ("llama3_causal", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters"),
     ("llama3_causal", {"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}},
      "rope_scaling"),
@@ -116,11 +122,11 @@ def test_import_export_import_is_bitwise(name, tmp_path):
         export(params, cfg, out)
 
 
-def _members(tmp_path, n=3, scale=0.02):
-    """n fine-tunings of the qwen2_rm fixture (its weights plus small noise) and one unrelated
+def _members(tmp_path, n=3, scale=0.02, family="qwen2_rm"):
+    """n fine-tunings of a reward-model fixture (its weights plus small noise) and one unrelated
     model of the same shapes."""
     from warm_jax.models import safetensors_io
-    src = os.path.join(FIXTURES, "qwen2_rm")
+    src = os.path.join(FIXTURES, family)
     base = safetensors_io.read(os.path.join(src, "model.safetensors"))
     rng = np.random.default_rng(0)
     dirs = []
@@ -145,9 +151,10 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_hugging_face_reward_models_are_averaged_checked_and_exported(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_rm", "gemma2_rm"])
+def test_hugging_face_reward_models_are_averaged_checked_and_exported(tmp_path, family):
     from warm_jax.models import safetensors_io
-    base, members, other = _members(tmp_path)
+    base, members, other = _members(tmp_path, family=family)
     out = str(tmp_path / "avg")
     r = _cli(out, *members, "--weights", "1", "1", "2", "--base", base)
     assert r.returncode == 0, r.stderr
@@ -221,9 +228,10 @@ def _pairs(path, n=80, seed=0):
     return str(path)
 
 
-def test_evaluate_scores_members_wa_and_ens_on_the_users_pairs(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_rm", "gemma2_rm"])
+def test_evaluate_scores_members_wa_and_ens_on_the_users_pairs(tmp_path, family):
     from warm_jax.average.evaluate import evaluate, interval
-    _, members, _ = _members(tmp_path, n=3, scale=0.05)
+    _, members, _ = _members(tmp_path, n=3, scale=0.05, family=family)
     _char_tokenizer(tmp_path / "tokenizer.json")
     pairs = _pairs(tmp_path / "pairs.jsonl")
     out = evaluate(pairs, members, tokenizer=str(tmp_path / "tokenizer.json"),

@@ -8,6 +8,9 @@ from warm_jax.models import (LanguageModel, ModelConfig, RewardModel, SamplingCo
 from warm_jax.models.sampling import left_align, process_logits
 
 CFG = preset("tiny")
+# Gemma 2's changes on the tiny shapes: a 3-token window on layer 0 that bites on 12 tokens
+GEMMA = CFG.replace(norm_plus_one=True, post_norms=True, mlp_act="gelu_tanh", embed_scale=True,
+                    query_scale=12.0, attn_softcap=2.0, final_softcap=3.0, layer_windows=(3, None))
 
 
 def _params(model, T=10, seed=0):
@@ -36,13 +39,17 @@ def test_causality_gradients_after_t_are_exactly_zero():
     assert np.any(np.asarray(g[: t + 1]) != 0.0), "gradient vanished before t too: test is vacuous"
 
 
-def test_kv_cache_decode_equals_full_recompute():
-    lm = LanguageModel(CFG)
+@pytest.mark.parametrize("cfg", [CFG, GEMMA], ids=["llama", "gemma2"])
+def test_kv_cache_decode_equals_full_recompute(cfg):
+    lm = LanguageModel(cfg)
     params = _params(lm)
+    if cfg.norm_plus_one:   # its norms start at w = 0: move them, so that (1 + w) is tested
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: x + 0.3 if "norm" in jax.tree_util.keystr(p) else x, params)
     toks = _tokens(2, 12)
     full = lm.apply({"params": params}, toks)
     P = 5
-    cache = init_cache(CFG, 2, 12)
+    cache = init_cache(cfg, 2, 12)
     valid = jnp.ones((2, 12), jnp.int32)
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
     logits, cache = lm.apply({"params": params}, toks[:, :P], pos[:, :P], valid, cache, 0,

@@ -3,6 +3,7 @@ imports, with transformers' own outputs on fixed inputs, so CI (which has no tor
 importer against transformers (tests/test_hf.py). Needs torch and transformers:
 
     python tools/make_hf_fixtures.py            # rewrites tests/fixtures/hf/
+    python tools/make_hf_fixtures.py gemma2_rm  # rewrites that one
 `make test-parity` compares against live transformers instead of these files."""
 import json
 import os
@@ -19,6 +20,9 @@ COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_la
               max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0)
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
+GEMMA2 = dict(head_dim=8, query_pre_attn_scalar=12, sliding_window=4, attn_logit_softcapping=2.0,
+              final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh",
+              tie_word_embeddings=True, rms_norm_eps=1e-6)
 MODELS = {   # name: (config class, model class, extra config)
     "llama3_causal": ("LlamaConfig", "LlamaForCausalLM", dict(rope_scaling=LLAMA3,
                                                               rope_theta=500000.0)),
@@ -27,6 +31,10 @@ MODELS = {   # name: (config class, model class, extra config)
     "qwen2_rm": ("Qwen2Config", "Qwen2ForSequenceClassification", dict(num_labels=1,
                                                                        tie_word_embeddings=True)),
     "qwen2_causal": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+    # small caps and a 4-token window on the even layers, so that each bites on 11 tokens; a
+    # query scalar other than head_dim
+    "gemma2_causal": ("Gemma2Config", "Gemma2ForCausalLM", GEMMA2),
+    "gemma2_rm": ("Gemma2Config", "Gemma2ForSequenceClassification", dict(GEMMA2, num_labels=1)),
 }
 
 
@@ -39,10 +47,12 @@ def inputs():
     return toks, mask
 
 
-def main() -> int:
-    shutil.rmtree(OUT, ignore_errors=True)
+def main(names) -> int:
+    names = names or list(MODELS)
     toks, mask = inputs()
-    for name, (cfg_cls, model_cls, extra) in MODELS.items():
+    for name in names:
+        cfg_cls, model_cls, extra = MODELS[name]
+        shutil.rmtree(os.path.join(OUT, name), ignore_errors=True)
         torch.manual_seed(0)
         cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra})
         model = getattr(transformers, model_cls)(cfg).eval()
@@ -63,4 +73,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -10,9 +10,17 @@ from warm_jax.checks import check_range
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+MLP_ACTS = ("silu", "gelu_tanh")
+
+
+def _gemma(default):
+    return dataclasses.field(default=default, metadata={"record_if_set": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A Llama-style decoder: RMSNorm, rotary embeddings, SwiGLU MLP, grouped-query attention."""
+    """A Llama-style decoder: RMSNorm, rotary embeddings, SwiGLU MLP, grouped-query attention;
+    Qwen2's biases, Llama 3's rotary rescaling and Gemma 2's changes where set."""
     vocab_size: int = 64
     d_model: int = 32
     n_layers: int = 2
@@ -32,6 +40,18 @@ class ModelConfig:
     # Llama 3.x's rotary rescaling: (factor, low_freq_factor, high_freq_factor,
     # original_max_position_embeddings); None for plain rotary embeddings
     rope_llama3: tuple | None = dataclasses.field(default=None, metadata={"record_if_set": True})
+    # Gemma 2: RMSNorm scales by (1 + w) (w starts at 0), norms after attention and the MLP as
+    # well as before, GeGLU (tanh-approximated GELU), embeddings times sqrt(d_model), queries
+    # scaled by query_scale ** -0.5, tanh soft-capping of attention and final logits, and per-layer
+    # attention windows (None: every position; k: the k most recent positions)
+    norm_plus_one: bool = _gemma(False)
+    post_norms: bool = _gemma(False)
+    mlp_act: str = _gemma("silu")
+    embed_scale: bool = _gemma(False)
+    query_scale: float | None = _gemma(None)
+    attn_softcap: float | None = _gemma(None)
+    final_softcap: float | None = _gemma(None)
+    layer_windows: tuple | None = _gemma(None)
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -60,6 +80,22 @@ class ModelConfig:
                                  "0 < low_freq_factor < high_freq_factor, "
                                  "original_max_position_embeddings >= 1)")
 
+        if self.mlp_act not in MLP_ACTS:
+            raise ValueError(f"{o}.mlp_act={self.mlp_act!r}: allowed {MLP_ACTS}")
+        for f in ("query_scale", "attn_softcap", "final_softcap"):
+            if getattr(self, f) is not None:
+                check_range(o, f, getattr(self, f), 0.0, lo_open=True)
+        if self.layer_windows is not None:
+            w = tuple(self.layer_windows)
+            if len(w) != self.n_layers or any(x is not None and (isinstance(x, bool) or
+                                                                 int(x) != x or x < 1) for x in w):
+                raise ValueError(f"{o}.layer_windows={self.layer_windows!r}: one entry per layer "
+                                 f"({self.n_layers}), each None or an integer >= 1")
+
+    def window(self, layer: int) -> int | None:
+        """How many of the most recent positions layer `layer` attends over (None: all)."""
+        return None if self.layer_windows is None else self.layer_windows[layer]
+
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
@@ -79,7 +115,7 @@ class ModelConfig:
         d, hd = self.d_model, self.resolved_head_dim
         attn = d * hd * (self.n_heads * 2 + self.n_kv_heads * 2)
         attn += hd * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0
-        layer = attn + 3 * d * self.d_ff + 2 * d
+        layer = attn + 3 * d * self.d_ff + (4 if self.post_norms else 2) * d
         head = 0 if (self.tie_embeddings or not with_lm_head) else d * self.vocab_size
         return self.vocab_size * d + self.n_layers * layer + d + head
 

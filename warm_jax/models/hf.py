@@ -1,5 +1,6 @@
 """Hugging Face safetensors directories onto warm_jax's decoder: Llama (Llama 3.x's rotary
-rescaling included), Mistral and Qwen2, as `*ForCausalLM` (policy) or `*ForSequenceClassification`
+rescaling included), Mistral, Qwen2 and Gemma 2 (its (1 + w) norms, post-norms, GeGLU, scaled
+embeddings, soft-capping and alternating sliding windows), as `*ForCausalLM` (policy) or `*ForSequenceClassification`
 (reward model: `score.weight` becomes the reward head, read at the last real token as transformers
 reads the last non-pad one).
 
@@ -19,19 +20,30 @@ import numpy as np
 from warm_jax.models import safetensors_io
 from warm_jax.models.config import ModelConfig
 
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma2")
 NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
          "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
          "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
          "down": "mlp.down_proj"}
+# Gemma 2's four norms per layer: HF's post_attention_layernorm is the attention branch's output
+# norm there (in Llama it is the MLP's input norm)
+GEMMA2_NORMS = {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
+                "mlp_norm": "pre_feedforward_layernorm",
+                "mlp_post_norm": "post_feedforward_layernorm"}
+
+
+def norm_names(cfg: ModelConfig) -> dict[str, str]:
+    """{warm_jax norm: HF norm} of a layer."""
+    return GEMMA2_NORMS if cfg.post_norms else {"attn_norm": NAMES["attn_norm"],
+                                               "mlp_norm": NAMES["ffn_norm"]}
 
 
 def map_layer(params: dict, cfg: ModelConfig, i: int, get) -> None:
     """Layer i's tensors (`get(key)`, HF's out x in layout) into `params["body"]["layer_i"]`."""
     D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
     layer = params["body"][f"layer_{i}"] = {"attn": {}, "mlp": {}}
-    layer["attn_norm"] = {"scale": get("attn_norm")}
-    layer["mlp_norm"] = {"scale": get("ffn_norm")}
+    for ours, key in (("attn_norm", "attn_norm"), ("mlp_norm", "ffn_norm")):
+        layer[ours] = {"scale": get(key)}
     layer["attn"]["wq"] = get("q").T.reshape(D, H, K)
     layer["attn"]["wk"] = get("k").T.reshape(D, G, K)
     layer["attn"]["wv"] = get("v").T.reshape(D, G, K)
@@ -59,19 +71,36 @@ def hf_config(config: dict) -> ModelConfig:
     if family not in FAMILIES + (None,):
         _refuse(config, "model_type", f"allowed {FAMILIES}")
     family = family or "llama"
-    if config.get("hidden_act", "silu") != "silu":
+    gemma = family == "gemma2"
+    if gemma:
+        act = config.get("hidden_activation") or config.get("hidden_act") or "gelu_pytorch_tanh"
+        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            _refuse(config, "hidden_activation", "Gemma 2's MLP is GeGLU with the tanh GELU")
+    elif config.get("hidden_act", "silu") != "silu":
         _refuse(config, "hidden_act", "the decoder's MLP is SwiGLU (silu)")
-    for field in ("attention_bias", "mlp_bias"):
+    for field in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
         if config.get(field):
-            _refuse(config, field, "the decoder has no biases there")
+            _refuse(config, field, "the decoder is causal, with no biases there")
     max_pos = int(config.get("max_position_embeddings", 2048))
     window = config.get("sliding_window")
     uses_window = family == "mistral" or (family == "qwen2" and config.get("use_sliding_window"))
     if uses_window and window is not None and int(window) < max_pos:
         _refuse(config, "sliding_window", f"the decoder attends over every position, and this "
                 f"model attends over a window shorter than its {max_pos} positions")
-    if any(t != "full_attention" for t in config.get("layer_types") or []):
-        _refuse(config, "layer_types", "the decoder attends over every position in every layer")
+    n_layers = config["num_hidden_layers"]
+    types = config.get("layer_types") or (   # Gemma 2's default: sliding on even layers
+        ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        if gemma else [])
+    if any(t not in ("full_attention", "sliding_attention") for t in types) or \
+            (not gemma and "sliding_attention" in types) or (types and len(types) != n_layers):
+        _refuse(config, "layer_types", "full attention in every layer, or Gemma 2's "
+                "sliding/full layers, one entry per layer")
+    windows = None
+    if gemma and "sliding_attention" in types:
+        if not config.get("sliding_window"):
+            _refuse(config, "sliding_window", "sliding_attention layers need a window >= 1")
+        windows = tuple(int(config["sliding_window"]) if t == "sliding_attention" else None
+                        for t in types)
     # transformers >= 5 writes `rope_parameters` (the type and theta in it); earlier versions
     # `rope_theta` and `rope_scaling`
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
@@ -86,14 +115,23 @@ def hf_config(config: dict) -> ModelConfig:
     if kind(config) == "reward_model" and int(config.get("num_labels", 1)) != 1:
         _refuse(config, "num_labels", "a reward model has one score")
     heads = config["num_attention_heads"]
+    gemma_fields = {} if not gemma else dict(
+        norm_plus_one=True, post_norms=True, mlp_act="gelu_tanh", embed_scale=True,
+        query_scale=float(config.get("query_pre_attn_scalar") or 256),
+        attn_softcap=_cap(config.get("attn_logit_softcapping")),
+        final_softcap=_cap(config.get("final_logit_softcapping")), layer_windows=windows)
     return ModelConfig(vocab_size=config["vocab_size"], d_model=config["hidden_size"],
-                       n_layers=config["num_hidden_layers"], n_heads=heads,
+                       n_layers=n_layers, n_heads=heads,
                        n_kv_heads=config.get("num_key_value_heads") or heads,
                        head_dim=config.get("head_dim"), d_ff=config["intermediate_size"],
                        max_len=max_pos, rope_theta=theta,
-                       norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                       tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                       qkv_bias=family == "qwen2", rope_llama3=llama3)
+                       norm_eps=float(config.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
+                       tie_embeddings=bool(config.get("tie_word_embeddings", gemma)),
+                       qkv_bias=family == "qwen2", rope_llama3=llama3, **gemma_fields)
+
+
+def _cap(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def shard_files(directory: str, index: str) -> list[str]:
@@ -154,7 +192,12 @@ def load_safetensors(directory: str) -> tuple[dict, ModelConfig]:
     params: dict[str, Any] = {"body": {"embedding": dense("model.embed_tokens.weight"),
                                        "final_norm": {"scale": dense("model.norm.weight")}}}
     for i in range(cfg.n_layers):
-        map_layer(params, cfg, i, lambda key, i=i: dense(f"model.layers.{i}.{NAMES[key]}.weight"))
+        hf = {**NAMES, "ffn_norm": norm_names(cfg)["mlp_norm"]}
+        map_layer(params, cfg, i, lambda key, i=i: dense(f"model.layers.{i}.{hf[key]}.weight"))
+        if cfg.post_norms:
+            for ours in ("attn_post_norm", "mlp_post_norm"):
+                params["body"][f"layer_{i}"][ours] = {
+                    "scale": dense(f"model.layers.{i}.{GEMMA2_NORMS[ours]}.weight")}
         if cfg.qkv_bias:
             attn = params["body"][f"layer_{i}"]["attn"]
             for key, heads in (("q", cfg.n_heads), ("k", cfg.n_kv_heads), ("v", cfg.n_kv_heads)):
@@ -178,9 +221,9 @@ def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     for i in range(cfg.n_layers):
         layer, p = body[f"layer_{i}"], f"model.layers.{i}."
         attn, mlp = layer["attn"], layer["mlp"]
-        out.update({p + NAMES["attn_norm"] + ".weight": layer["attn_norm"]["scale"],
-                    p + NAMES["ffn_norm"] + ".weight": layer["mlp_norm"]["scale"],
-                    p + NAMES["q"] + ".weight": np.asarray(attn["wq"]).reshape(D, H * K).T,
+        out.update({p + hf + ".weight": layer[ours]["scale"]
+                    for ours, hf in norm_names(cfg).items()})
+        out.update({p + NAMES["q"] + ".weight": np.asarray(attn["wq"]).reshape(D, H * K).T,
                     p + NAMES["k"] + ".weight": np.asarray(attn["wk"]).reshape(D, G * K).T,
                     p + NAMES["v"] + ".weight": np.asarray(attn["wv"]).reshape(D, G * K).T,
                     p + NAMES["o"] + ".weight": np.asarray(attn["wo"]).reshape(H * K, D).T,
@@ -198,9 +241,10 @@ def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def config_of(cfg: ModelConfig, *, reward_model: bool, pad_token_id: int | None = None) -> dict:
-    """An HF config.json for `cfg`: Qwen2 where the decoder has q/k/v biases, else Llama."""
-    family = "qwen2" if cfg.qkv_bias else "llama"
-    arch = {"llama": "Llama", "qwen2": "Qwen2"}[family] + (
+    """An HF config.json for `cfg`: Gemma 2 where the decoder has its post-norms, Qwen2 where it
+    has q/k/v biases, else Llama."""
+    family = "gemma2" if cfg.post_norms else "qwen2" if cfg.qkv_bias else "llama"
+    arch = {"llama": "Llama", "qwen2": "Qwen2", "gemma2": "Gemma2"}[family] + (
         "ForSequenceClassification" if reward_model else "ForCausalLM")
     config = {"architectures": [arch], "model_type": family, "vocab_size": cfg.vocab_size,
               "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
@@ -211,6 +255,20 @@ def config_of(cfg: ModelConfig, *, reward_model: bool, pad_token_id: int | None 
               "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": cfg.param_dtype}
     if cfg.head_dim is not None:
         config["head_dim"] = cfg.head_dim
+    if family == "gemma2":
+        del config["hidden_act"]
+        windows = {w for w in cfg.layer_windows or () if w is not None}
+        if len(windows) > 1:
+            raise ValueError(f"config_of: layer_windows={cfg.layer_windows!r}: Gemma 2 has one "
+                             "sliding_window")
+        config.update(hidden_activation="gelu_pytorch_tanh",
+                      query_pre_attn_scalar=int(cfg.query_scale) if float(cfg.query_scale)
+                      .is_integer() else cfg.query_scale,   # an int in transformers' config
+                      attn_logit_softcapping=cfg.attn_softcap,
+                      final_logit_softcapping=cfg.final_softcap,
+                      sliding_window=windows.pop() if windows else None,
+                      layer_types=["full_attention" if cfg.window(i) is None else
+                                   "sliding_attention" for i in range(cfg.n_layers)])
     if cfg.rope_llama3 is not None:
         factor, low, high, old = cfg.rope_llama3
         config["rope_scaling"] = {"rope_type": "llama3", "factor": factor,

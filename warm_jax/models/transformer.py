@@ -7,6 +7,7 @@ diversity source and may be a traced, per-member value.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -93,11 +94,19 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones,
+        plus_one = self.cfg.norm_plus_one   # Gemma: y * (1 + w), w from 0
+        scale = _param(self, "scale", (x.shape[-1],), ("embed",),
+                       nn.initializers.zeros if plus_one else nn.initializers.ones,
                        self.cfg.jnp_param_dtype)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
-        return (y * scale.astype(jnp.float32)).astype(self.cfg.jnp_dtype)
+        scale32 = scale.astype(jnp.float32)
+        return (y * (1.0 + scale32 if plus_one else scale32)).astype(self.cfg.jnp_dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's tanh soft-capping of logits to (-cap, cap); None: unchanged."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 def dense(x_BxTxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
@@ -118,6 +127,7 @@ def pick_rows(x_BxTxD: jax.Array, rows_B: jax.Array) -> jax.Array:
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    window: int | None = None   # attend over the `window` most recent positions only
 
     @nn.compact
     def __call__(self, x_BxTxD, sincos, kv_valid_BxS, cache=None, cache_index=None, rows_B=None):
@@ -169,9 +179,13 @@ class Attention(nn.Module):
         S = k_BxGxSxK.shape[2]
         allowed_BxTxS = (jnp.arange(S)[None, None, :] <= q_slot_BxT[:, :, None]) & \
             kv_valid_BxS.astype(bool)[:, None, :]
+        if self.window is not None:   # slots, as transformers' sliding masks count indices
+            allowed_BxTxS &= jnp.arange(S)[None, None, :] > q_slot_BxT[:, :, None] - self.window
 
+        scale = (cfg.query_scale if cfg.query_scale is not None else K) ** -0.5
         logits = jnp.einsum("bgmk,bgsk->bgms", q_BxGxMxK, k_BxGxSxK.astype(dt),
-                            preferred_element_type=jnp.float32).reshape(B, G, R, Tq, S) * (K ** -0.5)
+                            preferred_element_type=jnp.float32).reshape(B, G, R, Tq, S) * scale
+        logits = softcap(logits, cfg.attn_softcap)
         logits = jnp.where(allowed_BxTxS[:, None, None], logits, _NEG)
         probs_BxGxMxS = jax.nn.softmax(logits, axis=-1).astype(dt).reshape(B, G, R * Tq, S)
         out_BxGxMxK = jnp.einsum("bgms,bgsk->bgmk", probs_BxGxMxS, v_BxGxSxK.astype(dt))
@@ -192,28 +206,34 @@ class MLP(nn.Module):
         wg = _param(self, "wg", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init, pd).astype(dt)
         wu = _param(self, "wu", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init, pd).astype(dt)
         wd = _param(self, "wd", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), init, pd).astype(dt)
-        h_BxTxF = jax.nn.silu(dense(x_BxTxD, wg)) * dense(x_BxTxD, wu)
+        act = jax.nn.silu if cfg.mlp_act == "silu" else partial(jax.nn.gelu, approximate=True)
+        h_BxTxF = act(dense(x_BxTxD, wg)) * dense(x_BxTxD, wu)
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
         return dense(h_BxTxF, wd)
 
 
 class Block(nn.Module):
     cfg: ModelConfig
+    window: int | None = None
 
     @nn.compact
     def __call__(self, x_BxTxD, sincos, kv_valid_BxS, cache, cache_index, dropout_rate,
                  deterministic, rows_B=None):
         """`rows_B`: compute the block's output at position rows[b] of each row only (Bx1xD)."""
         T = x_BxTxD.shape[1]
-        attn_out, cache = Attention(self.cfg, name="attn")(
+        attn_out, cache = Attention(self.cfg, self.window, name="attn")(
             RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), sincos, kv_valid_BxS, cache,
             cache_index, rows_B)
+        if self.cfg.post_norms:   # Gemma 2 normalises each branch's output too
+            attn_out = RMSNorm(self.cfg, name="attn_post_norm")(attn_out)
         if rows_B is not None:
             x_BxTxD = pick_rows(x_BxTxD, rows_B)
         if not deterministic:
             attn_out = dropout(attn_out, dropout_rate, self.make_rng("dropout"), rows_B, T)
         h_BxTxD = x_BxTxD + attn_out
         mlp_out = MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(h_BxTxD))
+        if self.cfg.post_norms:
+            mlp_out = RMSNorm(self.cfg, name="mlp_post_norm")(mlp_out)
         if not deterministic:
             mlp_out = dropout(mlp_out, dropout_rate, self.make_rng("dropout"), rows_B, T)
         return constrain(h_BxTxD + mlp_out, ("batch", "length", "embed")), cache
@@ -227,7 +247,7 @@ class Decoder(nn.Module):
         cfg = self.cfg
         self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                                 nn.initializers.normal(0.02), cfg.jnp_param_dtype)
-        self.layers = [Block(cfg, name=f"layer_{i}") for i in range(cfg.n_layers)]
+        self.layers = [Block(cfg, cfg.window(i), name=f"layer_{i}") for i in range(cfg.n_layers)]
         self.final_norm = RMSNorm(cfg)
 
     def __call__(self, tokens_BxT, mask_BxT=None, *, positions_BxT=None, kv_valid_BxS=None,
@@ -242,7 +262,10 @@ class Decoder(nn.Module):
             positions_BxT = positions_from_mask(mask_BxT)
         if kv_valid_BxS is None:
             kv_valid_BxS = mask_BxT
-        x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.cfg.jnp_dtype)
+        x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0)
+        if self.cfg.embed_scale:   # Gemma: times sqrt(d_model), rounded to the weights' dtype
+            x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** 0.5, x_BxTxD.dtype)
+        x_BxTxD = x_BxTxD.astype(self.cfg.jnp_dtype)
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         # a zero-valued hook: gradients w.r.t. it are gradients w.r.t. the input embeddings
         x_BxTxD = self.perturb("embedded", x_BxTxD)
@@ -284,7 +307,7 @@ class LanguageModel(nn.Module):
             logits = jnp.einsum("nd,dv->nv", h_BxTxD.reshape(B * T, D),
                                 self.lm_head.astype(h_BxTxD.dtype),
                                 preferred_element_type=jnp.float32).reshape(B, T, -1)
-        return constrain(logits, ("batch", "length", "vocab"))
+        return constrain(softcap(logits, self.cfg.final_softcap), ("batch", "length", "vocab"))
 
     def __call__(self, tokens_BxT, mask_BxT=None, *, dropout_rate=0.0, deterministic=True):
         h_BxTxD, _ = self.body(tokens_BxT, mask_BxT, dropout_rate=dropout_rate,
