@@ -28,11 +28,19 @@ def run_only(default: Any = dataclasses.MISSING, **kw) -> Any:
     return dataclasses.field(default=default, metadata={"run_only": True}, **kw)
 
 
+def if_set(default: Any) -> Any:
+    """A field added after runs were recorded: recorded only when it differs from its default, so
+    those runs' recorded configurations still match (and they resume)."""
+    return dataclasses.field(default=default, metadata={"record_if_set": True})
+
+
 def recorded(cfg: Any, drop: Iterable[str] = ()) -> dict:
-    """The fields of `cfg` a stage records and checks on resume: all but the run-only and `drop`."""
+    """The fields of `cfg` a stage records and checks on resume: all but the run-only ones, `drop`,
+    and `if_set` fields at their defaults."""
     drop = set(drop)
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if not f.metadata.get("run_only") and f.name not in drop}
+            if not f.metadata.get("run_only") and f.name not in drop
+            and not (f.metadata.get("record_if_set") and getattr(cfg, f.name) == f.default)}
 
 
 def fail(cfg: Any, field: str, allowed: str, value: Any = dataclasses.MISSING) -> None:

@@ -90,8 +90,8 @@ class AverageConfig:
     seed: int = 0
     ood_pairs: bool = False
     m_curve: bool = True
-    analysis_members: int | None = None
-    analyses: bool = True
+    analysis_members: int | None = checks.if_set(None)
+    analyses: bool = checks.if_set(True)
     allow_base_mismatch: bool = run_only(False)
     eval_batch_size: int = run_only(256)
 

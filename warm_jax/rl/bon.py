@@ -29,10 +29,11 @@ BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_METHODS = ("single", "warm_M2", "warm_M6", "ens")
 
 
-def check_methods(cfg, field: str = "methods") -> None:
-    """Every name of `field` parses as a reward (`RewardSpec`); stored as a tuple."""
+def check_methods(cfg, field: str = "methods", *, allow_empty: bool = False) -> None:
+    """Every name of `field` parses as a reward (`RewardSpec`); stored as a tuple. `allow_empty`:
+    no method is a stage with nothing to do (a sweep of the reward models only)."""
     names = getattr(cfg, field)
-    if isinstance(names, str) or not names:
+    if isinstance(names, str) or not (names or allow_empty):
         checks.fail(cfg, field, f"a tuple of at least one of {RewardSpec.ALLOWED}")
     for name in names:
         try:

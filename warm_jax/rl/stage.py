@@ -53,7 +53,7 @@ class PolicyConfig:
     standardise_members: bool = True
     max_new_tokens: int | None = None
     eval_prompts: int = 256
-    eval_split: str = "eval"
+    eval_split: str = checks.if_set("eval")
     sweep_methods: Sequence[str] = ()
     sweep_alphas: Sequence[float] = ()
     sweep_seeds: Sequence[int] = ()
@@ -61,7 +61,7 @@ class PolicyConfig:
     allow_base_mismatch: bool = run_only(False)
 
     def __post_init__(self):
-        check_methods(self)
+        check_methods(self, allow_empty=True)
         checks.seeds(self, "seeds")
         checks.seeds(self, "sweep_seeds", empty_ok=True)
         checks.numbers(self, "alphas")
@@ -96,9 +96,11 @@ def train_policies(*, workdir: str, task, model_cfg: ModelConfig, cfg: PolicyCon
         runs = cfg.runs(method)
         config = dict(task=task, model_cfg=model_cfg, method=method,
                       alphas=tuple(cfg.sweep_alphas if method in cfg.sweep_methods else
-                                   cfg.alphas), runs=runs,
+                                   cfg.alphas),
                       **checks.recorded(cfg, drop=("rm_name", "methods", "alphas", "sweep_methods",
                                                    "sweep_alphas", "sweep_seeds")))
+        if cfg.sweep_seeds and method in cfg.sweep_methods:   # as recorded before: only then
+            config["runs"] = runs
         with layout.stage(f"rl {cfg.rm_name}/{method}", mdir, config):
             if os.path.exists(RunLayout.final_rows(mdir)):
                 continue
