@@ -96,3 +96,37 @@ def test_every_experiment_passes_the_launch_checks(files, tmp_path):
     finally:
         gin.clear_config()
     assert cfgs and all(type(c).__name__.endswith("Config") for c in cfgs.values())
+
+
+def test_every_shipped_sweep_unit_passes_the_launch_checks(tmp_path):
+    """launch/sweep.py's units, each as its command line binds it (RL_METHODS = () included)."""
+    import gin
+    from launch.sweep import SWEEPS
+    from warm_jax import launch_check
+    from warm_jax.main import GIN_DIR
+    units = [u for make in SWEEPS.values() for u in make(str(tmp_path))]
+    assert units
+    for unit in units:
+        gin.clear_config()
+        try:
+            launch_check.parse(list(unit.gin_files), [f"{k} = {v!r}" for k, v in unit.bindings]
+                               + [f"WORKDIR = {unit.workdir!r}"], [GIN_DIR, "."])
+            launch_check.check_macros()
+            assert launch_check.check_stage_configs(), unit.name
+        finally:
+            gin.clear_config()
+
+
+def test_fields_added_after_runs_were_recorded_are_recorded_only_when_set():
+    """Averaging records what it recorded before its config became a dataclass (so such runs
+    resume); eval_split, analysis_members and analyses join the record only when set."""
+    from warm_jax import checks
+    from warm_jax.average.stage import AverageConfig
+    from warm_jax.rl.stage import PolicyConfig
+    assert set(checks.recorded(AverageConfig(), drop=("name",))) | {"task", "model_cfg"} == {
+        "task", "model_cfg", "m_values", "rank_by", "greedy", "lmc_pairs", "same_run_step",
+        "max_eval_pairs", "seed", "seeds", "n_lambdas", "random_orders", "pair_analysis",
+        "ood_pairs", "m_curve"}
+    assert checks.recorded(AverageConfig(analyses=False, analysis_members=2))["analyses"] is False
+    assert "eval_split" not in checks.recorded(PolicyConfig())
+    assert checks.recorded(PolicyConfig(eval_split="pilot"))["eval_split"] == "pilot"
