@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 
 M = 6
 

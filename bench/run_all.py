@@ -3,7 +3,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import time
 
 BENCHES = ["bench.bench_models", "bench.bench_rm", "bench.bench_average", "bench.bench_rl"]

@@ -181,7 +181,7 @@ def fig_acc_vs_m(by_seed, path):
     return save_figure(fig, path)
 
 
-def _bon_curves(bon):
+def bon_curves(bon):
     """{method: {seed: (kl_bon, gold_gain)}} from the curve rows."""
     out = collections.defaultdict(dict)
     for m in dict.fromkeys(r["method"] for r in bon if "n" in r):
@@ -195,7 +195,7 @@ def _bon_curves(bon):
 def fig_bon(bon, path):
     """Best-of-n control-reward gain against KL_bon: per method the mean over seeds and its 95%
     band (Figs. 6-7)."""
-    curves = _bon_curves(bon)
+    curves = bon_curves(bon)
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -433,7 +433,7 @@ def fig_winrates(names, mat, path):
 
 
 def fig_gao(bon, path):
-    curves = _bon_curves(bon)
+    curves = bon_curves(bon)
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))

@@ -117,14 +117,22 @@ def _best_of_n(layout, task, model_cfg, cfg: BoNConfig, sample_seed, s) -> list[
             fn = build_reward_function(layout, chain(rm_name, s), method, model_cfg,
                                        base_fingerprint=sft_meta.get("base_fingerprint"))
             proxy = _score(fn, prompt, resp, mask)
-        proxy_PxN = proxy.reshape(-1, N)
-        control_PxK = bon_unbiased(proxy_PxN, gold_PxN, ns)
-        for k, n in enumerate(ns):
-            g = float(control_PxK[:, k].mean())
-            rows.append({"step": n, "seed": s, "method": method, "n": n, "kl_bon": kl_bon(n),
-                         "gold": g, "gold_gain": g - float(gold_PxN.mean())})
-        rows.append({"step": 0, "seed": s, "method": method, "analysis": "auc", "ns": ns,
-                     "values": [round(float(v), 5) for v in auc_log2(ns, control_PxK)]})
+        rows += bon_rows(s, method, proxy.reshape(-1, N), gold_PxN, ns)
+    return rows
+
+
+def bon_rows(seed: int, method: str, proxy_PxN, gold_PxN, ns) -> list[dict]:
+    """One seed's and method's best-of-N rows: per n, the unbiased mean control reward of the
+    best of n by `proxy` (and its gain over the mean sample: the figure's curve), then one row of
+    each prompt's area under that gain over log2 n (the claims' unit)."""
+    control_PxK = bon_unbiased(proxy_PxN, gold_PxN, ns)
+    rows = []
+    for k, n in enumerate(ns):
+        g = float(control_PxK[:, k].mean())
+        rows.append({"step": n, "seed": seed, "method": method, "n": n, "kl_bon": kl_bon(n),
+                     "gold": g, "gold_gain": g - float(gold_PxN.mean())})
+    rows.append({"step": 0, "seed": seed, "method": method, "analysis": "auc", "ns": ns,
+                 "values": [round(float(v), 5) for v in auc_log2(ns, control_PxK)]})
     return rows
 
 
