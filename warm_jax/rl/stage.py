@@ -30,7 +30,7 @@ from warm_jax.rl.bon import DEFAULT_METHODS, check_methods
 from warm_jax.rl.heldout import eval_rows, make_eval
 from warm_jax.rl.inputs import GUARDED, seed_rewards, shared_inputs
 from warm_jax.rl.reinforce import RLConfig, make_rl, run_chunk
-from warm_jax.rm.population import stack
+from warm_jax.rm.population import committed, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +124,7 @@ def train_runs(layout, mdir, method, task, model_cfg, cfg: PolicyConfig, *, runs
     init_state, step = make_rl(model_cfg=model_cfg, cfg=rl, sampling=sampling,
                                ref_params=sft_params, prompts_NxP=rl_prompts,
                                oracle=oracle_of(task))
-    state = stack([init_state(sft_params, value0, s, a) for a, s in runs])
-    # committed like the chunk's outputs, so that its second call does not compile it again
-    state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
+    state = committed(stack([init_state(sft_params, value0, s, a) for a, s in runs]))
     chunk_fn = jax.jit(jax.vmap(lambda st, fn: run_chunk(step, st, chunk, fn)), donate_argnums=0)
     evaluate = make_eval(task, model_cfg, sampling, sft_params, cfg.eval_prompts, cfg.eval_split)
     ck = Checkpointer(layout.checkpoints(mdir), max_to_keep=2)

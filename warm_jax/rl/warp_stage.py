@@ -46,7 +46,7 @@ from warm_jax.rl.reinforce import RLConfig, run_chunk
 from warm_jax.rl.heldout import eval_rows, make_eval, metrics
 from warm_jax.rl.inputs import GUARDED, seed_rewards, shared_inputs
 from warm_jax.rl.warp import make_warp_rl
-from warm_jax.rm.population import stack
+from warm_jax.rm.population import committed, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +135,8 @@ def _warp_method(layout, mdir, method, task, model_cfg, cfg: WARPConfig, *, sft_
             shutil.rmtree(idir, ignore_errors=True)   # an unfinished iteration starts afresh
             it_rows = []
             policies = {s: restore_params(inits[s])[0] for s in cfg.seeds}
-            state = stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m, cfg.alpha)
-                           for s, m in runs])
+            state = committed(stack([init_state(policies[s], value0, 10_000 * (it + 1) + 100 * s + m,
+                                                cfg.alpha) for s, m in runs]))
             for s0 in progress(range(0, cfg.num_steps, cfg.chunk), desc=f"warp {cfg.rm_name}/{method} "
                                f"iteration {it}"):
                 if s0 == 0:

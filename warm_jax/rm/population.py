@@ -90,6 +90,12 @@ def stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def committed(tree: Any) -> Any:
+    """`tree` committed to its leaves' own shardings: a jitted function's outputs are committed,
+    so inputs built by eager ops (uncommitted) would make its second call compile it again."""
+    return jax.device_put(tree, jax.tree.map(lambda x: x.sharding, tree))
+
+
 def unstack(tree: Any, i: int) -> Any:
     return jax.tree.map(lambda x: x[i], tree)
 
