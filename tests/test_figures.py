@@ -99,3 +99,114 @@ def test_bon_figure_curves_integrate_to_the_claims_per_prompt_areas():
         assert drawn == pytest.approx(claimed, abs=1e-5)   # the rows round to 5 decimals
         assert drawn["warm_M2"] - drawn["single"] == pytest.approx(rec["per_seed"][s], abs=1e-5)
     assert rec["outcome"] == "reproduced"
+
+
+def test_lmc_figure_lower_panel_averages_to_the_claims_per_seed_units():
+    """fig_lmc's lower panel draws, per member pair and λ, WA − diagonal accuracy on the OOD
+    split; lmc_above_diag decides on each pair's correctness of WA − diagonal averaged over the
+    interior λ and the diversity pairs (not `same_run`). Accuracy is the mean of correctness, so
+    the drawn curves, averaged over interior λ and the diversity pairs, are each seed's mean of the
+    claim's OOD units; with the validation curves, they pool to the claim's per-seed effect."""
+    from warm_jax.average.analysis import lmc
+    from warm_jax.eval.figures import lmc_curves
+    rng = np.random.default_rng(3)
+    n = {"validation": 60, "ood": 40}
+    X = {sp: (rng.normal(size=(k, 4)), rng.normal(size=(k, 4))) for sp, k in n.items()}
+    subsets = {sp: (sp, None) for sp in n}
+
+    def score_fn(w):
+        return {sp: (np.tanh(c @ w) ** 3, np.tanh(r @ w) ** 3) for sp, (c, r) in X.items()}
+
+    by_seed = {}
+    for s in range(3):
+        base = rng.normal(size=4)
+        rows = []
+        for pair, spread in (("same_run", 0.1), ("lr", 1.0), ("data_order", 2.0)):
+            a, b = base + spread * rng.normal(size=4), base + spread * rng.normal(size=4)
+            rows += lmc(a, b, score_fn(a), score_fn(b), score_fn, subsets, pair, n_lambdas=6)
+        by_seed[s] = rows
+    curves = lmc_curves(by_seed)   # the OOD split
+    assert list(curves) == ["same_run", "lr", "data_order"]
+    # the validation curves: the same drawing with the validation rows relabelled as the OOD split
+    val = lmc_curves({s: [dict(r, split="ood" if r["split"] == "validation" else "x")
+                          for r in rows if r["analysis"] == "lmc"] for s, rows in by_seed.items()})
+    d = {"analysis": {"clean": by_seed, "corrupt": {}}, "bon": [], "train": {}, "eval": {},
+         "final": {}}
+    rec = decide(C.REGISTRY["lmc_above_diag"], C.REGISTRY["lmc_above_diag"].compute(d), n_boot=200)
+    for s in range(3):
+        drawn = {}
+        for split, cv in (("ood", curves), ("validation", val)):
+            lam = cv["lr"][0]
+            interior = (lam > 0) & (lam < 1)
+            drawn[split] = np.mean([(acc["wa"] - acc["diag"])[s, interior].mean()
+                                    for p, (_, acc) in cv.items() if p != "same_run"])
+            claimed = np.mean([r["values"] for r in by_seed[s] if r["analysis"] == "lmc_units"
+                               and r["split"] == split and r["what"] == "wa_minus_diag"
+                               and r["pair"] != "same_run"], 0)
+            assert drawn[split] == pytest.approx(claimed.mean(), abs=1e-4)   # rows: 4 decimals
+        pooled = (n["validation"] * drawn["validation"] + n["ood"] * drawn["ood"]) / sum(n.values())
+        assert pooled == pytest.approx(rec["per_seed"][s], abs=1e-4)
+
+
+def test_m10_figure_curves_peak_where_m10_same_peak_judges():
+    """fig_m draws each method's held-out control reward against step (mean over seeds of
+    `step_curves`). m10_same_peak takes each run's peak RL step on half the prompts and judges it
+    on the other half: with every prompt of an evaluation scoring alike, both halves see the drawn
+    curve, so the claim's per-seed effect is the gap between the seed's curves' peaks (step > 0)."""
+    from warm_jax.eval.figures import _runs, step_curves
+    rng = np.random.default_rng(4)
+    steps = np.arange(0, 250, 25)
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "final": {},
+         "eval": {"warm_M6": [], "warm_M10": []}}
+    for s in range(4):
+        for m, top in (("warm_M6", 1.0), ("warm_M10", 1.0 + 0.02 * rng.normal())):
+            curve = top * np.sin(steps / 250 * np.pi) + 0.05 * rng.normal(size=len(steps))
+            curve[0] = 0.0
+            for st, g in zip(steps, curve):
+                d["eval"][m].append({"step": int(st), "method": m, "run_alpha": 0.01, "seed": s,
+                                     "kl": float(st) / 50, "control_reward": float(g),
+                                     "gold_per_prompt": [float(g)] * 8})
+    claim = C.REGISTRY["m10_same_peak"]
+    rec = decide(claim, claim.compute(d), n_boot=200)
+    assert (rec["extra"]["a"], rec["extra"]["b"]) == ("warm_M10", "warm_M6")
+    drawn = {m: step_curves(_runs(d["eval"], m, 0.01), "control_reward") for m in d["eval"]}
+    x = drawn["warm_M6"][0]
+    peaks = {m: v[:, x > 0].max(1) for m, (_, v) in drawn.items()}
+    assert peaks["warm_M10"] - peaks["warm_M6"] == pytest.approx(rec["per_seed"], abs=1e-9)
+    mean, _, _ = mean_band(drawn["warm_M10"][1])
+    assert mean == pytest.approx([np.mean([r["control_reward"] for r in d["eval"]["warm_M10"]
+                                           if r["step"] == st]) for st in x])
+
+
+def test_warp_figure_lerp_and_liti_points_differ_by_the_slerp_claims_effects():
+    """fig_warp marks LERP and the LITI front of each iteration at the mean over seeds of their
+    KL and control reward (`warp_curves`). warp_lerp_lower_kl is the per-seed LERP − SLERP (η = 1)
+    KL and warp_slerp_beats_lerp the per-prompt SLERP − LERP control reward, iteration 1: means
+    are linear, so the drawn points' differences are the claims' effects."""
+    from warm_jax.eval.warp_report import warp_curves
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in range(4):
+        for pol in range(2):
+            for st in (0, 10, 20):
+                g = rng.normal(0.1 * st / 10, 0.2, size=8)
+                rows.append({"method": "warm_M6", "iteration": 1, "seed": s, "point": "along",
+                             "policy": pol, "step": st, "run_alpha": 0.01, "kl": st / 10 + 0.1 * pol,
+                             "control_reward": float(g.mean()), "gold_per_prompt": list(g)})
+        for kind, eta in (("slerp", 0.0), ("slerp", 0.5), ("slerp", 1.0), ("lerp", 1.0)):
+            g = rng.normal(0.3 * eta + 0.1 * (kind == "slerp"), 0.2, size=8)
+            rows.append({"method": "warm_M6", "iteration": 1, "seed": s, "point": kind, "eta": eta,
+                         "next_eta": 0.5, "kl": float(eta * (1.5 if kind == "slerp" else 1.0)
+                                                      + 0.1 * rng.normal()),
+                         "control_reward": float(g.mean()), "gold_per_prompt": list(g)})
+    d = {"analysis": {"clean": {}, "corrupt": {}}, "bon": [], "train": {}, "final": {},
+         "eval": {}, "warp": {"warm_M6": rows}}
+    cv = warp_curves(d)["warm_M6"]
+    kl, cr, etas = cv["liti"][1]
+    assert list(etas) == [0.0, 0.5, 1.0]
+    lerp_kl, lerp_cr = cv["lerp"][1]
+    recs = {cid: decide(C.REGISTRY[cid], C.REGISTRY[cid].compute(d), n_boot=200)
+            for cid in ("warp_lerp_lower_kl", "warp_slerp_beats_lerp")}
+    assert lerp_kl - kl[-1] == pytest.approx(recs["warp_lerp_lower_kl"]["effect"])
+    assert cr[-1] - lerp_cr == pytest.approx(recs["warp_slerp_beats_lerp"]["effect"])
+    assert recs["warp_lerp_lower_kl"]["outcome"] == "reproduced"   # LERP's KL is η, SLERP's 1.5 η

@@ -11,14 +11,13 @@ import sys
 
 import numpy as np
 
-from warm_jax.eval.claim_data import BAKLAVA_ABLATION, PROBE_ABLATION, load, ood_split
+from warm_jax.eval.claim_data import (BAKLAVA_ABLATION, PROBE_ABLATION, corruption_accuracy,
+                                     load, ood_split)
 from warm_jax.eval.claims import compute_claims
 from warm_jax.eval.claims_m import m_pair, m_summary
-from warm_jax.eval.warp_report import fig_warp, warp_section
-from warm_jax.eval.figures import (  # noqa: F401
-    corruption_accuracy, fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao, fig_lmc, fig_m,
-    fig_hacking, fig_rl, fig_winrates, winrate_matrix)
+from warm_jax.eval.warp_report import warp_section
 from warm_jax.eval.claims_policy import rl_pair
+from warm_jax.eval.metrics import winrate_matrix
 from warm_jax.eval.tables import (claims_block, claims_tables, ci, effect, fmt, per_seed,
                                   rewrite_readme, run_record)
 from warm_jax.fileio import read_json, write_json
@@ -190,6 +189,11 @@ def select(d: dict, methods=None, seeds=None) -> dict:
 
 def draw_figures(d: dict, figdir: str) -> dict:
     """Every report figure of the loaded rows `d` into `figdir`: {title: file name or None}."""
+    # matplotlib is imported here, not at import: every launch imports this module (a gin
+    # configurable) and most never draw (~0.4 s each)
+    from warm_jax.eval.figures import (fig_acc_vs_m, fig_alpha, fig_bon, fig_corruption, fig_gao,
+                                       fig_hacking, fig_lmc, fig_m, fig_rl, fig_winrates)
+    from warm_jax.eval.warp_report import fig_warp
     os.makedirs(figdir, exist_ok=True)
     names, mat = winrate_matrix(d["final"])
     figs = {

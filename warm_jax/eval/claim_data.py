@@ -129,6 +129,13 @@ def part_units(parts: dict[str, dict], **extra) -> Units | None:
     return Units(first.per_seed, extra={"seeds": seeds, **extra}, parts=units)
 
 
+def corruption_accuracy(rows, prefix, split):
+    """The `corruption` row's accuracy of the model named `prefix`… (wa_M, ens_M, member_) on
+    `split`; NaN if the run has none."""
+    return next((r["acc"] for r in rows if r["analysis"] == "corruption"
+                 and r["model"].startswith(prefix) and r["split"] == split), np.nan)
+
+
 def ood_split(rows) -> str:
     """The run's OOD split: the sampled `ood` pairs (`warm_jax.ood`) where the analyses have them,
     else the offline `test` pairs of the shifted response policy (runs without that stage)."""

@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from warm_jax.eval.claim_data import ood_split  # noqa: E402
+from warm_jax.eval.claim_data import corruption_accuracy, ood_split  # noqa: E402
 from warm_jax.eval.evidence import seed_t_interval, value_at_kl  # noqa: E402
-from warm_jax.eval.metrics import gao_curve, gao_fit, win_rate  # noqa: E402
+from warm_jax.eval.metrics import gao_curve, gao_fit  # noqa: E402
 from warm_jax.fileio import atomic_write  # noqa: E402
 
 # one colour per method in every figure: the Okabe-Ito colour-blind-safe palette
@@ -60,18 +60,14 @@ def _seeds(by_seed):
 WA_COLOR, ENS_COLOR, DIAG_COLOR = COLORS["warm_M6"], COLORS["ens"], "#777777"
 
 
-def fig_lmc(by_seed, path):
-    """Accuracy on the run's OOD split along λ for each member pair (Fig. 3): WA, ENS and the
-    diagonal, mean over seeds and 95% band; below, WA − diagonal, the claim's statistic."""
+def lmc_curves(by_seed) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """What fig_lmc draws, per member pair: (λ_L, {"wa" | "ens" | "diag": accuracy_SxL}) on each
+    seed's OOD split, seeds in order."""
     ood = {s: ood_split(by_seed[s]) for s in _seeds(by_seed)}
     rows = [r for s in _seeds(by_seed) for r in by_seed[s]
             if r["analysis"] == "lmc" and r["split"] == ood[s]]
-    pairs = list(dict.fromkeys(r["pair"] for r in rows))
-    if not pairs:
-        return None
-    fig, axes = plt.subplots(2, len(pairs), figsize=(2.9 * len(pairs) + 1.2, 4.6), squeeze=False,
-                             sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for j, p in enumerate(pairs):
+    out = {}
+    for p in dict.fromkeys(r["pair"] for r in rows):
         curves = {}
         for s in _seeds(by_seed):
             pr = sorted((r for r in by_seed[s] if r["analysis"] == "lmc" and r["split"] == ood[s]
@@ -80,12 +76,27 @@ def fig_lmc(by_seed, path):
                 curves[s] = pr
         n = min(len(v) for v in curves.values())
         lam = np.array([r["lambda"] for r in next(iter(curves.values()))[:n]])
+        out[p] = lam, {key: np.array([[r[key] for r in v[:n]] for v in curves.values()])
+                       for key in ("wa", "ens", "diag")}
+    return out
+
+
+def fig_lmc(by_seed, path):
+    """Accuracy on the run's OOD split along λ for each member pair (Fig. 3): WA, ENS and the
+    diagonal, mean over seeds and 95% band; below, WA − diagonal, the claim's statistic."""
+    curves = lmc_curves(by_seed)
+    if not curves:
+        return None
+    ood = {s: ood_split(by_seed[s]) for s in _seeds(by_seed)}
+    fig, axes = plt.subplots(2, len(curves), figsize=(2.9 * len(curves) + 1.2, 4.6),
+                             squeeze=False, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for j, (p, (lam, acc)) in enumerate(curves.items()):
         for key, ls, c, label in (("wa", "-", WA_COLOR, "WA"), ("ens", "--", ENS_COLOR, "ENS"),
                                   ("diag", ":", DIAG_COLOR, "diagonal")):
-            mean, lo, hi = mean_band([[r[key] for r in v[:n]] for v in curves.values()])
+            mean, lo, hi = mean_band(acc[key])
             axes[0][j].plot(lam, mean, ls, lw=1.5, color=c, label=label)
             axes[0][j].fill_between(lam, lo, hi, color=c, alpha=0.12, lw=0)
-        mean, lo, hi = mean_band([[r["wa"] - r["diag"] for r in v[:n]] for v in curves.values()])
+        mean, lo, hi = mean_band(acc["wa"] - acc["diag"])
         axes[1][j].plot(lam, mean, "-", lw=1.5, color=WA_COLOR)
         axes[1][j].fill_between(lam, lo, hi, color=WA_COLOR, alpha=0.15, lw=0)
         axes[1][j].axhline(0, color="k", lw=0.6)
@@ -98,13 +109,6 @@ def fig_lmc(by_seed, path):
     fig.suptitle(f"Linear mode connectivity: mean over {len(_seeds(by_seed))} seeds, 95% band",
                  fontsize=9)
     return save_figure(fig, path)
-
-
-def corruption_accuracy(rows, prefix, split):
-    """The `corruption` row's accuracy of the model named `prefix`… (wa_M, ens_M, member_) on
-    `split`; NaN if the run has none."""
-    return next((r["acc"] for r in rows if r["analysis"] == "corruption"
-                 and r["model"].startswith(prefix) and r["split"] == split), np.nan)
 
 
 def wa_minus_ens_by_split(by_seed) -> dict[str, np.ndarray]:
@@ -247,14 +251,21 @@ def kl_band(runs, key, grid):
     return mean, lo, hi, n
 
 
+def step_curves(runs, key) -> tuple[np.ndarray, np.ndarray]:
+    """(steps_X, values_SxX): each seed's `key` at the evaluation steps every seed has, seeds in
+    order (what a curve against step draws: its mean and band over the seeds)."""
+    n = min(len(rows) for rows in runs.values())
+    x = np.array([r["step"] for r in next(iter(runs.values()))[:n]])
+    return x, np.array([[r[key] for r in rows[:n]] for rows in runs.values()])
+
+
 def _band_curve(ax, runs, key, x_key, color, label, grid=None):
     """Mean over seeds and 95% band of `key` against step (evaluations shared by every seed) or
     KL (`kl_band`: solid with the band where every seed reaches the KL, dashed without a band
     where only some of them, at least two, do: a t-band on two or three seeds says little)."""
     if x_key == "step":
-        n = min(len(rows) for rows in runs.values())
-        x = np.array([r["step"] for r in next(iter(runs.values()))[:n]])
-        mean, lo, hi = mean_band([[r[key] for r in rows[:n]] for rows in runs.values()])
+        x, values_SxX = step_curves(runs, key)
+        mean, lo, hi = mean_band(values_SxX)
         ax.plot(x, mean, "-", lw=1.6, color=color, label=label)
         ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
         return
@@ -390,24 +401,6 @@ def fig_alpha(evals, path):
     ax.set_title("The α sweep: mean over seeds, 95% band", fontsize=9)
     _legend_outside(ax)
     return save_figure(fig, path)
-
-
-def winrate_matrix(final):
-    golds = {}
-    for m, rows in final.items():
-        for r in rows:
-            if "gold_per_prompt" in r:
-                golds.setdefault(m, {})[(r["run_alpha"], r["seed"])] = r["gold_per_prompt"]
-    names = sorted(golds)
-    mat = {}
-    for a in names:
-        for b in names:
-            keys = sorted(set(golds[a]) & set(golds[b]))
-            if keys:
-                ga = np.concatenate([golds[a][k] for k in keys])
-                gb = np.concatenate([golds[b][k] for k in keys])
-                mat[(a, b)] = win_rate(ga, gb)
-    return names, mat
 
 
 def fig_winrates(names, mat, path):

@@ -22,9 +22,24 @@ def win_rate(gold_a: np.ndarray, gold_b: np.ndarray, *, n_boot: int = 1000, seed
             "n": int(len(score))}
 
 
-def win_rate_matrix(golds: dict[str, np.ndarray], **kw) -> list[dict]:
-    names = list(golds)
-    return [{"a": a, "b": b, **win_rate(golds[a], golds[b], **kw)} for a in names for b in names]
+def winrate_matrix(final):
+    """(policy names, {(a, b): win_rate of a against b}) over the final rows of each policy
+    {name: rows}, every (α, seed) both ran pooled, paired by prompt."""
+    golds = {}
+    for m, rows in final.items():
+        for r in rows:
+            if "gold_per_prompt" in r:
+                golds.setdefault(m, {})[(r["run_alpha"], r["seed"])] = r["gold_per_prompt"]
+    names = sorted(golds)
+    mat = {}
+    for a in names:
+        for b in names:
+            keys = sorted(set(golds[a]) & set(golds[b]))
+            if keys:
+                ga = np.concatenate([golds[a][k] for k in keys])
+                gb = np.concatenate([golds[b][k] for k in keys])
+                mat[(a, b)] = win_rate(ga, gb)
+    return names, mat
 
 
 def pareto_front(kl: Sequence[float], reward: Sequence[float]) -> list[int]:

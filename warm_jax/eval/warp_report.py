@@ -10,7 +10,6 @@ import numpy as np
 
 from warm_jax.eval.claim_data import KL_BUDGETS
 from warm_jax.eval.claims_warp import cells, front, safe_kl, warp_runs
-from warm_jax.eval.figures import COLORS, save_figure, plt
 
 
 def _ms(values) -> str:
@@ -86,30 +85,49 @@ def _mean_curve(curves):
             np.mean([[r["control_reward"] for r in c[:n]] for c in curves], 0))
 
 
-def fig_warp(d: dict, path: str):
-    """Control reward against KL to SFT, one panel per WARP reward method: standard RL and the
-    WARP policies along training (iteration 1), each iteration's LITI front and LERP, means over
-    chain seeds (the policies: over seeds and policies)."""
-    W = warp_runs(d)
-    if not W:
-        return None
+def warp_curves(d: dict) -> dict[str, dict]:
+    """What fig_warp draws, per WARP reward method: {"rl": (KL, control reward) of the RL stage's
+    runs or None, "along": the WARP policies along iteration 1, "liti": {iteration: (KL, control
+    reward, η)}, "lerp": {iteration: (KL, control reward)}}, each a mean over chain seeds (the
+    policies: over seeds and policies)."""
     c = cells(d)
-    fig, axes = plt.subplots(1, len(W), figsize=(4.6 * len(W), 3.6), squeeze=False)
-    for ax, (method, per) in zip(axes[0], sorted(W.items())):
-        if (method, "RL") in c:
-            ax.plot(*_mean_curve(list(c[(method, "RL")].values())), "-", color="grey", lw=1.5,
-                    label="RL, SFT anchor (steps)")
+    out = {}
+    for method, per in sorted(warp_runs(d).items()):
         along = [rows for s in per.values() for (i, _), rows in s["along"].items() if i == 1]
-        ax.plot(*_mean_curve(along), "--", color=COLORS.get(method, "k"), lw=1.2,
-                label="WARP policies, EMA anchor (it. 1)")
-        for it in sorted({i for s in per.values() for i in s["liti"]}):
-            kl, cr = _mean_curve([s["liti"][it] for s in per.values()])
-            ax.plot(kl, cr, "o-", ms=3, lw=1.8, alpha=0.5 + 0.5 / it,
-                    color=COLORS.get(method, "k"), label=f"LITI front, iteration {it}")
-            lerp = [s["lerp"][it] for s in per.values() if it in s["lerp"]]
-            ax.plot([np.mean([r["kl"] for r in lerp])],
-                    [np.mean([r["control_reward"] for r in lerp])], "s", color="k", ms=4,
-                    label="LERP (η = 1)" if it == 1 else None)
+        its = sorted({i for s in per.values() for i in s["liti"]})
+        liti, lerp = {}, {}
+        for it in its:
+            fronts = [s["liti"][it] for s in per.values()]
+            n = min(len(f) for f in fronts)
+            liti[it] = (*_mean_curve(fronts), np.array([r["eta"] for r in fronts[0][:n]]))
+            rows = [s["lerp"][it] for s in per.values() if it in s["lerp"]]
+            if rows:
+                lerp[it] = (float(np.mean([r["kl"] for r in rows])),
+                            float(np.mean([r["control_reward"] for r in rows])))
+        out[method] = {"rl": _mean_curve(list(c[(method, "RL")].values()))
+                       if (method, "RL") in c else None,
+                       "along": _mean_curve(along), "liti": liti, "lerp": lerp}
+    return out
+
+
+def fig_warp(d: dict, path: str):
+    """Control reward against KL to SFT, one panel per WARP reward method (`warp_curves`)."""
+    from warm_jax.eval.figures import COLORS, plt, save_figure   # matplotlib only when drawing
+    curves = warp_curves(d)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.6), squeeze=False)
+    for ax, (method, cv) in zip(axes[0], curves.items()):
+        color = COLORS.get(method, "k")
+        if cv["rl"] is not None:
+            ax.plot(*cv["rl"], "-", color="grey", lw=1.5, label="RL, SFT anchor (steps)")
+        ax.plot(*cv["along"], "--", color=color, lw=1.2, label="WARP policies, EMA anchor (it. 1)")
+        for it, (kl, cr, _) in cv["liti"].items():
+            ax.plot(kl, cr, "o-", ms=3, lw=1.8, alpha=0.5 + 0.5 / it, color=color,
+                    label=f"LITI front, iteration {it}")
+            if it in cv["lerp"]:
+                ax.plot(*([v] for v in cv["lerp"][it]), "s", color="k", ms=4,
+                        label="LERP (η = 1)" if it == 1 else None)
         ax.set_title(f"WARP against {method}")
         ax.set_xlabel("KL to the SFT policy (held-out)")
     axes[0][0].set_ylabel("held-out control reward")
