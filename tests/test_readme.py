@@ -34,7 +34,7 @@ def test_claims_blocks_are_generated_from_recorded_runs():
     from warm_jax.eval import tables as T
     blocks = table.claims_blocks()
     assert set(blocks[table.RESULTS_MD]) == {(T.DEMO_BEGIN, T.DEMO_END), (T.BASE_BEGIN, T.BASE_END),
-                                             (T.FULL_BEGIN, T.FULL_END)}, (
+                                             (T.CPU_BEGIN, T.CPU_END), (T.FULL_BEGIN, T.FULL_END)}, (
         "record the default demo, base seed 1 and FULL=1: python -m bench.record_demo")
     assert (T.PRIMARY_BEGIN, T.PRIMARY_END) in blocks[table.README]
     recorded = {n for n in table.BASE_SEED_RUNS + (table.FULL_RUN,)
@@ -42,6 +42,8 @@ def test_claims_blocks_are_generated_from_recorded_runs():
     assert recorded, "no recorded run: python -m bench.record_demo"
     if table.FULL_RUN not in recorded:
         assert blocks[table.RESULTS_MD][(T.FULL_BEGIN, T.FULL_END)] == table.NO_FULL
+    if table.load(os.path.join(table.CLAIMS_DIR, f"{table.CPU_RUN}.json")) is None:
+        assert blocks[table.RESULTS_MD][(T.CPU_BEGIN, T.CPU_END)] == table.NO_CPU
     if not set(table.BASE_SEED_RUNS) <= recorded:
         assert blocks[table.RESULTS_MD][(T.BASE_BEGIN, T.BASE_END)] == table.NO_BASE
     for path, file_blocks in blocks.items():
