@@ -76,6 +76,7 @@ def test_base_seed_check_names_a_flip():
     ok = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
                           {"base_seed": 1, "claims": [c("inconclusive", 0.02)]}])
     assert "none goes from reproduced to contradicted" in ok and "0 of 1 claims" in ok
+    assert "(x differ)" in ok
     # a claim without inputs on one base seed is not counted as "the same outcome"
     two = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1), c(None, None, "y")]},
                            {"base_seed": 1, "claims": [c("reproduced", 0.2), c(None, None, "y")]}])
@@ -83,6 +84,13 @@ def test_base_seed_check_names_a_flip():
     bad = base_seed_block([{"base_seed": 0, "claims": [c("reproduced", 0.1)]},
                            {"base_seed": 1, "claims": [c("contradicted", -0.1)]}])
     assert "**x go from reproduced to contradicted**" in bad
+    # the cross-CPU block: one table per base seed, columns named by CPU and commit
+    from warm_jax.eval.tables import cpu_block
+    rec = lambda cpu, o: {"base_seed": 1, "cpu": cpu, "commit": "0123456789",  # noqa: E731
+                          "claims": [c(o, 0.1)]}
+    cpus = cpu_block([[rec("Intel", "reproduced"), rec("AMD", "reproduced")]])
+    assert cpus.startswith("Base seed 1:") and "| claim | Intel (0123456) | AMD (0123456) |" in cpus
+    assert "1 of 1 claims decided on every CPU have the same outcome on each;" in cpus
 
 
 def test_goals_are_judged_by_their_direction():

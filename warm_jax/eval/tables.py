@@ -165,9 +165,13 @@ def base_seed_block(records: list[dict]) -> str:
                           "base seed")
 
 
-def cpu_block(records: list[dict]) -> str:
-    """Outcomes of the same claims, same base seed, on different CPUs (float rounding differs)."""
-    return outcomes_block(records, [f"{r['cpu']} ({r['commit'][:7]})" for r in records], "CPU")
+def cpu_block(pairs: list[list[dict]]) -> str:
+    """Per base seed, the outcomes of the same claims on different CPUs (float rounding differs):
+    `pairs` holds one list of records (one per CPU) per base seed."""
+    return "\n\n".join(
+        f"Base seed {recs[0]['base_seed']}:\n\n" +
+        outcomes_block(recs, [f"{r['cpu']} ({r['commit'][:7]})" for r in recs], "CPU")
+        for recs in pairs)
 
 
 def outcomes_block(records: list[dict], labels: list[str], what: str) -> str:
