@@ -172,14 +172,14 @@ def claims_blocks() -> dict[str, dict[tuple[str, str], str]]:
     out[RESULTS_MD][(T.FULL_BEGIN, T.FULL_END)] = (
         T.claims_block(full) if full is not None else NO_FULL)
     runs = []
-    cpu = (records[CPU_RUN] or {}).get("cpu", "").split(" x ")[0]
     for name, label in (("demo", "`make demo`"), ("demo_seed1", "`make demo`, base seed 1"),
-                        (CPU_RUN, f"`make demo` on {cpu}"),
-                        (CPU_RUNS[1][1], f"`make demo` on {cpu}, base seed 1"),
+                        (CPU_RUN, "`make demo` on {cpu}"),
+                        (CPU_RUNS[1][1], "`make demo` on {cpu}, base seed 1"),
                         (FULL_RUN, "`make demo FULL=1`")):
-        if records[name] is not None:
-            runs.append((f"{label} ({len(T.chain_seeds(records[name]['claims']))} seeds)",
-                         records[name]))
+        r = records[name]
+        if r is not None:   # each column named by its own record's CPU
+            label = label.format(cpu=r["cpu"].split(" x ")[0])
+            runs.append((f"{label} ({len(T.chain_seeds(r['claims']))} seeds)", r))
     if runs:
         out[README][(T.PRIMARY_BEGIN, T.PRIMARY_END)] = T.primary_block(runs)
     return out

@@ -145,6 +145,25 @@ def test_safetensors_and_gguf_imports_agree(tmp_path, tie):
     assert logits.shape == (1, 5, 40) and bool(jnp.all(jnp.isfinite(logits)))
 
 
+def test_a_rewritten_gguf_file_is_read_again(tmp_path):
+    """A process keeps one gguf reader per file (opening one parses every field), but a file
+    rewritten under the same name (another size, inode or mtime) is read afresh."""
+    pytest.importorskip("safetensors")
+    from warm_jax.models.importers import load_gguf, read_gguf
+    import shutil
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    _, path, _ = _random_llama(tmp_path / "a", tie=False)
+    first, cfg = load_gguf(path)
+    assert read_gguf(path) is read_gguf(path) and not cfg.tie_embeddings
+    _, other, hf = _random_llama(tmp_path / "b", tie=True)
+    os.rename(path, path + ".old")   # the cached reader's memory map stays valid
+    shutil.copyfile(other, path)
+    second, cfg2 = load_gguf(path)
+    assert cfg2.tie_embeddings and "lm_head" in first and "lm_head" not in second
+    np.testing.assert_array_equal(second["body"]["embedding"], hf["model.embed_tokens.weight"])
+
+
 def test_import_writes_a_fingerprinted_checkpoint(tmp_path):
     pytest.importorskip("safetensors")
     from warm_jax.checkpoint import Checkpointer, restore_params

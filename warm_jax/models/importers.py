@@ -49,11 +49,12 @@ def read_gguf(path: str):
     _gguf()
     if not os.path.exists(path):
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    return _reader(os.path.abspath(path), os.path.getmtime(path))
+    st = os.stat(path)   # another file or version under the same name is read afresh
+    return _reader(os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4)
-def _reader(path: str, mtime: float):
+def _reader(path: str, *version):
     return _gguf().GGUFReader(path)
 
 
