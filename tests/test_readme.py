@@ -1,6 +1,8 @@
 """The README's generated blocks agree with the files they are generated from."""
 import os
 
+import pytest
+
 from conftest import REPO
 
 
@@ -53,6 +55,23 @@ def test_claims_blocks_are_generated_from_recorded_runs():
             assert _block(text, begin, end) == want, (
                 f"{os.path.relpath(path, REPO)}'s generated blocks disagree with bench/claims/: "
                 "run python -m bench.table --write")
+
+
+def test_readmes_cross_cpu_counts_are_the_records():
+    """README's sentence on another CPU counts, per base seed, the claims decided on both CPUs
+    whose outcome changes (bench/claims/ records)."""
+    from bench import table
+    from warm_jax.eval.tables import outcome_changes
+    pairs = [[table.load(os.path.join(table.CLAIMS_DIR, f"{n}.json")) for n in pair]
+             for pair in table.CPU_RUNS]
+    if not all(all(p) for p in pairs):
+        pytest.skip("both base seeds are not recorded on both CPUs")
+    counts = [outcome_changes(p) for p in pairs]
+    assert len({len(decided) for decided, _ in counts}) == 1
+    text = " ".join(open(os.path.join(REPO, "README.md"), encoding="utf-8").read().split())
+    want = (f"{len(counts[0][1])} and {len(counts[1][1])} of the {len(counts[0][0])} claims "
+            "decided on both CPUs change outcome")
+    assert want in text, want
 
 
 def test_readme_is_short_and_cites_only_what_exists():

@@ -174,6 +174,15 @@ def cpu_block(pairs: list[list[dict]]) -> str:
         for recs in pairs)
 
 
+def outcome_changes(records: list[dict]) -> tuple[list[str], list[str]]:
+    """(the claims decided in every record, those among them whose outcome differs); a claim
+    without inputs (or descriptive) in some record has no outcome to compare."""
+    by = [{c["claim"]: c for c in r["claims"]} for r in records]
+    decided = [c["claim"] for c in records[0]["claims"]
+               if all(c["claim"] in b and b[c["claim"]]["outcome"] is not None for b in by)]
+    return decided, [i for i in decided if len({b[i]["outcome"] for b in by}) > 1]
+
+
 def outcomes_block(records: list[dict], labels: list[str], what: str) -> str:
     """The claims of several records side by side (outcome and effect), the claims whose outcome
     differs, and the check that none goes from reproduced to contradicted between them."""
@@ -187,9 +196,7 @@ def outcomes_block(records: list[dict], labels: list[str], what: str) -> str:
         outs = {b[i]["outcome"] for b in by if i in b}
         if {"reproduced", "contradicted"} <= outs:
             flips.append(i)
-    # claims without inputs (or descriptive) on some record have no outcome to compare
-    decided = [i for i in ids if all(i in b and b[i]["outcome"] is not None for b in by)]
-    differ = [i for i in decided if len({b[i]["outcome"] for b in by}) > 1]
+    decided, differ = outcome_changes(records)
     lines += ["", f"{len(decided) - len(differ)} of {len(decided)} claims decided on every {what} "
               "have the same outcome on each"
               + (f" ({', '.join(differ)} differ)" if differ else "") + "; "
