@@ -8,6 +8,25 @@ from warm_jax.eval.evidence import decide, seed_t_interval
 from warm_jax.eval.figures import kl_band, mean_band, wa_minus_ens_by_split
 
 
+def _drawn(monkeypatch, draw, *args) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (x, y) of every line `draw(*args)` plots (matplotlib's Axes.plot, recorded)."""
+    from matplotlib.axes import Axes
+    lines, plot = [], Axes.plot
+
+    def record(ax, *a, **kw):
+        xs = [np.asarray(v, np.float64) for v in a if not isinstance(v, str)]
+        lines.append((xs[0].ravel(), xs[1].ravel()))
+        return plot(ax, *a, **kw)
+    monkeypatch.setattr(Axes, "plot", record)
+    assert draw(*args)
+    return lines
+
+
+def _has_line(lines, x, y) -> bool:
+    return any(a.shape == np.shape(x) and np.allclose(a, x) and np.allclose(b, y, equal_nan=True)
+               for a, b in lines)
+
+
 def _runs(kls, golds):
     return {s: [{"step": 25 * i, "kl": k, "control_reward": g} for i, (k, g) in
                 enumerate(zip(kl, gold))] for s, (kl, gold) in enumerate(zip(kls, golds))}
@@ -101,14 +120,14 @@ def test_bon_figure_curves_integrate_to_the_claims_per_prompt_areas():
     assert rec["outcome"] == "reproduced"
 
 
-def test_lmc_figure_lower_panel_averages_to_the_claims_per_seed_units():
+def test_lmc_figure_lower_panel_averages_to_the_claims_per_seed_units(monkeypatch, tmp_path):
     """fig_lmc's lower panel draws, per member pair and λ, WA − diagonal accuracy on the OOD
     split; lmc_above_diag decides on each pair's correctness of WA − diagonal averaged over the
     interior λ and the diversity pairs (not `same_run`). Accuracy is the mean of correctness, so
     the drawn curves, averaged over interior λ and the diversity pairs, are each seed's mean of the
     claim's OOD units; with the validation curves, they pool to the claim's per-seed effect."""
     from warm_jax.average.analysis import lmc
-    from warm_jax.eval.figures import lmc_curves
+    from warm_jax.eval.figures import fig_lmc, lmc_curves
     rng = np.random.default_rng(3)
     n = {"validation": 60, "ood": 40}
     X = {sp: (rng.normal(size=(k, 4)), rng.normal(size=(k, 4))) for sp, k in n.items()}
@@ -127,6 +146,10 @@ def test_lmc_figure_lower_panel_averages_to_the_claims_per_seed_units():
         by_seed[s] = rows
     curves = lmc_curves(by_seed)   # the OOD split
     assert list(curves) == ["same_run", "lr", "data_order"]
+    lines = _drawn(monkeypatch, fig_lmc, by_seed, str(tmp_path / "lmc"))
+    for lam, acc in curves.values():   # the figure draws these curves' means over seeds
+        assert _has_line(lines, lam, acc["wa"].mean(0))
+        assert _has_line(lines, lam, (acc["wa"] - acc["diag"]).mean(0))
     # the validation curves: the same drawing with the validation rows relabelled as the OOD split
     val = lmc_curves({s: [dict(r, split="ood" if r["split"] == "validation" else "x")
                           for r in rows if r["analysis"] == "lmc"] for s, rows in by_seed.items()})
@@ -151,8 +174,9 @@ def test_lmc_figure_lower_panel_averages_to_the_claims_per_seed_units():
 def test_m10_figure_curves_peak_where_m10_same_peak_judges():
     """fig_m draws each method's held-out control reward against step (mean over seeds of
     `step_curves`). m10_same_peak takes each run's peak RL step on half the prompts and judges it
-    on the other half: with every prompt of an evaluation scoring alike, both halves see the drawn
-    curve, so the claim's per-seed effect is the gap between the seed's curves' peaks (step > 0)."""
+    on the other half. Each prompt here scores the curve plus its own offset, constant over steps
+    and summing to zero within each half: both halves peak where the drawn curve does and average
+    to it there, so the claim's per-seed effect is the gap between the seed's curves' peaks."""
     from warm_jax.eval.figures import _runs, step_curves
     rng = np.random.default_rng(4)
     steps = np.arange(0, 250, 25)
@@ -162,10 +186,12 @@ def test_m10_figure_curves_peak_where_m10_same_peak_judges():
         for m, top in (("warm_M6", 1.0), ("warm_M10", 1.0 + 0.02 * rng.normal())):
             curve = top * np.sin(steps / 250 * np.pi) + 0.05 * rng.normal(size=len(steps))
             curve[0] = 0.0
+            offset = rng.normal(size=(2, 4))
+            offset = (offset - offset.mean(1, keepdims=True)).ravel()   # zero-mean per half
             for st, g in zip(steps, curve):
                 d["eval"][m].append({"step": int(st), "method": m, "run_alpha": 0.01, "seed": s,
                                      "kl": float(st) / 50, "control_reward": float(g),
-                                     "gold_per_prompt": [float(g)] * 8})
+                                     "gold_per_prompt": [float(g + o) for o in offset]})
     claim = C.REGISTRY["m10_same_peak"]
     rec = decide(claim, claim.compute(d), n_boot=200)
     assert (rec["extra"]["a"], rec["extra"]["b"]) == ("warm_M10", "warm_M6")
@@ -178,12 +204,13 @@ def test_m10_figure_curves_peak_where_m10_same_peak_judges():
                                            if r["step"] == st]) for st in x])
 
 
-def test_warp_figure_lerp_and_liti_points_differ_by_the_slerp_claims_effects():
+def test_warp_figure_lerp_and_liti_points_differ_by_the_slerp_claims_effects(monkeypatch,
+                                                                             tmp_path):
     """fig_warp marks LERP and the LITI front of each iteration at the mean over seeds of their
     KL and control reward (`warp_curves`). warp_lerp_lower_kl is the per-seed LERP − SLERP (η = 1)
     KL and warp_slerp_beats_lerp the per-prompt SLERP − LERP control reward, iteration 1: means
     are linear, so the drawn points' differences are the claims' effects."""
-    from warm_jax.eval.warp_report import warp_curves
+    from warm_jax.eval.warp_report import fig_warp, warp_curves
     rng = np.random.default_rng(5)
     rows = []
     for s in range(4):
@@ -205,6 +232,8 @@ def test_warp_figure_lerp_and_liti_points_differ_by_the_slerp_claims_effects():
     kl, cr, etas = cv["liti"][1]
     assert list(etas) == [0.0, 0.5, 1.0]
     lerp_kl, lerp_cr = cv["lerp"][1]
+    lines = _drawn(monkeypatch, fig_warp, d, str(tmp_path / "warp"))
+    assert _has_line(lines, kl, cr) and _has_line(lines, [lerp_kl], [lerp_cr])
     recs = {cid: decide(C.REGISTRY[cid], C.REGISTRY[cid].compute(d), n_boot=200)
             for cid in ("warp_lerp_lower_kl", "warp_slerp_beats_lerp")}
     assert lerp_kl - kl[-1] == pytest.approx(recs["warp_lerp_lower_kl"]["effect"])
