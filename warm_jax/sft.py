@@ -194,33 +194,38 @@ def _sft_eval(stage_dir, base_dir, task, model_cfg, eval_samples, seed, sampling
         sampling = dataclasses.replace(sampling or SamplingConfig(
             max_new_tokens=task.max_response_len), eos_id=task.eos_id, pad_id=task.pad_id)
         base_params, _ = restore_params(base_dir)
+        evaluate = make_evaluate_samples(task, model_cfg, sampling, eval_samples, seed)
         ck = Checkpointer(os.path.join(stage_dir, "checkpoints"), read_only=True)
-        rows = [(0, evaluate_samples(task, model_cfg, base_params, base_params, sampling,
-                                     eval_samples, seed))]
+        rows = [(0, evaluate(base_params, base_params))]
         for step in ck.all_steps():
             p, _ = restore_params(ck.directory, step)
-            rows.append((step, evaluate_samples(task, model_cfg, p, base_params, sampling,
-                                                eval_samples, seed)))
+            rows.append((step, evaluate(p, base_params)))
         write_jsonl(eval_path, [{"step": step, **m} for step, m in rows])
 
 
-def evaluate_samples(task, model_cfg: ModelConfig, params, ref_params, sampling: SamplingConfig,
-                     n: int, seed: int) -> dict:
-    """Gold reward, KL(π‖π_ref) (k1, summed over tokens) and length of samples on eval prompts."""
+def make_evaluate_samples(task, model_cfg: ModelConfig, sampling: SamplingConfig, n: int,
+                          seed: int):
+    """`evaluate(params, ref_params) -> row`: gold reward, KL(π‖π_ref) (k1, summed over tokens)
+    and length of samples on the first `n` eval prompts. Its programs are compiled once for every
+    checkpoint it evaluates."""
     lm = LanguageModel(model_cfg)
     prompts = jnp.asarray(task.prompts("eval")[:n])
     sample = jax.jit(make_sampler(lm, sampling))
-    out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(seed))
-    score = jax.jit(lambda p: response_logprobs(lm, p, prompts, out.tokens_BxN, out.mask_BxN,
-                                                sampling.temperature))
-    kl = (score(params) - score(ref_params)).sum(-1)
-    row = {"kl": float(jnp.mean(kl)), "length": float(jnp.mean(out.mask_BxN.sum(-1))),
-           "sample": task.decode(out.tokens_BxN[0], out.mask_BxN[0])}
-    if task.has_oracle:
-        gold_B = np.asarray(task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN))
-        row["gold_reward"] = float(np.mean(gold_B))
-        row["gold_reward_se"] = float(np.std(gold_B, ddof=1) / np.sqrt(len(gold_B)))
-    return row
+    score = jax.jit(lambda p, tokens, mask: response_logprobs(lm, p, prompts, tokens, mask,
+                                                              sampling.temperature))
+
+    def evaluate(params, ref_params) -> dict:
+        out = sample(params, prompts, jnp.ones_like(prompts), jax.random.PRNGKey(seed))
+        kl = (score(params, out.tokens_BxN, out.mask_BxN) -
+              score(ref_params, out.tokens_BxN, out.mask_BxN)).sum(-1)
+        row = {"kl": float(jnp.mean(kl)), "length": float(jnp.mean(out.mask_BxN.sum(-1))),
+               "sample": task.decode(out.tokens_BxN[0], out.mask_BxN[0])}
+        if task.has_oracle:
+            gold_B = np.asarray(task.gold_reward(prompts, out.tokens_BxN, out.mask_BxN))
+            row["gold_reward"] = float(np.mean(gold_B))
+            row["gold_reward_se"] = float(np.std(gold_B, ddof=1) / np.sqrt(len(gold_B)))
+        return row
+    return evaluate
 
 
 def _check_vocab(task, model_cfg: ModelConfig) -> None:
