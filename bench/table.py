@@ -144,7 +144,6 @@ BASE_SEED_RUNS = ("demo", "demo_seed1")   # bench/claims/<name>.json, recorded b
 FULL_RUN = "demo_full"                     # `make demo FULL=1`: python -m bench.record_demo --name
 # `make demo` on a second CPU, per base seed: (first CPU's record, second CPU's)
 CPU_RUNS = (("demo", "demo_amd_epyc"), ("demo_seed1", "demo_seed1_amd_epyc"))
-CPU_RUN = CPU_RUNS[0][1]
 NO_DEMO = "No `make demo` run is recorded in the calibrated RL regime yet."
 NO_BASE = ("Fewer than two base seeds are recorded in the calibrated RL regime so far: the "
            "base-seed check needs both `demo` and `demo_seed1`.")
@@ -172,13 +171,13 @@ def claims_blocks() -> dict[str, dict[tuple[str, str], str]]:
     out[RESULTS_MD][(T.FULL_BEGIN, T.FULL_END)] = (
         T.claims_block(full) if full is not None else NO_FULL)
     runs = []
+    second_cpu = [(b, "`make demo` on {cpu}{seed}") for _, b in CPU_RUNS]
     for name, label in (("demo", "`make demo`"), ("demo_seed1", "`make demo`, base seed 1"),
-                        (CPU_RUN, "`make demo` on {cpu}"),
-                        (CPU_RUNS[1][1], "`make demo` on {cpu}, base seed 1"),
-                        (FULL_RUN, "`make demo FULL=1`")):
+                        *second_cpu, (FULL_RUN, "`make demo FULL=1`")):
         r = records[name]
-        if r is not None:   # each column named by its own record's CPU
-            label = label.format(cpu=r["cpu"].split(" x ")[0])
+        if r is not None:   # a second CPU's column is named by its own record's CPU and seed
+            label = label.format(cpu=r.get("cpu", "").split(" x ")[0],
+                                 seed=f", base seed {r['base_seed']}" if r.get("base_seed") else "")
             runs.append((f"{label} ({len(T.chain_seeds(r['claims']))} seeds)", r))
     if runs:
         out[README][(T.PRIMARY_BEGIN, T.PRIMARY_END)] = T.primary_block(runs)

@@ -18,7 +18,8 @@ import numpy as np
 from warm_jax.models.config import ModelConfig
 from warm_jax.models.hf import load_safetensors, map_layer
 
-__all__ = ["load_gguf", "gguf_tokenizer", "read_gguf", "load_safetensors", "import_checkpoint", "import_base"]
+__all__ = ["load_gguf", "gguf_tokenizer", "read_gguf", "load_safetensors", "import_checkpoint",
+           "import_base"]
 
 
 def unpermute_rotary(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
