@@ -82,7 +82,8 @@ def test_help_lists_experiments_and_macros_and_exits_0():
     ["experiments/demo_full.gin"], ["experiments/demo_full.gin", "experiments/tiny_full.gin"],
     ["experiments/calibrate.gin"], ["experiments/warp.gin"], ["experiments/hh_rm.gin"],
     ["experiments/hh_rm.gin", "experiments/tiny_hh.gin"], ["experiments/hh_smollm2.gin"],
-    ["experiments/hh_smollm2.gin", "experiments/tiny_hh_smollm2.gin"]])
+    ["experiments/hh_smollm2.gin", "experiments/tiny_hh_smollm2.gin"],
+    ["experiments/hh_smollm2_top.gin"]])
 def test_every_experiment_passes_the_launch_checks(files, tmp_path):
     """Every shipped experiment reads every macro it sets and builds every stage's config."""
     import gin

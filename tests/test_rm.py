@@ -164,16 +164,17 @@ def test_bad_baklava_step_and_mode(toy_init):
 
 def test_probe_ablation_members_start_from_their_sft_body_and_a_fresh_head_each(toy_init):
     from warm_jax.layout import RunLayout
+    from warm_jax.models import RewardModel
     from warm_jax.rm.stage import fresh_head_params, member_init
     wd, _, cfg = toy_init
     sft_dir = RunLayout(wd).checkpoints(RunLayout(wd).sft)
     specs = expand(DiversityConfig(num_members=2, baklava_steps=(100, 200),
                                    explicit=((1e-3, 0.0, 100), (1e-3, 0.0, 200))), 200)
-    inits = [flatten(member_init(fresh_head_params(cfg, s.rng_seed), sft_dir, s)) for s in specs]
+    inits = [flatten(member_init(fresh_head_params(RewardModel(cfg), s.rng_seed), sft_dir, s)) for s in specs]
     h0, h1 = (np.asarray(p["reward_head/kernel"]) for p in inits)
     assert not np.allclose(h0, h1), "each member draws its own head"
     assert 0.01 < h0.std() < 0.03, "the head's N(0, 0.02) init"
-    np.testing.assert_array_equal(h0, flatten(fresh_head_params(cfg, specs[0].rng_seed))[
+    np.testing.assert_array_equal(h0, flatten(fresh_head_params(RewardModel(cfg), specs[0].rng_seed))[
         "reward_head/kernel"])
     for init, s in zip(inits, specs):  # every body leaf is the member's own SFT checkpoint's
         body = flatten(restore_params(sft_dir, s.init_step)[0])

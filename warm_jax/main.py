@@ -42,6 +42,8 @@ from warm_jax.rl.reinforce import RLConfig
 from warm_jax.rl.stage import PolicyConfig, train_policies
 from warm_jax.rl.warp_stage import WARPConfig, warp_policies
 from warm_jax.rm.stage import RMConfig, train_reward_models
+from warm_jax.rm.trunk import TrunkConfig, TrunkTask, cache_trunk_states
+from warm_jax.average.heldout import HeldoutConfig, heldout_report
 from warm_jax.models.config import ModelConfig, preset
 from warm_jax.models.importers import default_smollm2_path, gguf_config, import_base, read_gguf
 from warm_jax.models.sampling import SamplingConfig
@@ -74,7 +76,8 @@ def smollm2_config(path: str | None = None) -> ModelConfig:
 
 # --- the stages: (*, workdir, task, model_cfg, cfg) each; the report and the import take less ------
 STAGES = (sft.pretrain, sft.sft, ood_pairs, train_reward_models, average_reward_models, best_of_n,
-          train_policies, warp_policies, calibrate_regime, write_report, import_base)
+          train_policies, warp_policies, calibrate_regime, write_report, import_base,
+          cache_trunk_states, heldout_report)
 
 # --- the configurables: library functions and config classes, bound here at the edge -------------
 for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
@@ -98,7 +101,9 @@ for _obj, _name in [(ToyTask, "ToyTask"), (ToyTaskConfig, "ToyTaskConfig"),
                     (OODConfig, "OODConfig"), (RMConfig, "RMConfig"),
                     (AverageConfig, "AverageConfig"), (BoNConfig, "BoNConfig"),
                     (PolicyConfig, "PolicyConfig"), (WARPConfig, "WARPConfig"),
-                    (CalibrationConfig, "CalibrationConfig")]:
+                    (CalibrationConfig, "CalibrationConfig"), (TrunkConfig, "TrunkConfig"),
+                    (TrunkTask, "TrunkTask"), (cache_trunk_states, "cache_trunk_states"),
+                    (HeldoutConfig, "HeldoutConfig"), (heldout_report, "heldout_report")]:
     gin.external_configurable(_obj, _name, module="warm_jax")
 
 

@@ -62,7 +62,6 @@ def evaluate(pairs_path: str, members: list[str], *, tokenizer: str | None = Non
     import jax
     import jax.numpy as jnp
 
-    from warm_jax.average.rewards import aggregate
     from warm_jax.data.preferences import LoadPolicy, encode_pairs, read_preferences
     from warm_jax.data.tokenizer import JsonTokenizer
     from warm_jax.models import RewardModel
@@ -89,23 +88,31 @@ def evaluate(pairs_path: str, members: list[str], *, tokenizer: str | None = Non
     r = [scorer(p, split) for p in member_params]            # per member: (chosen, rejected)
     wa = jax.tree.map(lambda *xs: sum(xs) / len(xs), *member_params)
     r_wa = scorer(wa, split)
-    rc_MxN = jnp.asarray(np.stack([c for c, _ in r]))
-    rr_MxN = jnp.asarray(np.stack([x for _, x in r]))
-    correct = {f"member_{i}": (c > x).astype(float) for i, (c, x) in enumerate(r)}
-    correct["WA"] = (r_wa[0] > r_wa[1]).astype(float)
+    return {"pairs": len(split["prompt"]), "truncated_prompts": summary.truncated_prompts,
+            "truncated_responses": summary.truncated_responses,
+            **compare(r, r_wa, uwo_lambda)}
+
+
+def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5) -> dict:
+    """From per-member and WA (chosen, rejected) rewards of the same pairs: each one's accuracy
+    (members, WA, ENS, WCO, UWO) and the paired intervals of WA − ENS and WA − best member."""
+    from warm_jax.average.rewards import aggregate
+    rc_MxN = np.stack([np.asarray(c) for c, _ in member_rewards])
+    rr_MxN = np.stack([np.asarray(x) for _, x in member_rewards])
+    correct = {f"member_{i}": (c > x).astype(float) for i, (c, x) in
+               enumerate(zip(rc_MxN, rr_MxN))}
+    correct["WA"] = (np.asarray(wa_rewards[0]) > np.asarray(wa_rewards[1])).astype(float)
     for kind in ("ens", "wco", "uwo"):
         c = np.asarray(aggregate(rc_MxN, kind, uwo_lambda))
         x = np.asarray(aggregate(rr_MxN, kind, uwo_lambda))
         correct[kind.upper()] = (c > x).astype(float)
     best = max((k for k in correct if k.startswith("member_")), key=lambda k: correct[k].mean())
-    return {"pairs": len(split["prompt"]), "truncated_prompts": summary.truncated_prompts,
-            "truncated_responses": summary.truncated_responses,
-            "accuracy": {k: float(v.mean()) for k, v in correct.items()},
+    return {"accuracy": {k: float(v.mean()) for k, v in correct.items()},
             "wa_minus_ens": interval(correct["WA"] - correct["ENS"]),
             "wa_minus_best_member": dict(interval(correct["WA"] - correct[best]), member=best)}
 
 
-def _line(name: str, d: dict) -> str:
+def verdict_line(name: str, d: dict) -> str:
     lo, hi = d["ci"]
     verdict = ("WA better" if lo > 0 else "WA worse" if hi < 0 else
                f"inconclusive; ~{d['pairs_needed']} pairs would decide it at this effect"
@@ -134,8 +141,8 @@ def main(argv=None) -> int:
           f"{out['truncated_responses']} responses truncated)")
     for k, v in out["accuracy"].items():
         print(f"accuracy {k:13s} {v:.4f}")
-    print(_line("WA - ENS", out["wa_minus_ens"]))
-    print(_line(f"WA - best ({out['wa_minus_best_member']['member']})",
+    print(verdict_line("WA - ENS", out["wa_minus_ens"]))
+    print(verdict_line(f"WA - best ({out['wa_minus_best_member']['member']})",
                 out["wa_minus_best_member"]))
     return 0
 

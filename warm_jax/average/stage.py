@@ -21,10 +21,10 @@ from warm_jax.checkpoint import Checkpointer, restore_params
 from warm_jax.checks import run_only
 from warm_jax.fileio import kill_point, write_jsonl
 from warm_jax.layout import RunLayout, chain
-from warm_jax.models import ModelConfig, RewardModel
+from warm_jax.models import ModelConfig
 from warm_jax.ood import splits_of, with_ood
 from warm_jax.progress import progress
-from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer
+from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, task_reward_model
 from warm_jax.data.task import seeded_task
 
 DEFAULT_LMC_PAIRS = {"data_order": (0, 1), "learning_rate": (0, 2), "baklava": (0, 3)}
@@ -54,7 +54,7 @@ def member_params_at(layout: RunLayout, name: str, member: int, step: int,
 
 
 def _subsample(split: dict[str, np.ndarray], n: int | None, seed: int) -> dict[str, np.ndarray]:
-    total = len(split["prompt"])
+    total = len(split["chosen"])
     if n is None or total <= n:
         return split
     idx = np.sort(np.random.default_rng(seed).permutation(total)[:n])
@@ -150,7 +150,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     if not 1 <= k <= M:
         raise ValueError(f"AverageConfig.analysis_members={cfg.analysis_members} out of range: "
                          f"allowed [1, {M}]")
-    rm = RewardModel(model_cfg)
+    rm = task_reward_model(task, model_cfg)
     splits = {s: _subsample({k: v for k, v in task.preference_split(s).items()
                              if k in PAIR_KEYS + ("flipped",)}, cfg.max_eval_pairs, cfg.seed)
               for s in splits_of(task)}
@@ -174,7 +174,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
     rows = []
     if not cfg.analyses:
         write_jsonl(out_path, [{"step": 0, "analysis": "eval_sizes",
-                                "sizes": {cfg.rank_by: len(splits[subsets[cfg.rank_by][0]]["prompt"])}}])
+                                "sizes": {cfg.rank_by: len(splits[subsets[cfg.rank_by][0]]["chosen"])}}])
         return
     if cfg.greedy:
         chosen = [order[0]]
@@ -190,7 +190,7 @@ def _average_and_analyse(layout: RunLayout, name: str, task, model_cfg: ModelCon
         average_checkpoints([dirs[i] for i in chosen], layout.average(name, "greedy"),
                             method=f"greedy_by_{cfg.rank_by}", allow_base_mismatch=cfg.allow_base_mismatch,
                             extra_meta={"member_indices": chosen})
-    sizes = {k: int(len(splits[sp]["prompt"]) if m is None else int(np.sum(m)))
+    sizes = {k: int(len(splits[sp]["chosen"]) if m is None else int(np.sum(m)))
              for k, (sp, m) in subsets.items()}
     rows.append({"analysis": "eval_sizes", "sizes": sizes})
     # the curves (LMC, the M curve) on what their claims and figures read: the validation split

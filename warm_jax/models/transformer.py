@@ -240,14 +240,25 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Embedding, blocks and final norm: the body shared by policy, reward and value models."""
+    """Embedding, blocks and final norm: the body shared by policy, reward and value models.
+
+    A slice of it, for reward models fine-tuned over cached trunk states (`warm_jax.rm.trunk`):
+    `start` > 0 takes the states entering block `start` in place of tokens (no embedding);
+    `stop` returns the states entering block `stop` (no final norm). Parameter names are the whole
+    model's, so a slice's parameters are a subtree of the whole model's."""
     cfg: ModelConfig
+    start: int = 0
+    stop: int | None = None
 
     def setup(self):
         cfg = self.cfg
-        self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                                nn.initializers.normal(0.02), cfg.jnp_param_dtype)
-        self.layers = [Block(cfg, cfg.window(i), name=f"layer_{i}") for i in range(cfg.n_layers)]
+        if self.start == 0:
+            self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model),
+                                    ("vocab", "embed"), nn.initializers.normal(0.02),
+                                    cfg.jnp_param_dtype)
+        stop = cfg.n_layers if self.stop is None else self.stop
+        self.layers = [Block(cfg, cfg.window(i), name=f"layer_{i}")
+                       for i in range(self.start, stop)]
         self.final_norm = RMSNorm(cfg)
 
     def __call__(self, tokens_BxT, mask_BxT=None, *, positions_BxT=None, kv_valid_BxS=None,
@@ -262,22 +273,27 @@ class Decoder(nn.Module):
             positions_BxT = positions_from_mask(mask_BxT)
         if kv_valid_BxS is None:
             kv_valid_BxS = mask_BxT
-        x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0)
-        if self.cfg.embed_scale:   # Gemma: times sqrt(d_model), rounded to the weights' dtype
-            x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** 0.5, x_BxTxD.dtype)
-        x_BxTxD = x_BxTxD.astype(self.cfg.jnp_dtype)
-        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
-        # a zero-valued hook: gradients w.r.t. it are gradients w.r.t. the input embeddings
-        x_BxTxD = self.perturb("embedded", x_BxTxD)
+        if self.start > 0:   # `tokens_BxT` are the BxTxD states entering block `start`
+            x_BxTxD = constrain(tokens_BxT.astype(self.cfg.jnp_dtype), ("batch", "length", "embed"))
+        else:
+            x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0)
+            if self.cfg.embed_scale:   # Gemma: times sqrt(d_model), rounded to the weights' dtype
+                x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.d_model ** 0.5, x_BxTxD.dtype)
+            x_BxTxD = x_BxTxD.astype(self.cfg.jnp_dtype)
+            x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+            # a zero-valued hook: gradients w.r.t. it are gradients w.r.t. the input embeddings
+            x_BxTxD = self.perturb("embedded", x_BxTxD)
         sincos = rope_tables(positions_BxT, self.cfg.resolved_head_dim, self.cfg.rope_theta,
                              self.cfg.rope_llama3)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
+            last = i == len(self.layers) - 1 and self.stop is None
             x_BxTxD, c = layer(x_BxTxD, sincos, kv_valid_BxS,
                                None if cache is None else cache[i], cache_index, dropout_rate,
                                deterministic, rows_B if last else None)
             new_cache.append(c)
+        if self.stop is not None:
+            return x_BxTxD, None
         return self.final_norm(x_BxTxD), (None if cache is None else new_cache)
 
     def attend(self, h_BxTxD):
@@ -341,15 +357,24 @@ class ScalarHead(nn.Module):
 
 
 class RewardModel(nn.Module):
-    """Reward = scalar head on the body's state at the last real token of each sequence."""
+    """Reward = scalar head on the body's state at the last real token of each sequence.
+    `input_layer` > 0: the inputs are the BxTxD states entering that block (cached trunk states),
+    and the model holds only the blocks from there on (`Decoder.start`)."""
     cfg: ModelConfig
+    input_layer: int = 0
+
+    def dummy_inputs(self) -> tuple[jax.Array, jax.Array]:
+        """(inputs, mask) of shape 1x4 to `init` the model with."""
+        mask = jnp.ones((1, 4), jnp.int32)
+        if self.input_layer == 0:
+            return mask, mask
+        return jnp.zeros((1, 4, self.cfg.d_model), self.cfg.jnp_dtype), mask
 
     @nn.compact
     def __call__(self, tokens_BxT, mask_BxT, *, dropout_rate=0.0, deterministic=True):
-        h_Bx1xD, _ = Decoder(self.cfg, name="body")(tokens_BxT, mask_BxT,
-                                                    dropout_rate=dropout_rate,
-                                                    deterministic=deterministic,
-                                                    rows_B=last_token_index(mask_BxT))
+        body = Decoder(self.cfg, start=self.input_layer, name="body")
+        h_Bx1xD, _ = body(tokens_BxT, mask_BxT, dropout_rate=dropout_rate,
+                          deterministic=deterministic, rows_B=last_token_index(mask_BxT))
         return ScalarHead(self.cfg, name="reward_head")(h_Bx1xD)[:, 0]
 
 

@@ -12,6 +12,12 @@ from warm_jax.models.transformer import RewardModel
 PAIR_KEYS = ("prompt", "prompt_mask", "chosen", "chosen_mask", "rejected", "rejected_mask")
 
 
+def task_reward_model(task, model_cfg) -> RewardModel:
+    """The reward model a task's pairs feed: on tokens, or on the cached states entering block
+    `task.input_layer` (`warm_jax.rm.trunk.TrunkTask`)."""
+    return RewardModel(model_cfg, input_layer=getattr(task, "input_layer", 0))
+
+
 def bradley_terry(r_chosen_B: jax.Array, r_rejected_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(−mean log σ(r⁺ − r⁻), pairwise accuracy mean[r⁺ > r⁻])."""
     margin_B = r_chosen_B - r_rejected_B
@@ -20,11 +26,18 @@ def bradley_terry(r_chosen_B: jax.Array, r_rejected_B: jax.Array) -> tuple[jax.A
 
 def pair_rewards(model: RewardModel, params, batch: Mapping[str, jax.Array], *, dropout_rate=0.0,
                  deterministic=True, rng=None) -> tuple[jax.Array, jax.Array]:
-    """Rewards of (prompt + chosen) and (prompt + rejected), in one forward pass of 2B sequences."""
+    """Rewards of (prompt + chosen) and (prompt + rejected), in one forward pass of 2B sequences.
+    A batch without "prompt" holds whole sequences (cached trunk states, `warm_jax.rm.trunk`),
+    right-padded; the shorter of the two is padded to the other's length."""
     def seq(resp):
+        if "prompt" not in batch:
+            return batch[resp], batch[resp + "_mask"]
         return (jnp.concatenate([batch["prompt"], batch[resp]], 1),
                 jnp.concatenate([batch["prompt_mask"], batch[resp + "_mask"]], 1))
     (tc, mc), (tr, mr) = seq("chosen"), seq("rejected")
+    T = max(tc.shape[1], tr.shape[1])
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, T - x.shape[1])] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    (tc, mc), (tr, mr) = (pad(tc), pad(mc)), (pad(tr), pad(mr))
     rngs = {"dropout": rng} if rng is not None else {}
     r_2B = model.apply({"params": params}, jnp.concatenate([tc, tr]), jnp.concatenate([mc, mr]),
                        dropout_rate=dropout_rate, deterministic=deterministic, rngs=rngs)
@@ -48,8 +61,9 @@ def make_pair_scorer(model: RewardModel, batch_size: int = 256):
     fwd = jax.jit(lambda p, b: pair_rewards(model, p, b))
 
     def score(params, split: Mapping[str, np.ndarray]):
-        n = len(split["prompt"])
-        outs = [fwd(params, {k: split[k][i:i + batch_size] for k in PAIR_KEYS})
+        n = len(split["chosen"])
+        keys = [k for k in PAIR_KEYS if k in split]
+        outs = [fwd(params, {k: split[k][i:i + batch_size] for k in keys})
                 for i in range(0, n, batch_size)]
         return (np.concatenate([np.asarray(o[0]) for o in outs]),
                 np.concatenate([np.asarray(o[1]) for o in outs]))

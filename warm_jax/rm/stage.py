@@ -29,7 +29,8 @@ from warm_jax.metrics import MetricsWriter
 from warm_jax.models import ModelConfig, RewardModel, unbox
 from warm_jax.ood import splits_of, with_ood
 from warm_jax.rm.diversity import DiversityConfig, RunSpec, expand
-from warm_jax.rm.loss import PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies
+from warm_jax.rm.loss import (PAIR_KEYS, make_pair_scorer, make_rm_loss, split_accuracies,
+                              task_reward_model)
 from warm_jax.rm.population import (POPULATION_IMPLS, StackedIterator, make_member_step, member_state,
                                     population_step, single_run_step, stack, unstack,
                                     with_member_axis)
@@ -40,11 +41,11 @@ MODES = ("population", "separate")
 
 def _pairs(task, split: str) -> dict[str, np.ndarray]:
     data = task.preference_split(split)
-    return {k: data[k] for k in PAIR_KEYS + ("flipped",)}
+    return {k: data[k] for k in PAIR_KEYS + ("flipped",) if k in data}
 
 
 def _columns(split: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: split[k] for k in PAIR_KEYS}
+    return {k: split[k] for k in PAIR_KEYS if k in split}
 
 
 def sft_meta(sft_dir: str) -> dict:
@@ -59,10 +60,9 @@ def sft_meta(sft_dir: str) -> dict:
 def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, num_steps: int,
                  learning_rate: float, batch_size: int, seed: int, mesh) -> tuple[dict, dict]:
     """Train only the reward head (freeze pattern `body/.*`) on the final SFT body."""
-    rm = RewardModel(model_cfg)
+    rm = task_reward_model(task, model_cfg)
     tx = make_optimizer(OptimConfig(learning_rate=learning_rate, frozen=(r"body/.*",)))
-    dummy = jnp.ones((1, 4), jnp.int32)
-    state, sh = create_train_state(lambda r: rm.init(r, dummy, jnp.ones_like(dummy))["params"], tx,
+    state, sh = create_train_state(lambda r: rm.init(r, *rm.dummy_inputs())["params"], tx,
                                    mesh, jax.random.PRNGKey(seed))
     ck = Checkpointer(probe_dir, max_to_keep=1)
     meta = sft_meta(sft_dir)
@@ -81,13 +81,11 @@ def linear_probe(*, probe_dir: str, sft_dir: str, task, model_cfg: ModelConfig, 
     return jax.device_get(state.params), meta
 
 
-def fresh_head_params(model_cfg: ModelConfig, rng_seed: int) -> dict:
+def fresh_head_params(rm: RewardModel, rng_seed: int) -> dict:
     """A whole RewardModel init whose reward head is drawn from the member's own key (the probe
     ablation's init; `member_init` then puts the SFT body on it)."""
-    dummy = jnp.ones((1, 4), jnp.int32)
     key = jax.random.fold_in(jax.random.PRNGKey(rng_seed), 0x4EAD)
-    return jax.device_get(unbox(RewardModel(model_cfg).init(key, dummy,
-                                                            jnp.ones_like(dummy))["params"]))
+    return jax.device_get(unbox(rm.init(key, *rm.dummy_inputs())["params"]))
 
 
 def member_init(probe_params: dict, sft_dir: str, spec: RunSpec,
@@ -203,11 +201,10 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
                 learning_rate=cfg.probe_learning_rate,
                 batch_size=batch_size, seed=seed_c, mesh=mesh)
     meta = next(iter(metas.values()))
-    rm = RewardModel(model_cfg)
+    rm = task_reward_model(task, model_cfg)
     loss = make_rm_loss(rm)
     tx = make_optimizer(OptimConfig(learning_rate=1.0))  # each member's lr is set in its state
-    dummy = jnp.ones((1, 4), jnp.int32)
-    _, sh1 = create_train_state(lambda r: rm.init(r, dummy, jnp.ones_like(dummy))["params"], tx,
+    _, sh1 = create_train_state(lambda r: rm.init(r, *rm.dummy_inputs())["params"], tx,
                                 mesh, jax.random.PRNGKey(0))
     step = make_member_step(loss, tx)
     trained: dict[str, dict[int, dict]] = {c: {} for c in chains}
@@ -218,7 +215,7 @@ def _train_and_export(layout: RunLayout, task, model_cfg: ModelConfig, chains, g
         # the whole group, even if a kill came mid-export: its checkpoint holds every member
         iters = [batch_iterator(train_cols[c], batch_size=batch_size, seed=s.data_seed)
                  for c, s in group]
-        heads = [probes[c] if probe else fresh_head_params(model_cfg, s.rng_seed)
+        heads = [probes[c] if probe else fresh_head_params(rm, s.rng_seed)
                  for c, s in group]
         states = [member_state(member_init(h, sft_dir, s, bodies), tx, s.learning_rate,
                                s.rng_seed) for h, (c, s) in zip(heads, group)]
