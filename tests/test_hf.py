@@ -254,6 +254,11 @@ def test_evaluate_scores_members_wa_and_ens_on_the_users_pairs(tmp_path, family)
     assert out["truncated_prompts"] == 0
     assert out["accuracy"]["WA"] == out["accuracy"]["ENS"] == out["accuracy"]["member_0"]
     assert out["wa_minus_ens"]["ci"] == [0.0, 0.0]
+    # alike on every pair: the rule of three bounds |WA - ENS| by 3 / 80 at 95%
+    assert out["wa_minus_ens"]["differing"] == 0
+    assert out["wa_minus_ens"]["bound"] == pytest.approx(3 / 80)
+    assert out["wa_minus_ens"]["pairs_needed_at_least"] == int(np.ceil(1.959963984540054 ** 2
+                                                                       * 80 / 3))
     # the pairs a 95% interval would need at the measured effect: (1.96 sd / mean)^2
     d = np.array([1.0] * 6 + [-1.0] * 4 + [0.0] * 90)
     r = interval(d)

@@ -133,3 +133,20 @@ def test_record_test_reads_pytest_summaries_and_refuses_red_runs(tmp_path):
     empty = tmp_path / "empty.log"
     empty.write_text("no tests ran in 0.01s\n")
     assert main([str(empty)]) == 2
+
+
+def test_readmes_real_data_prose_is_the_record():
+    """The real-data section's counts (pairs, what the limits cut, the fine-tuned weights) are the
+    recorded run's (bench/real/, bench.record_real); its table is a generated block (above)."""
+    from bench import table
+    r = table.load(table.REAL_RUN)
+    if r is None:
+        pytest.skip("no real-data run recorded: python -m bench.record_real")
+    h = r["heldout"]
+    t = h["truncation"]
+    text = " ".join(open(os.path.join(REPO, "README.md"), encoding="utf-8").read().split())
+    for want in (f"the {t['pairs']:,} HH-RLHF",
+                 f"({t['prompts']:,} prompts, {t['responses']:,} responses)",
+                 f"{h['trained_parameters'] / 1e6:.1f}M of the {h['parameters'] / 1e6:.0f}M "
+                 "weights", f"{h['pairs']} test pairs"):
+        assert want in text, want

@@ -5,8 +5,8 @@ Scores every member, their uniform weight average (WA), the ensemble of their re
 Coste et al.'s worst-case (WCO) and uncertainty-weighted (UWO) ensembles on each pair, and prints
 each one's accuracy (chosen scored above rejected) and the paired differences WA − ENS and
 WA − best member, each with a 95% interval from a bootstrap over the pairs (the evidence layer's
-`hierarchical_bootstrap` with one seed) and, while inconclusive, about how many pairs would decide
-it at the measured effect and spread. Members are Hugging Face reward-model directories
+`hierarchical_bootstrap` with one seed) and, for a difference still inconclusive, about how many
+pairs would decide it at the measured effect and spread. Members are Hugging Face reward-model directories
 (`*ForSequenceClassification`) or warm_jax checkpoints that record their model config; the
 tokenizer is the first member's `tokenizer.json` unless `--tokenizer` names one. Truncation is
 reported (the prompt's end and the responses' starts are kept). Bad input: one line, exit 2.
@@ -45,7 +45,12 @@ def load_member(path: str):
 
 def interval(diffs_U: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean of per-pair differences, its 95% bootstrap interval over pairs, and (while the
-    interval holds 0) the pairs a normal-approximation 95% interval would need to exclude it."""
+    interval holds 0) the pairs a normal-approximation 95% interval would need to exclude it.
+
+    Where the two never differ on a pair, the bootstrap interval is [0, 0], which overstates what
+    N pairs show: the rule of three bounds the rate of differing pairs, hence |mean|, by 3 / N
+    (95%), and a difference that large shows only from Z95² / bound pairs on (all differing
+    pairs on one side), a smaller one from more: `bound` and `pairs_needed_at_least`."""
     from warm_jax.eval.evidence import hierarchical_bootstrap
     stats = hierarchical_bootstrap([diffs_U], rng=np.random.default_rng(seed), n_boot=n_boot)
     lo, hi = (float(x) for x in np.quantile(stats, [0.025, 0.975]))
@@ -53,7 +58,12 @@ def interval(diffs_U: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     need = None
     if lo <= 0 <= hi and mean != 0 and sd > 0:
         need = int(np.ceil((Z95 * sd / abs(mean)) ** 2))
-    return {"mean": mean, "ci": [lo, hi], "pairs": int(diffs_U.size), "pairs_needed": need}
+    out = {"mean": mean, "ci": [lo, hi], "pairs": int(diffs_U.size), "pairs_needed": need,
+           "differing": int(np.count_nonzero(diffs_U))}
+    if out["differing"] == 0 and diffs_U.size:
+        out["bound"] = 3.0 / diffs_U.size
+        out["pairs_needed_at_least"] = int(np.ceil(Z95 ** 2 / out["bound"]))
+    return out
 
 
 def evaluate(pairs_path: str, members: list[str], *, tokenizer: str | None = None,
@@ -108,15 +118,22 @@ def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5) -> dict:
         correct[kind.upper()] = (c > x).astype(float)
     best = max((k for k in correct if k.startswith("member_")), key=lambda k: correct[k].mean())
     return {"accuracy": {k: float(v.mean()) for k, v in correct.items()},
+            "accuracy_ci": {k: interval(v)["ci"] for k, v in correct.items()},
             "wa_minus_ens": interval(correct["WA"] - correct["ENS"]),
             "wa_minus_best_member": dict(interval(correct["WA"] - correct[best]), member=best)}
 
 
 def verdict_line(name: str, d: dict) -> str:
     lo, hi = d["ci"]
-    verdict = ("WA better" if lo > 0 else "WA worse" if hi < 0 else
-               f"inconclusive; ~{d['pairs_needed']} pairs would decide it at this effect"
-               if d["pairs_needed"] else "inconclusive")
+    if d.get("bound") is not None:
+        verdict = (f"inconclusive; alike on all {d['pairs']} pairs, so |difference| <= "
+                   f"{d['bound']:.4f} (95%, rule of three): a difference that large needs >= "
+                   f"{d['pairs_needed_at_least']} pairs to show, a smaller one more")
+    elif lo > 0 or hi < 0:
+        verdict = "WA better" if lo > 0 else "WA worse"
+    else:
+        verdict = (f"inconclusive; ~{d['pairs_needed']} pairs would decide it at this effect"
+                   if d["pairs_needed"] else "inconclusive")
     return f"{name:22s} {d['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]  {verdict}"
 
 
@@ -140,7 +157,8 @@ def main(argv=None) -> int:
     print(f"{out['pairs']} pairs ({out['truncated_prompts']} prompts and "
           f"{out['truncated_responses']} responses truncated)")
     for k, v in out["accuracy"].items():
-        print(f"accuracy {k:13s} {v:.4f}")
+        lo, hi = out["accuracy_ci"][k]
+        print(f"accuracy {k:13s} {v:.4f} [{lo:.4f}, {hi:.4f}]")
     print(verdict_line("WA - ENS", out["wa_minus_ens"]))
     print(verdict_line(f"WA - best ({out['wa_minus_best_member']['member']})",
                 out["wa_minus_best_member"]))

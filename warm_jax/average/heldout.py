@@ -1,8 +1,9 @@
 """Stage: what a user takes away from a population on real preferences. On the held-out split,
 each member's accuracy, the weight average's (WA), the ensembles' (ENS, WCO, UWO), and the paired
-intervals of WA − ENS and WA − best member (pairs needed to decide them, while inconclusive); then
-the WA exported as a Hugging Face `*ForSequenceClassification` directory, read back and scored on
-tokens against the scores it was evaluated with.
+intervals of WA − ENS and WA − best member (pairs needed to decide them, while inconclusive), the
+shared linear probe's accuracy and how far each member moved from it (WA and ENS part only as
+members move apart); then the WA exported as a Hugging Face `*ForSequenceClassification`
+directory, read back and scored on tokens against the scores it was evaluated with.
 
 Writes `<workdir>/rm/<name>/seed_<s>/heldout.json` and `.../export/<method>_hf/`.
 """
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax import checks
-from warm_jax.average.evaluate import compare, verdict_line
-from warm_jax.checkpoint import restore_params
+from warm_jax.average.evaluate import compare, interval, verdict_line
+from warm_jax.average.hf_members import relative_distance
+from warm_jax.checkpoint import flatten, restore_params
 from warm_jax.fileio import write_json
 from warm_jax.layout import RunLayout, chain
 from warm_jax.models import ModelConfig, RewardModel
@@ -68,9 +70,23 @@ def heldout_report(*, workdir: str, task, model_cfg: ModelConfig, cfg: HeldoutCo
         result = dict(compare([scorer(p, split) for p in members], r_wa, cfg.uwo_lambda),
                       split=cfg.split, pairs=int(len(split["chosen"])), members=len(members),
                       method=cfg.method, input_layer=int(getattr(task, "input_layer", 0)))
+        if os.path.isdir(layout.linear_probe(name)):   # the shared init: how far members moved
+            probe = restore_params(layout.linear_probe(name))[0]
+            rc, rr = scorer(probe, split)
+            result["probe_accuracy"] = float((rc > rr).mean())
+            result["probe_accuracy_ci"] = interval((rc > rr).astype(float))["ci"]
+            result["distance_from_probe"] = [relative_distance(flatten(m), flatten(probe))
+                                             for m in members]
 
         base = restore_params(layout.checkpoints(layout.sft))[0]
         whole = full_params(base, wa) if result["input_layer"] else wa
+        size = lambda t: int(sum(np.size(x) for x in jax.tree.leaves(t)))  # noqa: E731
+        result.update(trained_parameters=size(wa), parameters=size(whole))
+        summary = getattr(token_task or task, "summary", None)
+        if summary is not None:   # what the length limits cut (a preference file's task)
+            result["truncation"] = {"pairs": summary.pairs,
+                                    "prompts": summary.truncated_prompts,
+                                    "responses": summary.truncated_responses}
         if os.path.isdir(export_dir) and os.listdir(export_dir):   # a kill after the export
             import shutil
             shutil.rmtree(export_dir)
@@ -99,6 +115,10 @@ def summary_lines(result: dict) -> list[str]:
     lines.append(verdict_line("WA - ENS", result["wa_minus_ens"]))
     lines.append(verdict_line(f"WA - best ({result['wa_minus_best_member']['member']})",
                               result["wa_minus_best_member"]))
+    if "probe_accuracy" in result:
+        lines.append(f"the shared linear probe: accuracy {result['probe_accuracy']:.3f}; members "
+                     "moved from it by relative distance " + ", ".join(
+                         f"{d:.2g}" for d in result["distance_from_probe"]))
     e = result.get("export")
     if e:
         lines.append(f"exported {e['dir']}: scored from tokens on {e['pairs_checked']} pairs, "

@@ -183,6 +183,8 @@ def import_base(*, workdir: str, gguf_path: str | None = None, hf_dir: str | Non
     with layout.stage("import_base", layout.sft, {"gguf_path": gguf_path, "hf_dir": hf_dir}):
         if os.path.isdir(out) and Checkpointer(out, read_only=True).latest_step() is not None:
             return out
+        from warm_jax.progress import note_work
+        note_work()   # no progress loop: the launch would call the stage skipped
         params, cfg = load_gguf(gguf_path) if gguf_path else load_safetensors(hf_dir)
         if gguf_path:
             tok, _ = gguf_tokenizer(gguf_path)
