@@ -17,6 +17,18 @@ from bench.run_all import RESULTS
 CLAIMS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "claims")
 
 
+def read_fresh_run(workdir: str) -> tuple[dict, dict] | None:
+    """(run_info, timings) of a run that finished in one launch; None (said on stderr) for one
+    that resumed earlier work or did not finish: its wall time would not be the whole run's."""
+    info = json.load(open(os.path.join(workdir, "run_info.json")))
+    timings = json.load(open(os.path.join(workdir, "timings.json")))
+    if "wall_s" not in info or sum(timings.values()) > info["wall_s"] + 1:
+        print(f"error: {workdir} resumed earlier work or did not finish; record a fresh run",
+              file=sys.stderr)
+        return None
+    return info, timings
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.record_demo")
     ap.add_argument("workdir")
@@ -27,12 +39,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from warm_jax.layout import RunLayout
     from warm_jax.report import run_record
-    info = json.load(open(os.path.join(args.workdir, "run_info.json")))
-    timings = json.load(open(os.path.join(args.workdir, "timings.json")))
-    if "wall_s" not in info or sum(timings.values()) > info["wall_s"] + 1:
-        print(f"error: {args.workdir} resumed earlier work or did not finish; record a fresh run",
-              file=sys.stderr)
+    run = read_fresh_run(args.workdir)
+    if run is None:
         return 2
+    info, _ = run
     os.makedirs(CLAIMS_DIR, exist_ok=True)
     record = run_record(RunLayout(args.workdir))
     if record.get("commit") is None:   # a run from before run_info recorded its provenance

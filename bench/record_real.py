@@ -19,16 +19,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rm", default="clean/seed_0", help="the population under rm/")
     args = ap.parse_args(argv)
 
-    def read(*parts):
-        with open(os.path.join(args.workdir, *parts)) as f:
-            return json.load(f)
-    info, timings = read("run_info.json"), read("timings.json")
-    if "wall_s" not in info or len(info.get("launches", [])) != 1 or \
-            sum(timings.values()) > info["wall_s"] + 1:
-        print(f"error: {args.workdir} resumed earlier work or did not finish; record a fresh run",
-              file=sys.stderr)
+    from bench.record_demo import read_fresh_run
+    run = read_fresh_run(args.workdir)
+    if run is None:
         return 2
-    heldout = read("rm", *args.rm.split("/"), "heldout.json")
+    info, timings = run
+    with open(os.path.join(args.workdir, "rm", *args.rm.split("/"), "heldout.json")) as f:
+        heldout = json.load(f)
     with open(os.path.join(args.workdir, "rm", *args.rm.split("/"), "eval.jsonl")) as f:
         members = [json.loads(line) for line in f if line.strip()]
     record = {"workdir": os.path.basename(os.path.normpath(args.workdir)),

@@ -254,11 +254,12 @@ def test_evaluate_scores_members_wa_and_ens_on_the_users_pairs(tmp_path, family)
     assert out["truncated_prompts"] == 0
     assert out["accuracy"]["WA"] == out["accuracy"]["ENS"] == out["accuracy"]["member_0"]
     assert out["wa_minus_ens"]["ci"] == [0.0, 0.0]
-    # alike on every pair: the rule of three bounds |WA - ENS| by 3 / 80 at 95%
-    assert out["wa_minus_ens"]["differing"] == 0
-    assert out["wa_minus_ens"]["bound"] == pytest.approx(3 / 80)
-    assert out["wa_minus_ens"]["pairs_needed_at_least"] == int(np.ceil(1.959963984540054 ** 2
-                                                                       * 80 / 3))
+    # alike on every pair: a rate of differing pairs p leaves all 80 alike with chance
+    # (1 - p)^80, which is 2.5% at the bound; deciding a difference that large takes ~6 / p pairs
+    b = out["wa_minus_ens"]
+    assert b["differing"] == 0 and (1 - b["bound"]) ** 80 == pytest.approx(0.025)
+    assert 6 / b["bound"] <= b["pairs_needed_at_bound"] < 6 / b["bound"] + 1
+    assert out["wa_ens_margin_correlation"] == pytest.approx(1.0)
     # the pairs a 95% interval would need at the measured effect: (1.96 sd / mean)^2
     d = np.array([1.0] * 6 + [-1.0] * 4 + [0.0] * 90)
     r = interval(d)

@@ -125,11 +125,17 @@ def test_the_heldout_report_matches_its_scores_and_the_export_scores_alike(trunk
     layout = RunLayout(wd)
     split = task.preference_split("test")
     score = make_pair_scorer(RewardModel(CFG, input_layer=K))
-    members = [score(restore_params(d)[0], split) for d in layout.member_dirs("clean/seed_0")]
+    params = [restore_params(d)[0] for d in layout.member_dirs("clean/seed_0")]
+    members = [score(p, split) for p in params]
     wa = score(restore_params(layout.average("clean/seed_0", "warm_M2"))[0], split)
-    again = compare(members, wa, 0.5)
+    val = [score(p, task.preference_split("validation")) for p in params]
+    best = int(np.argmax([np.mean(c > r) for c, r in val]))   # chosen on validation, not test
+    again = compare(members, wa, 0.5, best)
     assert result["accuracy"] == again["accuracy"]
     assert result["wa_minus_ens"] == again["wa_minus_ens"]
+    assert result["wa_minus_best_member"] == again["wa_minus_best_member"]
+    assert result["wa_minus_best_member"]["member"] == f"member_{best}"
+    assert result["best_chosen_on"] == "validation"
     assert result["pairs"] == len(split["chosen"]) == 10 and result["input_layer"] == K
     assert result["export"]["pairs_checked"] == 6
     wa_tree = restore_params(layout.average("clean/seed_0", "warm_M2"))[0]
@@ -164,6 +170,25 @@ def test_a_trunk_stage_killed_mid_way_resumes_to_the_same_states(trunk_run, tmp_
         a, b = task.preference_split(split), task0.preference_split(split)
         for k in ("chosen", "chosen_mask", "rejected", "rejected_mask"):
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_heldout_and_rm_refusals_name_the_field_before_any_work(trunk_run):
+    from warm_jax.average.heldout import HeldoutConfig, heldout_report
+    from warm_jax.checks import ConfigError
+    from warm_jax.rm.stage import RMConfig, train_reward_models
+    wd, _, _, tokens, task, _ = trunk_run
+    before = sorted(os.listdir(os.path.join(wd, "rm")))
+    with pytest.raises(ValueError, match="heldout_report.token_task is unset"):
+        heldout_report(workdir=wd, task=task, model_cfg=CFG,
+                       cfg=HeldoutConfig(name="clean", method="warm_M2"))
+    with pytest.raises(ConfigError, match=r"HeldoutConfig.method='warm_M9': an average of .*"
+                                          r"\['warm_M2'\]"):
+        heldout_report(workdir=wd, task=task, token_task=tokens, model_cfg=CFG,
+                       cfg=HeldoutConfig(name="clean", method="warm_M9"))
+    with pytest.raises(ConfigError, match="RMConfig.ood_pairs=True: False where the task serves"):
+        train_reward_models(workdir=wd, task=task, model_cfg=CFG,
+                            cfg=RMConfig(name="other", ood_pairs=True))
+    assert sorted(os.listdir(os.path.join(wd, "rm"))) == before
 
 
 def test_first_layer_out_of_range_is_refused_in_one_line_before_anything_is_written(tmp_path):

@@ -48,9 +48,11 @@ def interval(diffs_U: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     interval holds 0) the pairs a normal-approximation 95% interval would need to exclude it.
 
     Where the two never differ on a pair, the bootstrap interval is [0, 0], which overstates what
-    N pairs show: the rule of three bounds the rate of differing pairs, hence |mean|, by 3 / N
-    (95%), and a difference that large shows only from Z95² / bound pairs on (all differing
-    pairs on one side), a smaller one from more: `bound` and `pairs_needed_at_least`."""
+    N pairs show. The rate of differing pairs, hence |mean|, is then below 1 − 0.025^(1/N) ≈
+    3.7 / N (the 97.5% one-sided bound, matching the two-sided 95% intervals; the "rule of
+    three" at that level). A difference that large would take about 6 / bound pairs to decide:
+    an exact two-sided sign test needs 6 differing pairs all one way (2 · 0.5⁶ < 0.05), a
+    smaller difference more. `bound` and `pairs_needed_at_bound`."""
     from warm_jax.eval.evidence import hierarchical_bootstrap
     stats = hierarchical_bootstrap([diffs_U], rng=np.random.default_rng(seed), n_boot=n_boot)
     lo, hi = (float(x) for x in np.quantile(stats, [0.025, 0.975]))
@@ -61,8 +63,8 @@ def interval(diffs_U: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     out = {"mean": mean, "ci": [lo, hi], "pairs": int(diffs_U.size), "pairs_needed": need,
            "differing": int(np.count_nonzero(diffs_U))}
     if out["differing"] == 0 and diffs_U.size:
-        out["bound"] = 3.0 / diffs_U.size
-        out["pairs_needed_at_least"] = int(np.ceil(Z95 ** 2 / out["bound"]))
+        out["bound"] = float(1.0 - 0.025 ** (1.0 / diffs_U.size))
+        out["pairs_needed_at_bound"] = int(np.ceil(6 / out["bound"]))
     return out
 
 
@@ -103,9 +105,11 @@ def evaluate(pairs_path: str, members: list[str], *, tokenizer: str | None = Non
             **compare(r, r_wa, uwo_lambda)}
 
 
-def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5) -> dict:
+def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5, best: int | None = None) -> dict:
     """From per-member and WA (chosen, rejected) rewards of the same pairs: each one's accuracy
-    (members, WA, ENS, WCO, UWO) and the paired intervals of WA − ENS and WA − best member."""
+    (members, WA, ENS, WCO, UWO), the paired intervals of WA − ENS and WA − best member (`best`:
+    chosen elsewhere, e.g. on validation pairs; default the best on these pairs, which flatters
+    it) and the correlation of WA's and ENS's reward margins over the pairs."""
     from warm_jax.average.rewards import aggregate
     rc_MxN = np.stack([np.asarray(c) for c, _ in member_rewards])
     rr_MxN = np.stack([np.asarray(x) for _, x in member_rewards])
@@ -116,8 +120,13 @@ def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5) -> dict:
         c = np.asarray(aggregate(rc_MxN, kind, uwo_lambda))
         x = np.asarray(aggregate(rr_MxN, kind, uwo_lambda))
         correct[kind.upper()] = (c > x).astype(float)
-    best = max((k for k in correct if k.startswith("member_")), key=lambda k: correct[k].mean())
+    best = (f"member_{best}" if best is not None else
+            max((k for k in correct if k.startswith("member_")), key=lambda k: correct[k].mean()))
+    margin_wa = np.asarray(wa_rewards[0]) - np.asarray(wa_rewards[1])
+    margin_ens = (rc_MxN - rr_MxN).mean(0)
+    corr = float(np.corrcoef(margin_wa, margin_ens)[0, 1]) if margin_wa.size > 1 else None
     return {"accuracy": {k: float(v.mean()) for k, v in correct.items()},
+            "wa_ens_margin_correlation": corr,
             "accuracy_ci": {k: interval(v)["ci"] for k, v in correct.items()},
             "wa_minus_ens": interval(correct["WA"] - correct["ENS"]),
             "wa_minus_best_member": dict(interval(correct["WA"] - correct[best]), member=best)}
@@ -126,9 +135,9 @@ def compare(member_rewards, wa_rewards, uwo_lambda: float = 0.5) -> dict:
 def verdict_line(name: str, d: dict) -> str:
     lo, hi = d["ci"]
     if d.get("bound") is not None:
-        verdict = (f"inconclusive; alike on all {d['pairs']} pairs, so |difference| <= "
-                   f"{d['bound']:.4f} (95%, rule of three): a difference that large needs >= "
-                   f"{d['pairs_needed_at_least']} pairs to show, a smaller one more")
+        verdict = (f"inconclusive; alike on all {d['pairs']} pairs, so |difference| < "
+                   f"{d['bound']:.4f} (95%): a difference that large would take about "
+                   f"{d['pairs_needed_at_bound']} pairs to decide, a smaller one more")
     elif lo > 0 or hi < 0:
         verdict = "WA better" if lo > 0 else "WA worse"
     else:

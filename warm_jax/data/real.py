@@ -67,6 +67,7 @@ class PreferenceFileTask:
     name = "preference_file"
     has_oracle = False
     splits = SPLITS
+    input_layer = 0
 
     def __init__(self, cfg: PreferenceFileConfig):
         if not cfg.path:

@@ -24,6 +24,7 @@ class Task(Protocol):
     bos_id: int
     prompt_len: int
     max_response_len: int
+    input_layer: int          # 0: pairs of tokens; k > 0: the states entering block k (rm.trunk)
 
     def for_seed(self, seed: int) -> "Task": ...
     def preference_split(self, split: str) -> dict[str, np.ndarray]: ...

@@ -128,6 +128,7 @@ class ToyTask:
     name = "toy_summarisation"
     has_oracle = True
     splits = SPLITS
+    input_layer = 0
 
     def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()):
         self.cfg = cfg

@@ -257,6 +257,9 @@ class Decoder(nn.Module):
                                     ("vocab", "embed"), nn.initializers.normal(0.02),
                                     cfg.jnp_param_dtype)
         stop = cfg.n_layers if self.stop is None else self.stop
+        if not 0 <= self.start < stop <= cfg.n_layers:
+            raise ValueError(f"Decoder blocks [{self.start}, {stop}): outside the model's "
+                             f"[0, {cfg.n_layers})")
         self.layers = [Block(cfg, cfg.window(i), name=f"layer_{i}")
                        for i in range(self.start, stop)]
         self.final_norm = RMSNorm(cfg)

@@ -15,7 +15,7 @@ PAIR_KEYS = ("prompt", "prompt_mask", "chosen", "chosen_mask", "rejected", "reje
 def task_reward_model(task, model_cfg) -> RewardModel:
     """The reward model a task's pairs feed: on tokens, or on the cached states entering block
     `task.input_layer` (`warm_jax.rm.trunk.TrunkTask`)."""
-    return RewardModel(model_cfg, input_layer=getattr(task, "input_layer", 0))
+    return RewardModel(model_cfg, input_layer=task.input_layer)
 
 
 def bradley_terry(r_chosen_B: jax.Array, r_rejected_B: jax.Array) -> tuple[jax.Array, jax.Array]:

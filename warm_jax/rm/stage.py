@@ -148,6 +148,9 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: RMCo
     name, diversity, seeds, seed, members = cfg.name, cfg.diversity, cfg.seeds, cfg.seed, \
         cfg.members
     layout = RunLayout(workdir)
+    if cfg.ood_pairs and task.input_layer:
+        checks.fail(cfg, "ood_pairs", "False where the task serves trunk states (the sampled OOD "
+                    "pairs are tokens)")
     if cfg.ood_pairs:
         task = with_ood(task, layout.ood_pairs)
     rm_dir = layout.rm(name)
@@ -163,6 +166,9 @@ def train_reward_models(*, workdir: str, task, model_cfg: ModelConfig, cfg: RMCo
     if missing:
         raise ValueError(f"DiversityConfig.baklava_steps {missing} are not SFT checkpoints "
                          f"(have {sft_ck.all_steps()})")
+    if task.input_layer and {s.init_step for s in specs0} != {sft_ck.latest_step()}:
+        raise ValueError("DiversityConfig.baklava_steps: trunk states come from the last base "
+                         f"checkpoint ({sft_ck.latest_step()}), so every member must start there")
     chosen = [(c, sp) for c, (_, specs, _) in chains.items() for sp in specs
               if members is None or sp.member in members]
     if cfg.mode == "population":

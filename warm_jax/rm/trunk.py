@@ -4,8 +4,10 @@ model run once over every sequence, and the M members train and are scored on th
 Why: on a 2-core CPU SmolLM2-135M runs ~750 tokens/s forward; fine-tuning whole members on the
 HH-RLHF pairs would take hours. With blocks [0, k) frozen their output never changes, so it is
 computed once (`cache_trunk_states`) and each member step costs blocks [k, L) alone. A member is
-exactly what fine-tuning those blocks of the whole model gives; `full_params` puts a member's (or an
-average's) top blocks back on the base, for export and for scoring on tokens.
+what fine-tuning those blocks of the whole model gives with no dropout in the frozen blocks (their
+states are computed once, deterministically: a member's dropout acts on the blocks it trains);
+`full_params` puts a member's (or an average's) top blocks back on the base, for export and for
+scoring on tokens.
 
 The stage writes `<workdir>/trunk/layer_<k>/<split>/part_<j>.npz` (each whole or absent, so a kill
 loses at most one part): every sequence (prompt + chosen, prompt + rejected) packed to its real
@@ -65,7 +67,13 @@ class TrunkTask:
         return tuple(self.cfg.source.splits)
 
     def for_seed(self, seed: int) -> "TrunkTask":
-        return self   # human labels: the same pairs for every chain seed (PreferenceFileTask)
+        """One set of states for every chain seed: only a source whose labels do not depend on
+        the seed (human preferences, `PreferenceFileTask`) can be cached once."""
+        if self.cfg.source.for_seed(seed) is not self.cfg.source:
+            raise ValueError(f"TrunkConfig.source {type(self.cfg.source).__name__} draws its "
+                             "labels per chain seed: its pairs cannot be cached once for every "
+                             "seed (a preference file's can)")
+        return self
 
     def load_summary(self):
         return self.cfg.source.load_summary()
@@ -124,37 +132,40 @@ def _part_path(directory: str, j: int) -> str:
 def compute_states(directory: str, trunk, body: dict, tokens_SxT: np.ndarray,
                    lengths_S: np.ndarray, *, batch_size: int, part_size: int, desc: str) -> None:
     """Write the states of every sequence, by parts of `part_size` sequences of similar length
-    (shortest first); parts already on disk are kept."""
-    order = np.argsort(lengths_S, kind="stable")
-    parts = [order[i:i + part_size] for i in range(0, len(order), part_size)]
+    (shortest first), in float32 whatever the model computes in; parts already on disk are kept
+    (the stage's recorded config pins `part_size`, so part j always holds the same sequences)."""
+    order_S = np.argsort(lengths_S, kind="stable")
+    parts = [order_S[i:i + part_size] for i in range(0, len(order_S), part_size)]
     todo = [j for j in range(len(parts)) if not os.path.exists(_part_path(directory, j))]
     for j in progress(todo, desc=desc) if todo else ():
-        idx = parts[j]
-        width = int(np.ceil(max(int(lengths_S[idx].max()), 1) / LENGTH_STEP) * LENGTH_STEP)
+        idx_P = parts[j]
+        width = int(np.ceil(max(int(lengths_S[idx_P].max()), 1) / LENGTH_STEP) * LENGTH_STEP)
         width = min(width, tokens_SxT.shape[1])
-        out = []
-        for b in range(0, len(idx), batch_size):
-            rows = idx[b:b + batch_size]
-            tok = np.zeros((batch_size, width), np.int32)   # a full batch: one shape per width
-            tok[:len(rows)] = tokens_SxT[rows, :width]
-            mask = (np.arange(width) < np.concatenate(
-                [lengths_S[rows], np.ones(batch_size - len(rows), np.int32)])[:, None])
-            states = trunk(body, jnp.asarray(tok), jnp.asarray(mask.astype(np.int32)))
-            out.append(np.asarray(states)[:len(rows)])
-        states = np.concatenate(out)
-        states[np.arange(width)[None, :] >= lengths_S[idx][:, None]] = 0   # padding: zeros
-        if not np.isfinite(states).all():
+        chunks = []
+        for b in range(0, len(idx_P), batch_size):
+            rows_B = idx_P[b:b + batch_size]
+            tokens_BxW = np.zeros((batch_size, width), np.int32)   # full batches: one shape
+            tokens_BxW[:len(rows_B)] = tokens_SxT[rows_B, :width]
+            lengths_B = np.concatenate([lengths_S[rows_B],
+                                        np.ones(batch_size - len(rows_B), np.int32)])
+            mask_BxW = (np.arange(width) < lengths_B[:, None]).astype(np.int32)
+            states_BxWxD = trunk(body, jnp.asarray(tokens_BxW), jnp.asarray(mask_BxW))
+            chunks.append(np.asarray(states_BxWxD, np.float32)[:len(rows_B)])
+        states_PxWxD = np.concatenate(chunks)
+        states_PxWxD[np.arange(width)[None, :] >= lengths_S[idx_P][:, None]] = 0   # padding
+        if not np.isfinite(states_PxWxD).all():
             raise FloatingPointError(f"trunk states of {directory} part {j} are not finite: "
                                      "the base model's weights hold NaN or Inf")
 
-        def write(f, idx=idx, states=states):
-            np.savez(f, index=idx, lengths=lengths_S[idx], states=states)
+        def write(f, idx_P=idx_P, states_PxWxD=states_PxWxD):
+            np.savez(f, index=idx_P, lengths=lengths_S[idx_P], states=states_PxWxD)
         kill_point("trunk.part")
         atomic_write(_part_path(directory, j), write)
 
 
 def read_states(directory: str, num_sequences: int) -> tuple[np.ndarray, np.ndarray]:
-    """(states_SxTxD, lengths_S) from the part files, T the longest sequence."""
+    """(states_SxTxD, lengths_S) from the part files, T the longest sequence; every sequence
+    must be in exactly one part."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no trunk states at {directory}: run the trunk stage first")
     parts = []
@@ -163,19 +174,23 @@ def read_states(directory: str, num_sequences: int) -> tuple[np.ndarray, np.ndar
             with open(os.path.join(directory, name), "rb") as f:
                 z = np.load(io.BytesIO(f.read()))
                 parts.append((z["index"], z["lengths"], z["states"]))
-    got = sum(len(p[0]) for p in parts)
-    if got != num_sequences:
-        raise FileNotFoundError(f"{directory} holds {got} of {num_sequences} sequences: "
-                                "rerun the trunk stage to finish it")
+    seen_S = np.bincount(np.concatenate([p[0] for p in parts]).astype(np.int64),
+                         minlength=num_sequences) if parts else np.zeros(num_sequences, int)
+    if len(seen_S) != num_sequences or (seen_S > 1).any():
+        raise ValueError(f"{directory} holds parts of another trunk run (sequences outside "
+                         f"[0, {num_sequences}) or in two parts): remove it and rerun the stage")
+    if (seen_S == 0).any():
+        raise FileNotFoundError(f"{directory} holds {int((seen_S > 0).sum())} of {num_sequences} "
+                                "sequences: rerun the trunk stage to finish it")
     T = max(int(p[1].max()) for p in parts)
     D = parts[0][2].shape[-1]
-    states = np.zeros((num_sequences, T, D), parts[0][2].dtype)
-    lengths = np.zeros(num_sequences, np.int32)
-    for idx, lens, st in parts:
-        w = min(st.shape[1], T)
-        states[idx, :w] = st[:, :w]
-        lengths[idx] = lens
-    return states, lengths
+    states_SxTxD = np.zeros((num_sequences, T, D), np.float32)
+    lengths_S = np.zeros(num_sequences, np.int32)
+    for idx_P, lens_P, states_PxWxD in parts:
+        w = min(states_PxWxD.shape[1], T)
+        states_SxTxD[idx_P, :w] = states_PxWxD[:, :w]
+        lengths_S[idx_P] = lens_P
+    return states_SxTxD, lengths_S
 
 
 def cache_trunk_states(*, workdir: str, task: TrunkTask, model_cfg: ModelConfig) -> str:
@@ -192,8 +207,7 @@ def cache_trunk_states(*, workdir: str, task: TrunkTask, model_cfg: ModelConfig)
     base = Checkpointer(base_dir, read_only=True).restore_meta().get("base_fingerprint") \
         or fingerprint(params)
     out = layout.path("trunk", f"layer_{cfg.first_layer}")
-    config = {"task": task.cfg.source, "model_cfg": model_cfg, "first_layer": cfg.first_layer,
-              "base_fingerprint": base}
+    config = {"trunk": task.cfg, "model_cfg": model_cfg, "base_fingerprint": base}
     with layout.stage("trunk", out, config):
         trunk = make_trunk(model_cfg, cfg.first_layer)
         body = jax.tree.map(jnp.asarray, params["body"])
