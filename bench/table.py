@@ -202,7 +202,7 @@ def real_block(r: dict) -> str:
         d = h["distance_from_probe"]
         text += (f" Fine-tuning moved the members from the probe by a relative distance of "
                  f"{min(d):.2%} to {max(d):.2%}, and WA's and ENS's reward margins correlate at "
-                 f"{h['wa_ens_margin_correlation']:.5f} over the pairs")
+                 f"{h['wa_ens_margin_correlation']:.7f} over the pairs")
         text += (": the linear regime, where averaging weights and averaging rewards coincide."
                  if h["wa_minus_ens"]["differing"] == 0 else ".")
     stages = ", ".join(f"{k} {hms(v)}" for k, v in r["timings"].items())
