@@ -24,9 +24,11 @@ def main(argv=None) -> int:
     if run is None:
         return 2
     info, timings = run
-    with open(os.path.join(args.workdir, "rm", *args.rm.split("/"), "heldout.json")) as f:
+    from warm_jax.layout import RunLayout
+    layout = RunLayout(args.workdir)
+    with open(layout.heldout(args.rm)) as f:
         heldout = json.load(f)
-    with open(os.path.join(args.workdir, "rm", *args.rm.split("/"), "eval.jsonl")) as f:
+    with open(RunLayout.eval_rows(layout.rm(args.rm))) as f:
         members = [json.loads(line) for line in f if line.strip()]
     record = {"workdir": os.path.basename(os.path.normpath(args.workdir)),
               **{k: info.get(k) for k in ("commit", "cpu", "jax", "wall_s")},

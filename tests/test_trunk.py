@@ -142,7 +142,7 @@ def test_the_heldout_report_matches_its_scores_and_the_export_scores_alike(trunk
     assert result["trained_parameters"] == sum(x.size for x in jax.tree.leaves(wa_tree))
     assert result["truncation"]["pairs"] == 40 and result["truncation"]["prompts"] > 0
     assert result["export"]["max_abs_diff"] < 1e-5, result["export"]
-    export = os.path.join(layout.rm("clean/seed_0"), "export", "warm_M2_hf")
+    export = layout.export("clean/seed_0", "warm_M2")
     with open(os.path.join(export, "config.json")) as f:
         assert json.load(f)["architectures"] == ["LlamaForSequenceClassification"]
 

@@ -6,6 +6,8 @@ One `RunLayout(workdir)` names every output:
   rm/<name>/train/population/           the S x M members of every chain seed, one program
   rm/<name>/seed_<s>/linear_probe/  train/member_<i>/  members/member_<i>/  averages/<method>/
   rm/<name>/seed_<s>/eval.jsonl  analysis.jsonl          (chain seed s: `chain(name, s)`)
+  rm/<name>/seed_<s>/heldout.json  export/<method>_hf/  the held-out report, the exported average
+  trunk/layer_<k>/<split>/part_<j>.npz  cached states entering block k (warm_jax.rm.trunk)
   rl/<rm>/bon.jsonl (rows tagged by seed)
   rl/<rm>/<method>/{checkpoints, train.jsonl, eval.jsonl, final.jsonl, eval_samples.npz}
   warp/<rm>/<method>/{iter_<i>/..., final.jsonl}
@@ -84,6 +86,18 @@ class RunLayout:
 
     def average(self, name: str, method: str) -> str:
         return os.path.join(self.rm(name), "averages", method)
+
+    def trunk(self, first_layer: int, split: str | None = None) -> str:
+        """The cached states entering block `first_layer` (warm_jax.rm.trunk), per split."""
+        return self.path("trunk", f"layer_{first_layer}", *((split,) if split else ()))
+
+    def heldout(self, name: str) -> str:
+        """The held-out report of `name`'s population (warm_jax.average.heldout)."""
+        return os.path.join(self.rm(name), "heldout.json")
+
+    def export(self, name: str, method: str) -> str:
+        """`method`'s average as a Hugging Face directory."""
+        return os.path.join(self.rm(name), "export", f"{method}_hf")
 
     def member_done(self, name: str, i: int) -> bool:
         from warm_jax.checkpoint import Checkpointer

@@ -61,8 +61,7 @@ def heldout_report(*, workdir: str, task, model_cfg: ModelConfig, cfg: HeldoutCo
     layout = RunLayout(workdir)
     name = chain(cfg.name, cfg.seed)
     rm_dir = layout.rm(name)
-    out_path = os.path.join(rm_dir, "heldout.json")
-    export_dir = os.path.join(rm_dir, "export", f"{cfg.method}_hf")
+    out_path, export_dir = layout.heldout(name), layout.export(name, cfg.method)
     if cfg.split not in task.splits or cfg.split == cfg.select_on:
         checks.fail(cfg, "split", f"one of {tuple(task.splits)}, not select_on")
     if cfg.select_on not in task.splits:

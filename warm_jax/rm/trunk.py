@@ -79,7 +79,7 @@ class TrunkTask:
         return self.cfg.source.load_summary()
 
     def directory(self, split: str) -> str:
-        return trunk_dir(self.workdir, self.cfg.first_layer, split)
+        return RunLayout(self.workdir).trunk(self.cfg.first_layer, split)
 
     def preference_split(self, split: str) -> dict[str, np.ndarray]:
         if split not in self._loaded:
@@ -95,10 +95,6 @@ class TrunkTask:
     def prompts(self, split: str):
         raise ValueError("TrunkTask holds reward-model inputs only (cached states, no tokens): "
                          "sample policies from the source task")
-
-
-def trunk_dir(workdir: str, first_layer: int, split: str) -> str:
-    return RunLayout(workdir).path("trunk", f"layer_{first_layer}", split)
 
 
 def packed_sequences(split: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +202,7 @@ def cache_trunk_states(*, workdir: str, task: TrunkTask, model_cfg: ModelConfig)
     params = restore_params(base_dir)[0]
     base = Checkpointer(base_dir, read_only=True).restore_meta().get("base_fingerprint") \
         or fingerprint(params)
-    out = layout.path("trunk", f"layer_{cfg.first_layer}")
+    out = layout.trunk(cfg.first_layer)
     config = {"trunk": task.cfg, "model_cfg": model_cfg, "base_fingerprint": base}
     with layout.stage("trunk", out, config):
         trunk = make_trunk(model_cfg, cfg.first_layer)
