@@ -26,6 +26,10 @@ def main(argv=None) -> int:
     info, timings = run
     from warm_jax.layout import RunLayout
     layout = RunLayout(args.workdir)
+    if not os.path.exists(layout.heldout(args.rm)):
+        print(f"error: {layout.heldout(args.rm)} does not exist: the run has no held-out report "
+              "(its heldout stage did not run)", file=sys.stderr)
+        return 2
     with open(layout.heldout(args.rm)) as f:
         heldout = json.load(f)
     with open(RunLayout.eval_rows(layout.rm(args.rm))) as f:

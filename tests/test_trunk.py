@@ -189,6 +189,8 @@ def test_heldout_and_rm_refusals_name_the_field_before_any_work(trunk_run):
         train_reward_models(workdir=wd, task=task, model_cfg=CFG,
                             cfg=RMConfig(name="other", ood_pairs=True))
     assert sorted(os.listdir(os.path.join(wd, "rm"))) == before
+    with pytest.raises(ConfigError, match="HeldoutConfig.split='tset'"):
+        HeldoutConfig(split="tset")   # at launch, before the trunk stage's 18 minutes
 
 
 def test_first_layer_out_of_range_is_refused_in_one_line_before_anything_is_written(tmp_path):

@@ -23,6 +23,7 @@ from warm_jax.average.evaluate import compare, interval, verdict_line
 from warm_jax.average.hf_members import relative_distance
 from warm_jax.checkpoint import flatten, restore_params
 from warm_jax.data.real import PreferenceFileTask
+from warm_jax.data.task import SPLITS
 from warm_jax.fileio import write_json
 from warm_jax.layout import RunLayout, chain
 from warm_jax.models import ModelConfig, RewardModel
@@ -52,6 +53,10 @@ class HeldoutConfig:
         checks.integers(self, 0, "seed")
         checks.integers(self, 1, "check_pairs", "eval_batch_size")
         checks.at_least(self, 0.0, "uwo_lambda")
+        # known at launch (the launch checks build this config): refused before any stage runs;
+        # whether the task has the split is checked when the stage starts
+        checks.one_of(self, "split", SPLITS + ("ood",))
+        checks.one_of(self, "select_on", SPLITS + ("ood",))
 
 
 def heldout_report(*, workdir: str, task, model_cfg: ModelConfig, cfg: HeldoutConfig,
